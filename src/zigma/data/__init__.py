@@ -1,0 +1,85 @@
+"""Datasets for zigma: procedural shapes (offline default), MNIST / Fashion-MNIST from IDX
+files, image folders; transforms without torchvision; deterministic, resumable loaders.
+
+Every item is ``{"image": float32 [C, H, W] in [-1, 1], "label": int64 scalar (-1 if
+unlabelled), "caption": str}``.
+"""
+
+from zigma.data.folder import IMAGE_EXTENSIONS, ImageFolderDataset, check_image, read_caption_index
+from zigma.data.grid import make_image_grid, save_image_grid
+from zigma.data.idx import (
+    FASHION_MNIST_CLASSES,
+    FASHION_MNIST_DEBIAN_DIR,
+    MNIST_CLASSES,
+    IdxDataset,
+    IdxFormatError,
+    fashion_mnist,
+    mnist,
+    parse_idx,
+    read_idx,
+    write_idx,
+)
+from zigma.data.loader import (
+    DATASET_NAMES,
+    DataConfig,
+    SeededItems,
+    build_dataset,
+    collate_batch,
+    iterate_batches,
+    make_loader,
+    seed_worker,
+)
+from zigma.data.sampler import EpochSampler, SkipSampler, derive_seed, epoch_permutation
+from zigma.data.shapes import ShapesDataset
+from zigma.data.transforms import (
+    ImageTransform,
+    center_crop,
+    hflip,
+    random_crop,
+    random_hflip,
+    resize_shorter,
+    to_channels,
+    to_tensor,
+    uint8_to_tensor,
+)
+
+__all__ = [
+    "DATASET_NAMES",
+    "FASHION_MNIST_CLASSES",
+    "FASHION_MNIST_DEBIAN_DIR",
+    "IMAGE_EXTENSIONS",
+    "MNIST_CLASSES",
+    "DataConfig",
+    "EpochSampler",
+    "IdxDataset",
+    "IdxFormatError",
+    "ImageFolderDataset",
+    "ImageTransform",
+    "SeededItems",
+    "ShapesDataset",
+    "SkipSampler",
+    "build_dataset",
+    "center_crop",
+    "check_image",
+    "collate_batch",
+    "derive_seed",
+    "epoch_permutation",
+    "fashion_mnist",
+    "hflip",
+    "iterate_batches",
+    "make_image_grid",
+    "make_loader",
+    "mnist",
+    "parse_idx",
+    "random_crop",
+    "random_hflip",
+    "read_caption_index",
+    "read_idx",
+    "resize_shorter",
+    "save_image_grid",
+    "seed_worker",
+    "to_channels",
+    "to_tensor",
+    "uint8_to_tensor",
+    "write_idx",
+]

@@ -1,0 +1,295 @@
+"""Dataset config, dataset factory and deterministic DataLoaders for training.
+
+The order of batch k of epoch e is a function of (seed, e) only, and random augmentations of a
+sample are a function of (seed, e, index), so resuming at (epoch, step) or changing num_workers
+reproduces exactly the batches an uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+
+from zigma.config import ConfigError
+from zigma.data.folder import ImageFolderDataset
+from zigma.data.idx import fashion_mnist, mnist
+from zigma.data.sampler import EpochSampler, SkipSampler, derive_seed
+from zigma.data.shapes import ShapesDataset
+
+logger = logging.getLogger(__name__)
+
+DatasetName = Literal["shapes", "mnist", "fashion-mnist", "folder"]
+DATASET_NAMES: tuple[str, ...] = ("shapes", "mnist", "fashion-mnist", "folder")
+_NATURAL_CHANNELS = {"shapes": 3, "mnist": 1, "fashion-mnist": 1, "folder": 3}
+_FLIPPABLE = ("fashion-mnist", "folder")  # digits and generated captions are not mirror-safe
+
+
+@dataclass
+class DataConfig:
+    """Which dataset, at which size.
+
+    Args:
+        name: "shapes" (procedural, offline), "mnist", "fashion-mnist" or "folder".
+        resolution: square output side in pixels.
+        channels: 1 or 3; None takes the dataset's own (3 for shapes/folder, 1 for the MNISTs).
+        data_dir: the image folder ("folder", required) or where the IDX files are (MNISTs).
+        num_samples: length of the shapes dataset.
+        seed: content seed of the shapes dataset (shuffling has its own seed in make_loader).
+        flip: random left-right mirror ("folder" and "fashion-mnist" only).
+        crop: "center" or "random" square crop ("folder" only).
+        label_mode: "auto", "folders" or "none": how a folder gets labels (ImageFolderDataset).
+        min_size: folder images smaller than this (either side) are skipped.
+        verify: full integrity check of every folder image while indexing.
+    """
+
+    name: DatasetName = "shapes"
+    resolution: int = 32
+    channels: int | None = None
+    data_dir: str | None = None
+    num_samples: int = 50_000
+    seed: int = 0
+    flip: bool = False
+    crop: Literal["center", "random"] = "center"
+    label_mode: Literal["auto", "folders", "none"] = "auto"
+    min_size: int = 8
+    verify: bool = True
+
+    def __post_init__(self) -> None:
+        if self.name not in DATASET_NAMES:
+            raise ConfigError(f"name must be one of {list(DATASET_NAMES)}, got {self.name!r}")
+        low = 8 if self.name == "shapes" else 1
+        if not low <= self.resolution <= 1024:
+            raise ConfigError(
+                f"resolution must be in [{low}, 1024] for {self.name}, got {self.resolution}"
+            )
+        if self.channels not in (None, 1, 3):
+            raise ConfigError(f"channels must be 1, 3 or None, got {self.channels!r}")
+        if self.num_samples < 1:
+            raise ConfigError(f"num_samples must be >= 1, got {self.num_samples}")
+        if self.seed < 0:
+            raise ConfigError(f"seed must be >= 0, got {self.seed}")
+        if self.name == "folder" and not self.data_dir:
+            raise ConfigError("data_dir is required for name='folder' (the image folder)")
+        if self.flip and self.name not in _FLIPPABLE:
+            raise ConfigError(
+                f"flip=True is supported for name in {list(_FLIPPABLE)}, not {self.name!r}"
+            )
+        if self.crop not in ("center", "random"):
+            raise ConfigError(f"crop must be 'center' or 'random', got {self.crop!r}")
+        if self.crop != "center" and self.name != "folder":
+            raise ConfigError(f"crop={self.crop!r} applies only to name='folder'")
+        if self.label_mode not in ("auto", "folders", "none"):
+            raise ConfigError(
+                f"label_mode must be 'auto', 'folders' or 'none', got {self.label_mode!r}"
+            )
+        if self.min_size < 1:
+            raise ConfigError(f"min_size must be >= 1, got {self.min_size}")
+
+    @property
+    def resolved_channels(self) -> int:
+        return self.channels if self.channels is not None else _NATURAL_CHANNELS[self.name]
+
+
+def build_dataset(cfg: DataConfig, split: Literal["train", "test"] = "train") -> Dataset:
+    """The dataset ``cfg`` describes; every item is ``{"image", "label", "caption"}``.
+
+    For "folder", ``data_dir/<split>`` is used when it exists, else ``data_dir`` for "train".
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    channels = cfg.resolved_channels
+    if cfg.name == "shapes":
+        return ShapesDataset(cfg.num_samples, cfg.resolution, channels, cfg.seed, split)
+    if cfg.name in ("mnist", "fashion-mnist"):
+        make = mnist if cfg.name == "mnist" else fashion_mnist
+        return make(
+            split, resolution=cfg.resolution, channels=channels, flip=cfg.flip,
+            data_dir=cfg.data_dir,
+        )  # fmt: skip
+    assert cfg.data_dir is not None  # checked in DataConfig
+    root = _split_folder(cfg.data_dir, split)
+    return ImageFolderDataset(
+        root,
+        cfg.resolution,
+        channels,
+        label_mode=cfg.label_mode,
+        crop=cfg.crop,
+        flip=cfg.flip,
+        min_size=cfg.min_size,
+        verify=cfg.verify,
+    )
+
+
+def _split_folder(data_dir: str, split: str) -> str:
+    sub = Path(data_dir) / split
+    if sub.is_dir():
+        return str(sub)
+    if split == "train":
+        return data_dir
+    raise FileNotFoundError(f"no {split!r} split for the image folder: {sub} does not exist")
+
+
+def collate_batch(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack images [B, C, H, W] and labels [B] (int64); captions become a list of B strings."""
+    if not items:
+        raise ValueError("cannot collate an empty batch")
+    return {
+        "image": torch.stack([it["image"] for it in items]),
+        "label": torch.stack([torch.as_tensor(it["label"], dtype=torch.long) for it in items]),
+        "caption": [it["caption"] for it in items],
+    }
+
+
+class SeededItems(Dataset):
+    """A view of ``dataset`` whose random transforms are seeded by (seed, epoch, index).
+
+    Datasets with random transforms expose ``get_item(index, generator)``; others are read
+    with ``dataset[index]``. Independent of worker count and of where an epoch was resumed.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int, epoch: int) -> None:
+        self.dataset, self.seed, self.epoch = dataset, seed, epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> Any:
+        get_item = getattr(self.dataset, "get_item", None)
+        if get_item is None:
+            return self.dataset[index]
+        g = torch.Generator()
+        g.manual_seed(derive_seed(self.seed, self.epoch, int(index)))
+        return get_item(index, g)
+
+
+def seed_worker(worker_id: int, base_seed: int) -> None:
+    """worker_init_fn: seed torch, numpy and random of worker ``worker_id`` from ``base_seed``,
+    for any randomness that does not go through ``get_item``'s generator."""
+    s = derive_seed(base_seed, worker_id)
+    torch.manual_seed(s)
+    np.random.seed(s % 2**32)
+    random.seed(s)
+
+
+def _shard(num_replicas: int | None, rank: int | None) -> tuple[int, int] | None:
+    """(num_replicas, rank) when sharding applies: explicit, or from torch.distributed."""
+    if num_replicas is None and rank is None:
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_world_size(), dist.get_rank()
+        return None
+    if num_replicas is None or rank is None:
+        raise ValueError("give both num_replicas and rank, or neither")
+    if not 0 <= rank < num_replicas:
+        raise ValueError(f"rank must be in [0, {num_replicas}), got {rank}")
+    return num_replicas, rank
+
+
+def make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    *,
+    seed: int = 0,
+    shuffle: bool = True,
+    drop_last: bool = True,
+    num_workers: int = 0,
+    epoch: int = 0,
+    start_batch: int = 0,
+    num_replicas: int | None = None,
+    rank: int | None = None,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """A DataLoader over one epoch whose batches are a function of (seed, epoch).
+
+    Under an initialised ``torch.distributed`` (or with explicit ``num_replicas``/``rank``) a
+    ``DistributedSampler(seed=seed, shuffle=shuffle, drop_last=drop_last)`` set to ``epoch``
+    gives each rank a disjoint shard; otherwise an ``EpochSampler``.
+
+    Args:
+        start_batch: skip this many batches of the epoch without loading them (exact resume).
+        num_workers: worker processes; results do not depend on it.
+
+    Raises:
+        ValueError: on a non-positive batch size or negative seed/epoch/start_batch.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if min(seed, epoch, start_batch, num_workers) < 0:
+        raise ValueError(
+            f"seed, epoch, start_batch and num_workers must be >= 0, got "
+            f"{seed}, {epoch}, {start_batch}, {num_workers}"
+        )
+    skip = start_batch * batch_size
+    shard = _shard(num_replicas, rank)
+    sampler: Sampler[int]
+    if shard is not None:
+        dsampler = DistributedSampler(
+            dataset, num_replicas=shard[0], rank=shard[1], shuffle=shuffle, seed=seed,
+            drop_last=drop_last,
+        )  # fmt: skip
+        dsampler.set_epoch(epoch)
+        sampler = SkipSampler(dsampler, skip) if skip else dsampler
+    else:
+        n = len(dataset)  # type: ignore[arg-type]
+        sampler = EpochSampler(n, seed=seed, epoch=epoch, shuffle=shuffle, start_index=skip)
+    return DataLoader(
+        SeededItems(dataset, seed, epoch),
+        batch_size=batch_size,
+        sampler=sampler,
+        drop_last=drop_last,
+        num_workers=num_workers,
+        collate_fn=collate_batch,
+        pin_memory=pin_memory,
+        worker_init_fn=functools.partial(seed_worker, base_seed=derive_seed(seed, epoch)),
+        # torch seeds each worker from this generator; fixing it fixes the workers' base seeds
+        generator=torch.Generator().manual_seed(derive_seed(seed, epoch, 2**32)),
+    )
+
+
+def iterate_batches(
+    source: DataConfig | Dataset,
+    batch_size: int,
+    *,
+    seed: int = 0,
+    start_step: int = 0,
+    split: Literal["train", "test"] = "train",
+    shuffle: bool = True,
+    drop_last: bool = True,
+    num_workers: int = 0,
+    num_replicas: int | None = None,
+    rank: int | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Batches forever, epoch after epoch; the k-th batch yielded is global step
+    ``start_step + k``, and its content depends only on (seed, step) (and the shard).
+
+    Raises:
+        ValueError: if one epoch holds no batch (dataset smaller than the batch size).
+    """
+    dataset = build_dataset(source, split) if isinstance(source, DataConfig) else source
+    if start_step < 0:
+        raise ValueError(f"start_step must be >= 0, got {start_step}")
+    opts: dict[str, Any] = dict(
+        seed=seed, shuffle=shuffle, drop_last=drop_last, num_workers=num_workers,
+        num_replicas=num_replicas, rank=rank,
+    )  # fmt: skip
+    per_epoch = len(make_loader(dataset, batch_size, **opts))
+    if per_epoch == 0:
+        raise ValueError(
+            f"an epoch of {len(dataset)} samples holds no batch of {batch_size}"  # type: ignore[arg-type]
+            f"{' with drop_last=True' if drop_last else ''}"
+        )
+    epoch, offset = divmod(start_step, per_epoch)
+    if start_step:
+        logger.info("resuming at step %d: epoch %d, batch %d", start_step, epoch, offset)
+    while True:
+        yield from make_loader(dataset, batch_size, epoch=epoch, start_batch=offset, **opts)
+        epoch, offset = epoch + 1, 0

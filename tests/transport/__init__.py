@@ -1,0 +1,1 @@
+"""Tests for zigma.transport (a package so test module names cannot clash with other suites)."""
