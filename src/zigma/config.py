@@ -114,8 +114,10 @@ def from_dict(cls: type[T], data: dict[str, Any], *, where: str = "") -> T:
     if unknown:
         k = unknown[0]
         full = f"{where}.{k}" if where else k
-        raise ConfigError(f"unknown {cls.__name__} key {full!r}{_suggest(k, fields)}; "
-                          f"valid keys: {', '.join(fields)}")
+        raise ConfigError(
+            f"unknown {cls.__name__} key {full!r}{_suggest(k, fields)}; "
+            f"valid keys: {', '.join(fields)}"
+        )
     kwargs = {
         k: _coerce(v, hints[k], f"{where + '.' if where else ''}{k}") for k, v in data.items()
     }

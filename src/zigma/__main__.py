@@ -1,0 +1,3 @@
+from zigma.cli import main
+
+raise SystemExit(main())

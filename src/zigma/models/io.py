@@ -1,0 +1,111 @@
+"""Saving and loading models as a directory of ``config.json`` + ``model.safetensors``.
+
+The JSON names the model class and holds its full config, so a directory rebuilds itself;
+no pickle is read or written anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+import zigma
+from zigma.config import ConfigError, from_dict, to_dict
+from zigma.models.zigma import ZigMa, ZigMaConfig
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+# class name in config.json -> (model class, its config dataclass)
+MODEL_CLASSES: dict[str, tuple[type[torch.nn.Module], type]] = {
+    "ZigMa": (ZigMa, ZigMaConfig),
+}
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write through a temp file in the same folder and rename, so a crash never leaves a
+    half-written file where a good one was."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def model_class_name(model: torch.nn.Module) -> str:
+    for name, (cls, _) in MODEL_CLASSES.items():
+        if type(model) is cls:
+            return name
+    raise TypeError(f"{type(model).__name__} is not a registered zigma model class")
+
+
+def save_pretrained(model: torch.nn.Module, directory: str | os.PathLike) -> Path:
+    """Write ``directory/config.json`` and ``directory/model.safetensors``."""
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise NotADirectoryError(f"{directory} exists and is not a directory")
+    directory.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "class": model_class_name(model),
+        "zigma_version": zigma.__version__,
+        "config": to_dict(model.config),
+    }
+    text = json.dumps(meta, indent=2, sort_keys=True) + "\n"
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    _atomic_write(
+        directory / WEIGHTS_NAME, lambda p: save_file(state, p, metadata={"zigma_config": text})
+    )
+    _atomic_write(directory / CONFIG_NAME, lambda p: Path(p).write_text(text))
+    return directory
+
+
+def read_config(directory: str | os.PathLike):
+    """Return (model class, config) described by ``directory/config.json``."""
+    path = Path(directory) / CONFIG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: not a zigma model directory")
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from e
+    if not isinstance(meta, dict) or set(meta) != {"class", "zigma_version", "config"}:
+        raise ValueError(
+            f"{path} is not a zigma model config (expected keys class, zigma_version, config)"
+        )
+    if meta["class"] not in MODEL_CLASSES:
+        raise ValueError(
+            f"{path}: unknown model class {meta['class']!r}; known: {', '.join(MODEL_CLASSES)}"
+        )
+    cls, cfg_cls = MODEL_CLASSES[meta["class"]]
+    try:
+        config = from_dict(cfg_cls, meta["config"])
+    except ConfigError as e:
+        raise ValueError(f"{path}: {e}") from e
+    return cls, config
+
+
+def from_pretrained(directory: str | os.PathLike, map_location: str | torch.device = "cpu"):
+    """Rebuild the model saved in ``directory`` with exactly its saved weights."""
+    cls, config = read_config(directory)
+    weights = Path(directory) / WEIGHTS_NAME
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights} not found")
+    try:
+        state = load_file(weights, device=str(map_location))
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"{weights} is not a readable safetensors file: {e}") from e
+    model = cls(config)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise ValueError(f"{weights} does not match its config.json: {e}") from e
+    return model.to(map_location)

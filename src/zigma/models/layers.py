@@ -1,0 +1,139 @@
+"""Layers shared by every backbone: patch embedding, positional, timestep and class embeddings,
+adaLN modulation and the final layer (DiT-style; paper §3.2, Fig. 4).
+
+Baselines (DiT, U-ViT, Vision-Mamba) reuse these so that only the token mixer differs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from einops import rearrange
+from torch import nn
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """adaLN: ``x * (1 + scale) + shift`` with per-sample shift/scale [B, D] over x [B, L, D]."""
+    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+
+
+def make_norm(kind: str, dim: int, eps: float = 1e-6) -> nn.Module:
+    """Norm without learnable affine: adaLN supplies the scale and shift."""
+    if kind == "layernorm":
+        return nn.LayerNorm(dim, elementwise_affine=False, eps=eps)
+    if kind == "rmsnorm":
+        return nn.RMSNorm(dim, elementwise_affine=False, eps=eps)
+    raise ValueError(f"unknown norm {kind!r}; choose 'layernorm' or 'rmsnorm'")
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping p×p patches -> tokens [B, h*w, D] in row-major (raster) order."""
+
+    def __init__(self, in_channels: int, hidden_size: int, patch_size: int):
+        super().__init__()
+        self.patch_size = patch_size
+        self.proj = nn.Conv2d(in_channels, hidden_size, patch_size, stride=patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return rearrange(self.proj(x), "b d h w -> b (h w) d")
+
+
+def unpatchify(x: torch.Tensor, h: int, w: int, patch_size: int) -> torch.Tensor:
+    """Inverse of PatchEmbed's token layout: [B, h*w, p*p*C] -> [B, C, h*p, w*p]."""
+    p = patch_size
+    return rearrange(x, "b (h w) (p q c) -> b c (h p) (w q)", h=h, w=w, p=p, q=p)
+
+
+def sincos_1d(dim: int, positions: torch.Tensor) -> torch.Tensor:
+    """[len(positions), dim] sin/cos features at geometric frequencies 1 .. 1/10000."""
+    if dim % 2:
+        raise ValueError(f"sin-cos embedding needs an even width, got {dim}")
+    omega = 1.0 / 10000 ** (torch.arange(dim // 2, dtype=torch.float64) / (dim / 2))
+    angles = positions.to(torch.float64)[:, None] * omega[None]
+    return torch.cat([angles.sin(), angles.cos()], dim=1).float()
+
+
+def sincos_2d(dim: int, h: int, w: int) -> torch.Tensor:
+    """Fixed 2-D sin-cos table [h*w, dim] in raster order: half the width codes the row,
+    half the column (MAE/DiT convention)."""
+    if dim % 4:
+        raise ValueError(f"2-D sin-cos embedding needs a width divisible by 4, got {dim}")
+    rows, cols = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    return torch.cat([sincos_1d(dim // 2, rows.flatten()), sincos_1d(dim // 2, cols.flatten())], 1)
+
+
+class TimestepEmbedder(nn.Module):
+    """Continuous time t in [0, 1] -> [B, D]: sinusoid of (t * t_scale), then a 2-layer MLP.
+
+    t is scaled by 1000 as in the official ZigMa/SiT code, so frequencies cover the usual
+    DDPM timestep range.
+    """
+
+    def __init__(self, hidden_size: int, freq_dim: int = 256, t_scale: float = 1000.0):
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.t_scale = t_scale
+        self.mlp = nn.Sequential(
+            nn.Linear(freq_dim, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size)
+        )
+
+    def frequency_features(self, t: torch.Tensor) -> torch.Tensor:
+        half = self.freq_dim // 2
+        freqs = torch.exp(-math.log(10000) * torch.arange(half, device=t.device) / half)
+        args = (t.float() * self.t_scale)[:, None] * freqs[None]
+        return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        feats = self.frequency_features(t)
+        return self.mlp(feats.to(self.mlp[0].weight.dtype))
+
+
+class LabelEmbedder(nn.Module):
+    """Class labels -> [B, D], with an extra learned null class (index ``num_classes``) used for
+    classifier-free guidance; during training labels are dropped to it with ``dropout_prob``."""
+
+    def __init__(self, num_classes: int, hidden_size: int, dropout_prob: float):
+        super().__init__()
+        self.num_classes = num_classes
+        self.dropout_prob = dropout_prob
+        self.embedding = nn.Embedding(num_classes + 1, hidden_size)
+
+    @property
+    def null_class(self) -> int:
+        return self.num_classes
+
+    def forward(self, labels: torch.Tensor) -> torch.Tensor:
+        if self.training and self.dropout_prob > 0:
+            drop = torch.rand(labels.shape, device=labels.device) < self.dropout_prob
+            labels = torch.where(drop, torch.full_like(labels, self.null_class), labels)
+        return self.embedding(labels)
+
+
+class AdaLN(nn.Module):
+    """SiLU -> Linear(D -> n*D) producing n modulation vectors from the condition c [B, D].
+    Zero-initialised by the model, so every modulated branch starts switched off."""
+
+    def __init__(self, hidden_size: int, n: int):
+        super().__init__()
+        self.n = n
+        self.linear = nn.Linear(hidden_size, n * hidden_size)
+
+    def forward(self, c: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.linear(nn.functional.silu(c)).chunk(self.n, dim=-1)
+
+
+class FinalLayer(nn.Module):
+    """norm -> adaLN (shift, scale) -> Linear to p*p*C_out per token."""
+
+    def __init__(
+        self, hidden_size: int, patch_size: int, out_channels: int, norm: str = "layernorm"
+    ):
+        super().__init__()
+        self.norm = make_norm(norm, hidden_size)
+        self.adaLN = AdaLN(hidden_size, 2)
+        self.linear = nn.Linear(hidden_size, patch_size * patch_size * out_channels)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.adaLN(c)
+        return self.linear(modulate(self.norm(x), shift, scale))
