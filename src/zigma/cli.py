@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 
 class UsageError(Exception):
@@ -104,6 +105,46 @@ def cmd_scans(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sample(args: argparse.Namespace) -> int:
+    import torch
+
+    from zigma.evaluate import default_labels, generate, load_for_sampling, write_samples
+
+    if args.out is None and args.out_dir is None:
+        raise UsageError("give --out FILE.png (a grid) and/or --out-dir DIR (one PNG per sample)")
+    if args.out is not None and Path(args.out).suffix.lower() != ".png":
+        raise UsageError(f"--out must be a .png file, got {args.out}")
+    if args.num < 1:
+        raise UsageError(f"--num must be >= 1, got {args.num}")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    loaded = load_for_sampling(args.ckpt, map_location=device)
+    cfg = loaded.model.config
+    labels = default_labels(args.num, cfg.num_classes, args.class_label)
+    start = time.perf_counter()
+    images = generate(
+        loaded, args.num, seed=args.seed, sampler=args.sampler, steps=args.steps,
+        cfg_scale=args.cfg, labels=labels, batch_size=args.batch_size, device=device,
+        progress=sys.stderr.isatty(),
+    )  # fmt: skip
+    took = time.perf_counter() - start
+    nrow = args.nrow or (
+        cfg.num_classes
+        if labels is not None and args.class_label is None and cfg.num_classes <= 16
+        else None
+    )
+    write_samples(images, args.out, args.out_dir, nrow=nrow)
+    if args.out:
+        print(f"wrote {args.out}")
+    if args.out_dir:
+        print(f"wrote {args.num} PNGs to {args.out_dir}")
+    print(
+        f"{args.num} samples from {loaded.source} with {args.sampler} ({args.steps} steps"
+        + (f", cfg {args.cfg}" if args.cfg != 1.0 else "")
+        + f") in {took:.1f} s on {device}"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from zigma import __version__
 
@@ -144,6 +185,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", metavar="FILE.png", help="draw the orders to a PNG")
     p.add_argument("--print", action="store_true", help="print each order as token indices")
     p.set_defaults(func=cmd_scans)
+    p = sub.add_parser("sample", help="draw samples from a trained model to PNG")
+    p.add_argument(
+        "--ckpt",
+        required=True,
+        help="a run folder, a checkpoint folder or an exported model folder",
+    )
+    p.add_argument("--out", metavar="FILE.png", help="write a grid of all samples")
+    p.add_argument("--out-dir", metavar="DIR", help="also write one PNG per sample")
+    p.add_argument("--num", type=int, default=64, help="number of samples (default 64)")
+    p.add_argument("--seed", type=int, default=0, help="seed; same seed, same images")
+    p.add_argument(
+        "--sampler",
+        default="heun",
+        help="euler, heun, dopri5, sde-euler or sde-heun (default heun)",
+    )
+    p.add_argument("--steps", type=int, default=50, help="sampling steps (default 50)")
+    p.add_argument("--cfg", type=float, default=1.0, help="classifier-free guidance scale")
+    p.add_argument(
+        "--class",
+        dest="class_label",
+        type=int,
+        default=None,
+        help="sample this class only (default: classes in turn)",
+    )
+    p.add_argument("--nrow", type=int, default=None, help="images per grid row")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.set_defaults(func=cmd_sample)
     return parser
 
 

@@ -68,9 +68,9 @@ def save_pretrained(model: torch.nn.Module, directory: str | os.PathLike) -> Pat
     return directory
 
 
-def read_config(directory: str | os.PathLike):
+def read_config(directory: str | os.PathLike, config_name: str = CONFIG_NAME):
     """Return (model class, config) described by ``directory/config.json``."""
-    path = Path(directory) / CONFIG_NAME
+    path = Path(directory) / config_name
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: not a zigma model directory")
     try:
@@ -93,10 +93,20 @@ def read_config(directory: str | os.PathLike):
     return cls, config
 
 
-def from_pretrained(directory: str | os.PathLike, map_location: str | torch.device = "cpu"):
-    """Rebuild the model saved in ``directory`` with exactly its saved weights."""
-    cls, config = read_config(directory)
-    weights = Path(directory) / WEIGHTS_NAME
+def from_pretrained(
+    directory: str | os.PathLike,
+    map_location: str | torch.device = "cpu",
+    *,
+    config_name: str = CONFIG_NAME,
+    weights_name: str = WEIGHTS_NAME,
+):
+    """Rebuild the model saved in ``directory`` with exactly its saved weights.
+
+    ``config_name`` / ``weights_name`` select other files of the same formats, e.g. a training
+    checkpoint's ``model.json`` and ``ema.safetensors``.
+    """
+    cls, config = read_config(directory, config_name)
+    weights = Path(directory) / weights_name
     if not weights.is_file():
         raise FileNotFoundError(f"{weights} not found")
     try:

@@ -1,0 +1,174 @@
+"""Sampling a trained model: find its weights and transport, draw seeded images, write PNGs.
+
+``load_for_sampling`` accepts the three places weights live: an exported model folder
+(``save_pretrained`` + ``transport.json``), a training checkpoint (EMA weights), or a run folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from zigma.config import ConfigError, from_dict
+from zigma.data import save_image_grid
+from zigma.models import from_pretrained
+from zigma.transport import SAMPLERS, TransportConfig, as_velocity, cfg_velocity, sample
+
+TRANSPORT_NAME = "transport.json"
+
+
+@dataclass
+class Sampleable:
+    model: torch.nn.Module
+    transport: TransportConfig
+    source: Path  # the folder the weights came from
+
+
+def _transport_from(data: dict, where: Path) -> TransportConfig:
+    try:
+        return from_dict(TransportConfig, data)
+    except ConfigError as e:
+        raise ValueError(f"{where}: {e}") from e
+
+
+def _checkpoint_dir(path: Path) -> Path | None:
+    """A run folder's newest complete checkpoint, or None."""
+    latest = path / "checkpoints" / "LATEST"
+    if not latest.is_file():
+        return None
+    ckpt = path / "checkpoints" / latest.read_text().strip()
+    if not (ckpt / "model.json").is_file():
+        raise ValueError(f"{latest} names {ckpt.name}, which is not a complete checkpoint")
+    return ckpt
+
+
+def load_for_sampling(path: str | os.PathLike, map_location="cpu") -> Sampleable:
+    """Load the model to sample from ``path`` and the transport it was trained with.
+
+    ``path`` may be an exported model folder (``config.json`` + ``model.safetensors``, optional
+    ``transport.json``; linear/velocity if absent), a training checkpoint folder (``model.json``
+    + ``ema.safetensors``: the EMA weights), or a run folder (its ``model/`` export if the run
+    finished, else its newest checkpoint).
+
+    Raises:
+        FileNotFoundError: nothing loadable at ``path``.
+        ValueError: the files exist but are corrupt or not zigma's.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist")
+    if not path.is_dir():
+        raise ValueError(f"{path} is a file; pass the folder that holds the model")
+    if (path / "model.json").is_file():  # a training checkpoint
+        model = from_pretrained(
+            path, map_location, config_name="model.json", weights_name="ema.safetensors"
+        )
+        run_cfg = json.loads((path / "config.json").read_text())
+        transport = _transport_from(run_cfg.get("transport", {}), path / "config.json")
+        return Sampleable(model.eval(), transport, path)
+    if (path / "config.json").is_file() and (path / "model.safetensors").is_file():
+        model = from_pretrained(path, map_location)
+        tfile = path / TRANSPORT_NAME
+        data = json.loads(tfile.read_text()) if tfile.is_file() else {}
+        return Sampleable(model.eval(), _transport_from(data, tfile), path)
+    if (path / "model" / "config.json").is_file():
+        return load_for_sampling(path / "model", map_location)
+    ckpt = _checkpoint_dir(path)
+    if ckpt is not None:
+        return load_for_sampling(ckpt, map_location)
+    raise FileNotFoundError(
+        f"{path} holds no zigma model: expected config.json + model.safetensors (an exported "
+        "model), model.json + ema.safetensors (a checkpoint), or a run folder with model/ or "
+        "checkpoints/LATEST"
+    )
+
+
+def default_labels(num: int, num_classes: int, class_label: int | None) -> torch.Tensor | None:
+    """Labels for a grid: all ``class_label``, or classes in turn (one per column of a row)."""
+    if num_classes == 0:
+        if class_label is not None:
+            raise ValueError("this model is unconditional: --class does not apply")
+        return None
+    if class_label is not None:
+        if not 0 <= class_label < num_classes:
+            raise ValueError(f"class must be in 0..{num_classes - 1}, got {class_label}")
+        return torch.full((num,), class_label, dtype=torch.long)
+    return torch.arange(num, dtype=torch.long) % num_classes
+
+
+@torch.no_grad()
+def generate(
+    loaded: Sampleable,
+    num: int,
+    *,
+    seed: int = 0,
+    sampler: str = "heun",
+    steps: int = 50,
+    cfg_scale: float = 1.0,
+    labels: torch.Tensor | None = None,
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+    **sampler_kw,
+) -> torch.Tensor:
+    """Draw ``num`` samples [num, C, H, W] in [-1, 1] (clamped), deterministic in ``seed``.
+
+    The starting noise and the SDE noise both come from generators seeded with ``seed``, and
+    batches are cut from one noise tensor, so the same seed gives the same images whatever the
+    batch size.
+    """
+    if num < 1:
+        raise ValueError(f"num must be >= 1, got {num}")
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {list(SAMPLERS)}, got {sampler!r}")
+    if cfg_scale < 0:
+        raise ValueError(f"cfg scale must be >= 0, got {cfg_scale}")
+    model, tcfg = loaded.model.to(device), loaded.transport
+    cfg = model.config
+    if cfg_scale != 1.0 and model.null_class is None:
+        raise ValueError("classifier-free guidance needs a class-conditional model")
+    gen = torch.Generator().manual_seed(seed)
+    noise = torch.randn(num, cfg.in_channels, *cfg.input_size, generator=gen)
+    sde_gen = torch.Generator(device=device).manual_seed(seed + 1)
+
+    def net(x, t, y=None):
+        return model(x, t, y)
+
+    velocity = as_velocity(net, tcfg.prediction, tcfg.path)
+    t_start, t_end = tcfg.sample_interval()
+    if sampler.startswith("sde"):
+        t_start = t_end = None  # the SDE samplers pick their own safe ends
+    out = []
+    for lo in range(0, num, batch_size):
+        x = noise[lo : lo + batch_size].to(device)
+        fn, kwargs = velocity, {}
+        if labels is not None:
+            y = labels[lo : lo + batch_size].to(device)
+            if cfg_scale == 1.0:
+                kwargs = {"y": y}
+            else:
+                null = torch.full_like(y, model.null_class)
+                fn = cfg_velocity(velocity, cfg_scale, {"y": y}, {"y": null})
+        out.append(
+            sample(
+                fn, x, sampler, steps, tcfg.path, model_kwargs=kwargs, t_start=t_start,
+                t_end=t_end, generator=sde_gen, progress=progress, **sampler_kw,
+            ).clamp(-1, 1).cpu()
+        )  # fmt: skip
+    return torch.cat(out)
+
+
+def write_samples(images: torch.Tensor, grid_path=None, out_dir=None, nrow=None) -> list[Path]:
+    """Write a PNG grid and/or one PNG per image (``000000.png`` ...); returns the paths."""
+    written = []
+    if grid_path is not None:
+        written.append(save_image_grid(images, grid_path, nrow=nrow))
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        for i, img in enumerate(images):
+            written.append(save_image_grid(img[None], out_dir / f"{i:06d}.png", nrow=1, padding=0))
+    return written
