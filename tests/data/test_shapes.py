@@ -149,3 +149,14 @@ def test_objects_contrast_with_their_background(channels):
         scene = ds.scene(i)
         for obj in scene.objects:
             assert all(dist(obj.color, c) >= minimum for c in scene.colors), (i, scene)
+
+
+def test_simple_style_is_one_shape_on_a_plain_background():
+    full = ShapesDataset(num_samples=300, resolution=16, style="full")
+    simple = ShapesDataset(num_samples=300, resolution=16, style="simple")
+    scenes = [simple.scene(i) for i in range(300)]
+    assert all(s.background == "solid" and len(s.objects) == 1 for s in scenes)
+    assert any(len(full.scene(i).objects) > 1 for i in range(300))
+    assert any(full.scene(i).background != "solid" for i in range(300))
+    with pytest.raises(ValueError, match="style must be"):
+        ShapesDataset(style="fancy")

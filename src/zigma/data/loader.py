@@ -45,6 +45,7 @@ class DataConfig:
         data_dir: the image folder ("folder", required) or where the IDX files are (MNISTs).
         num_samples: length of the shapes dataset.
         seed: content seed of the shapes dataset (shuffling has its own seed in make_loader).
+        style: shapes only: "full" or "simple" (one shape on a plain background).
         flip: random left-right mirror ("folder" and "fashion-mnist" only).
         crop: "center" or "random" square crop ("folder" only).
         label_mode: "auto", "folders" or "none": how a folder gets labels (ImageFolderDataset).
@@ -58,6 +59,7 @@ class DataConfig:
     data_dir: str | None = None
     num_samples: int = 50_000
     seed: int = 0
+    style: Literal["full", "simple"] = "full"
     flip: bool = False
     crop: Literal["center", "random"] = "center"
     label_mode: Literal["auto", "folders", "none"] = "auto"
@@ -84,6 +86,10 @@ class DataConfig:
             raise ConfigError(
                 f"flip=True is supported for name in {list(_FLIPPABLE)}, not {self.name!r}"
             )
+        if self.style not in ("full", "simple"):
+            raise ConfigError(f"style must be 'full' or 'simple', got {self.style!r}")
+        if self.style != "full" and self.name != "shapes":
+            raise ConfigError(f"style={self.style!r} applies only to name='shapes'")
         if self.crop not in ("center", "random"):
             raise ConfigError(f"crop must be 'center' or 'random', got {self.crop!r}")
         if self.crop != "center" and self.name != "folder":
@@ -109,7 +115,7 @@ def build_dataset(cfg: DataConfig, split: Literal["train", "test"] = "train") ->
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     channels = cfg.resolved_channels
     if cfg.name == "shapes":
-        return ShapesDataset(cfg.num_samples, cfg.resolution, channels, cfg.seed, split)
+        return ShapesDataset(cfg.num_samples, cfg.resolution, channels, cfg.seed, split, cfg.style)
     if cfg.name in ("mnist", "fashion-mnist"):
         make = mnist if cfg.name == "mnist" else fashion_mnist
         return make(

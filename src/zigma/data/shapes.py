@@ -161,6 +161,8 @@ class ShapesDataset(Dataset):
         channels: 3 (RGB palette) or 1 (a palette of gray levels, named as such in captions).
         seed: dataset seed.
         split: "train" or "test"; the test split draws from a different stream of the same seed.
+        style: "full" (plain, split or striped backgrounds, up to two extra small objects) or
+            "simple" (one shape on a plain background: learnable in minutes on a CPU).
 
     Each item is ``{"image": float32 [C, H, W] in [-1, 1], "label": int64 scalar,
     "caption": str}``; ``scene(i)`` gives the underlying description.
@@ -176,6 +178,7 @@ class ShapesDataset(Dataset):
         channels: int = 3,
         seed: int = 0,
         split: Literal["train", "test"] = "train",
+        style: Literal["full", "simple"] = "full",
     ) -> None:
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
@@ -187,6 +190,9 @@ class ShapesDataset(Dataset):
             raise ValueError(f"seed must be >= 0, got {seed}")
         if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        if style not in ("full", "simple"):
+            raise ValueError(f"style must be 'full' or 'simple', got {style!r}")
+        self.style = style
         self.num_samples = num_samples
         self.resolution = resolution
         self.channels = channels
@@ -233,6 +239,8 @@ class ShapesDataset(Dataset):
         # ~20 us) would otherwise dominate; the rare long rejection loop falls back to rng.random.
         draw = itertools.chain(rng.random(160).tolist(), iter(rng.random, None)).__next__
         background = _BACKGROUNDS[bisect.bisect(_BACKGROUND_CDF, draw())]
+        if self.style == "simple":
+            background = "solid"
         while True:
             bg = (_pick(self._partners[-1], draw),)
             if background != "solid":
@@ -248,7 +256,8 @@ class ShapesDataset(Dataset):
         main = self._place(draw, _pick(CLASS_NAMES, draw), allowed, MAIN_SIZE, [])
         assert main is not None  # the first object always fits
         placed = [main]
-        for _ in range(bisect.bisect(_EXTRA_OBJECTS_CDF, draw())):
+        extras = bisect.bisect(_EXTRA_OBJECTS_CDF, draw()) if self.style == "full" else 0
+        for _ in range(extras):
             obj = self._place(draw, _pick(CLASS_NAMES, draw), allowed, SMALL_SIZE, placed)
             if obj is not None:
                 placed.append(obj)
