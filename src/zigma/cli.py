@@ -145,6 +145,63 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    import json
+    import logging
+    import os
+
+    from zigma.train import TRAIN_PRESETS, TrainingDiverged, build_config, latest_checkpoint, train
+
+    if args.list_presets:
+        print(f"{'preset':<14} description")
+        for name, preset in TRAIN_PRESETS.items():
+            print(f"{name:<14} {preset.description}")
+        print(
+            "Any model preset (`zigma models`, e.g. ZigMa-S/2) also works: it trains that "
+            "model on the embedded shapes data at its default input size."
+        )
+        return 0
+    if not args.out:
+        raise UsageError("--out DIR is required (the run folder)")
+    try:
+        base = None
+        if args.resume and not (args.preset or args.config):
+            # no preset given: start from the run's own config (the checkpoint's wins anyway)
+            base = json.loads((latest_checkpoint(args.out) / "config.json").read_text())
+        elif not (args.preset or args.config):
+            raise UsageError("give --preset NAME (see --list-presets) or --config FILE")
+        cfg = build_config(
+            args.preset,
+            args.config,
+            args.overrides,
+            base=base,
+            steps=args.steps,
+            ckpt_every=args.ckpt_every,
+        )
+    except (ValueError, FileNotFoundError) as e:
+        raise UsageError(" ".join(str(e).split())) from e
+    rank = int(os.environ.get("RANK", "0"))
+    logging.basicConfig(
+        level=logging.INFO if rank == 0 else logging.WARNING,
+        format="%(message)s",
+        stream=sys.stdout,
+    )
+    try:
+        summary = train(cfg, Path(args.out), resume=args.resume)
+    except TrainingDiverged as e:
+        print(f"zigma train: error: {e}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError, NotADirectoryError) as e:
+        raise UsageError(" ".join(str(e).split())) from e
+    if rank == 0:
+        print(
+            f"trained {summary.steps} steps in {summary.seconds / 60:.1f} min "
+            f"(last loss {summary.final_loss:.4f}, {summary.nonfinite_total} skipped steps); "
+            f"EMA model in {summary.export_dir}"
+        )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from zigma import __version__
 
@@ -213,6 +270,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser(
+        "train",
+        help="train a model into a run folder (resumable; DDP under torchrun)",
+        description="Config precedence: preset < --config file < key=value overrides < "
+        "--steps/--ckpt-every. With --resume the checkpoint's config wins, except steps, "
+        "ckpt_every, log_every, sample_every, keep_last_checkpoints, num_workers, cpu_threads "
+        "and the tracker flags.",
+    )
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="dotted config overrides, e.g. model.hidden_size=256 optim.lr=3e-4",
+    )
+    p.add_argument("--preset", help="training preset (--list-presets) or a model preset name")
+    p.add_argument("--out", metavar="DIR", help="run folder (new or empty, unless --resume)")
+    p.add_argument("--config", metavar="FILE", help="a full or partial config (.yaml or .json)")
+    p.add_argument("--steps", type=int, default=None, help="total optimizer steps")
+    p.add_argument("--ckpt-every", type=int, default=None, help="checkpoint interval (steps)")
+    p.add_argument(
+        "--resume", action="store_true", help="continue the run in --out from its newest checkpoint"
+    )
+    p.add_argument("--list-presets", action="store_true", help="print the training presets")
+    p.set_defaults(func=cmd_train)
     return parser
 
 

@@ -1,0 +1,47 @@
+"""Training: ``TrainConfig`` and presets, the loop ``train(cfg, out_dir, resume)``, EMA,
+atomic safetensors/JSON checkpoints with exact resume, and torchrun DDP.
+
+The run folder layout and the checkpoint format are described in ``loop.py`` and
+``checkpoint.py``; ``zigma train`` is the command-line front end.
+"""
+
+from zigma.train.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
+from zigma.train.config import (
+    RESUME_MUTABLE,
+    EMAConfig,
+    ModelSpec,
+    OptimConfig,
+    TrainConfig,
+    build_config,
+    preset_dict,
+    read_config_file,
+)
+from zigma.train.ema import EMA, ema_decay
+from zigma.train.loop import TrainingDiverged, TrainSummary, train
+from zigma.train.optim import get_lr, param_groups
+from zigma.train.presets import TRAIN_PRESETS, Preset
+from zigma.train.resume import RunDirError
+
+__all__ = [
+    "EMA",
+    "RESUME_MUTABLE",
+    "TRAIN_PRESETS",
+    "CheckpointError",
+    "EMAConfig",
+    "ModelSpec",
+    "OptimConfig",
+    "Preset",
+    "RunDirError",
+    "TrainConfig",
+    "TrainSummary",
+    "TrainingDiverged",
+    "build_config",
+    "ema_decay",
+    "get_lr",
+    "latest_checkpoint",
+    "load_checkpoint",
+    "param_groups",
+    "preset_dict",
+    "read_config_file",
+    "train",
+]

@@ -1,0 +1,303 @@
+"""``TrainConfig``: everything a training run depends on, as one typed, JSON-serialisable tree.
+
+A config is built from a named preset, then a YAML/JSON file, then dotted ``key=value``
+overrides, then explicit flags (``build_config``); the model section names a model preset and
+only the fields that differ from it, so ``model.preset=ZigMa-B/2`` re-derives every other field.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from zigma.config import ConfigError, apply_overrides, from_dict, to_dict
+from zigma.data import DataConfig
+from zigma.models import ZigMaConfig, list_models, preset_config
+from zigma.train.presets import TRAIN_PRESETS
+from zigma.transport import TransportConfig
+
+Precision = Literal["fp32", "bf16", "fp16"]
+
+
+def _suggest(name: str, choices: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(choices), n=3, cutoff=0.4)
+    return f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+
+
+# Fields a resumed run takes from the command line; every other field comes from the
+# checkpoint (nanoGPT's rule: a resume must not silently change the model or the optimiser).
+RESUME_MUTABLE = (
+    "steps",
+    "ckpt_every",
+    "log_every",
+    "sample_every",
+    "keep_last_checkpoints",
+    "num_workers",
+    "cpu_threads",
+    "tensorboard",
+    "wandb",
+    "wandb_project",
+)
+
+
+def _model_spec_fields() -> list[tuple[str, Any, Any]]:
+    hints = typing.get_type_hints(ZigMaConfig)
+    out: list[tuple[str, Any, Any]] = [("preset", str, field(default="ZigMa-S/2"))]
+    for f in dataclasses.fields(ZigMaConfig):
+        out.append((f.name, hints[f.name] | None, field(default=None)))
+    return out
+
+
+# One optional field per ZigMaConfig field (generated, so the two never drift apart): None
+# means "the preset's value", or for input_size / in_channels / num_classes "from the data".
+ModelSpec = dataclasses.make_dataclass(
+    "ModelSpec",
+    _model_spec_fields(),
+    namespace={
+        "__doc__": "A model preset name plus ZigMaConfig overrides (None: keep the preset's).",
+        "__module__": __name__,
+    },
+)
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with a linear warm-up; the official defaults (lr 1e-4, wd 0, clip 2.0).
+
+    ``grad_clip`` caps the global gradient norm before the optimizer step (the official
+    trainer clips after the step, which does nothing); None or 0 disables clipping.
+    Weight decay applies only to >= 2-D weights without ``_no_weight_decay`` (nanoGPT's rule).
+    """
+
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    warmup_steps: int = 0
+    grad_clip: float | None = 2.0
+
+    def __post_init__(self) -> None:
+        if not self.lr > 0:
+            raise ConfigError(f"optim.lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"optim.weight_decay must be >= 0, got {self.weight_decay}")
+        if not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ConfigError(f"optim.betas must lie in [0, 1), got {self.betas}")
+        if self.eps <= 0 or self.warmup_steps < 0:
+            raise ConfigError("optim.eps must be > 0 and optim.warmup_steps >= 0")
+        if self.grad_clip is not None and self.grad_clip < 0:
+            raise ConfigError(f"optim.grad_clip must be >= 0 or null, got {self.grad_clip}")
+
+
+@dataclass
+class EMAConfig:
+    """EMA of the weights: decay_t = min(decay, (1 + step) / (10 + step)) with ``warmup``.
+
+    The warm-up lets the average forget the random init quickly; the official code uses a
+    fixed 0.9999 from step 0, so its EMA is still mostly the init after 10k steps.
+    """
+
+    decay: float = 0.9999
+    warmup: bool = True
+    update_every: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.decay < 1.0:
+            raise ConfigError(f"ema.decay must be in [0, 1), got {self.decay}")
+        if self.update_every < 1:
+            raise ConfigError(f"ema.update_every must be >= 1, got {self.update_every}")
+
+
+@dataclass
+class TrainConfig:
+    """A full training run. ``batch_size`` is global (split evenly over the ranks).
+
+    Intervals in steps: ``ckpt_every`` 0 = only at the end, ``sample_every`` 0 = never.
+    ``max_nonfinite`` consecutive NaN/Inf losses stop the run (exit code 2 in the CLI).
+    ``export_dtype`` is the dtype of the exported ``model/`` weights (fp32-tagged SSM
+    parameters stay fp32); checkpoints always hold fp32.
+    """
+
+    model: ModelSpec = field(default_factory=ModelSpec)  # type: ignore[valid-type]
+    data: DataConfig = field(default_factory=DataConfig)
+    transport: TransportConfig = field(default_factory=TransportConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    ema: EMAConfig = field(default_factory=EMAConfig)
+    steps: int = 10_000
+    batch_size: int = 64
+    seed: int = 0
+    precision: Precision = "fp32"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    grad_checkpointing: bool = False
+    compile: bool = False
+    num_workers: int = 0
+    cpu_threads: int | None = None  # torch intra-op threads during the run; None: torch's default
+    log_every: int = 50
+    ckpt_every: int = 1000
+    sample_every: int = 1000
+    num_samples: int = 16
+    sample_steps: int = 25
+    sample_sampler: Literal["euler", "heun"] = "heun"
+    cfg_scale: float = 1.0
+    keep_last_checkpoints: int = 3
+    max_nonfinite: int = 20
+    export_dtype: Literal["fp32", "fp16"] = "fp32"
+    tensorboard: bool = False
+    wandb: bool = False
+    wandb_project: str = "zigma"
+
+    def __post_init__(self) -> None:
+        for name, low in [
+            ("steps", 0),
+            ("batch_size", 1),
+            ("seed", 0),
+            ("num_workers", 0),
+            ("log_every", 1),
+            ("ckpt_every", 0),
+            ("sample_every", 0),
+            ("num_samples", 1),
+            ("sample_steps", 1),
+            ("keep_last_checkpoints", 1),
+            ("max_nonfinite", 1),
+        ]:
+            if getattr(self, name) < low:
+                raise ConfigError(f"{name} must be >= {low}, got {getattr(self, name)}")
+        if self.cpu_threads is not None and self.cpu_threads < 1:
+            raise ConfigError(f"cpu_threads must be >= 1 or null, got {self.cpu_threads}")
+        if self.cfg_scale < 0:
+            raise ConfigError(f"cfg_scale must be >= 0, got {self.cfg_scale}")
+        self.model_config()  # an unknown preset or an impossible model fails here, early
+
+    def model_config(self, num_classes: int | None = None) -> ZigMaConfig:
+        """The ZigMaConfig this run trains: the preset, the spec's overrides, and for unset
+        input_size / in_channels / num_classes the data's size, channels and ``num_classes``."""
+        spec = {k: v for k, v in to_dict(self.model).items() if v is not None}
+        name = spec.pop("preset")
+        res, channels = self.data.resolution, self.data.resolved_channels
+        spec.setdefault("input_size", (res, res))
+        spec.setdefault("in_channels", channels)
+        spec.setdefault("num_classes", num_classes or 0)
+        if tuple(spec["input_size"]) != (res, res):
+            raise ConfigError(
+                f"model.input_size {tuple(spec['input_size'])} does not match data.resolution {res}"
+            )
+        if spec["in_channels"] != channels:
+            raise ConfigError(
+                f"model.in_channels {spec['in_channels']} does not match the data's "
+                f"{channels} channels (data.channels)"
+            )
+        if name not in list_models():
+            raise ConfigError(f"unknown model.preset {name!r}{_suggest(name, list_models())}")
+        patch = spec.get("patch_size", preset_config(name).patch_size)
+        if res % patch:
+            raise ConfigError(
+                f"data.resolution {res} is not divisible by the model's patch size {patch}"
+            )
+        try:
+            return preset_config(name, **spec)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"model: {e}") from e
+
+    def resolved(self, num_classes: int) -> TrainConfig:
+        """A copy with every model field and the data channels filled in (what config.json
+        holds), ``num_classes`` being the dataset's (0 for unlabelled data)."""
+        model = self.model_config(num_classes)
+        if model.num_classes > 0 and num_classes == 0:
+            raise ConfigError(
+                f"model.num_classes={model.num_classes} but the dataset is "
+                "unlabelled; set model.num_classes=0"
+            )
+        if 0 < model.num_classes < num_classes:
+            raise ConfigError(
+                f"model.num_classes={model.num_classes} but the dataset has {num_classes} classes"
+            )
+        spec = ModelSpec(preset=self.model.preset, **dataclasses.asdict(model))
+        data = dataclasses.replace(self.data, channels=self.data.resolved_channels)
+        return dataclasses.replace(self, model=spec, data=data)
+
+
+def preset_dict(name: str) -> dict[str, Any]:
+    """The config overrides of a training preset, or of a model preset name (then the data is
+    the shapes set at the model's default input size)."""
+    if name in TRAIN_PRESETS:
+        return copy.deepcopy(TRAIN_PRESETS[name].config)
+    if name in list_models():
+        size = preset_config(name).input_size[0]
+        return {"model": {"preset": name}, "data": {"name": "shapes", "resolution": size}}
+    choices = [*TRAIN_PRESETS, *list_models()]
+    raise ConfigError(
+        f"unknown preset {name!r}{_suggest(name, choices)}; training presets: "
+        f"{', '.join(TRAIN_PRESETS)}; or any model preset (`zigma models`)"
+    )
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """A (partial) TrainConfig as a dict from a .json, .yaml or .yml file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} not found")
+    text = path.read_text()
+    if path.suffix in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError as e:
+            raise ConfigError(
+                f"reading {path} needs PyYAML (pip install pyyaml); or use a .json file"
+            ) from e
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path} is not valid YAML: {e}") from e
+    elif path.suffix == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path} is not valid JSON: {e}") from e
+    else:
+        raise ConfigError(f"config file {path} must end in .json, .yaml or .yml")
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of config keys")
+    return data
+
+
+def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Deep merge: mappings merge key by key, anything else in ``update`` replaces."""
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def build_config(
+    preset: str | None = None,
+    config_file: str | Path | None = None,
+    overrides: typing.Iterable[str] = (),
+    base: dict[str, Any] | None = None,
+    **flags: Any,
+) -> TrainConfig:
+    """preset < ``base`` < file < ``key=value`` overrides < explicit ``flags`` (e.g. steps=...).
+
+    Raises:
+        ConfigError: unknown preset, unknown key (with suggestions), wrong type or value.
+    """
+    data: dict[str, Any] = preset_dict(preset) if preset else {}
+    data = merge(data, base or {})
+    if config_file is not None:
+        data = merge(data, read_config_file(config_file))
+    cfg = from_dict(TrainConfig, data)
+    cfg = apply_overrides(cfg, list(overrides))
+    flags = {k: v for k, v in flags.items() if v is not None}
+    if flags:
+        cfg = apply_overrides(cfg, [f"{k}={json.dumps(v)}" for k, v in flags.items()])
+    return cfg

@@ -1,0 +1,89 @@
+"""What leaves the trainer besides checkpoints: periodic sample grids from the EMA weights and
+the final ``model/`` folder (``save_pretrained`` of the EMA model plus ``transport.json``).
+
+``zigma sample`` loads ``model/`` as it loads any pretrained folder.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from zigma.config import to_dict
+from zigma.data import derive_seed
+from zigma.models import ZigMaConfig, save_pretrained
+from zigma.models.io import _atomic_write
+from zigma.train.config import TrainConfig
+from zigma.transport import as_velocity, cfg_velocity, sample
+
+TRANSPORT_NAME = "transport.json"
+_SEED_SAMPLES = 3  # the sample noise is the same at every step, so grids are comparable
+
+
+@torch.no_grad()
+def sample_grid(
+    model: nn.Module,
+    cfg: TrainConfig,
+    mcfg: ZigMaConfig,
+    device: torch.device,
+    autocast: Callable[[], AbstractContextManager],
+) -> torch.Tensor:
+    """``cfg.num_samples`` samples [N, C, H, W] in [-1, 1] with a fixed noise seed.
+
+    Class-conditional models get labels 0, 1, 2, ... cycling through the classes, guided with
+    ``cfg.cfg_scale`` (1 = no guidance).
+    """
+    was_training = model.training
+    model.eval()
+    g = torch.Generator().manual_seed(derive_seed(cfg.seed, _SEED_SAMPLES))
+    noise = torch.randn((cfg.num_samples, mcfg.in_channels, *mcfg.input_size), generator=g)
+    noise = noise.to(device)
+    fn = as_velocity(model, cfg.transport.prediction, cfg.transport.path)
+    kwargs = {}
+    if mcfg.num_classes > 0:
+        y = (torch.arange(cfg.num_samples) % mcfg.num_classes).to(device)
+        if cfg.cfg_scale != 1.0:
+            fn = cfg_velocity(
+                fn, cfg.cfg_scale, {"y": y}, {"y": torch.full_like(y, model.null_class)}
+            )
+        else:
+            kwargs = {"y": y}
+    t_start, t_end = cfg.transport.sample_interval()
+    with autocast():
+        x = sample(
+            fn,
+            noise,
+            sampler=cfg.sample_sampler,
+            steps=cfg.sample_steps,
+            path=cfg.transport.path,
+            model_kwargs=kwargs,
+            t_start=t_start,
+            t_end=t_end,
+        )
+    model.train(was_training)
+    return x.float().clamp(-1, 1).cpu()
+
+
+def export_model(ema_model: nn.Module, model: nn.Module, cfg: TrainConfig, directory: Path) -> Path:
+    """``save_pretrained`` of the EMA weights (in ``cfg.export_dtype``) + transport.json.
+
+    fp16 export keeps parameters tagged ``_keep_fp32`` (SSM A_log, D, dt bias) in fp32;
+    ``from_pretrained`` loads either into an fp32 model.
+    """
+    keep32 = {n for n, p in model.named_parameters() if getattr(p, "_keep_fp32", False)}
+    to_save = ema_model
+    if cfg.export_dtype == "fp16":
+        to_save = copy.deepcopy(ema_model)
+        for name, p in to_save.named_parameters():
+            if name not in keep32:
+                p.data = p.data.half()
+    save_pretrained(to_save, directory)
+    text = json.dumps(to_dict(cfg.transport), indent=2, sort_keys=True) + "\n"
+    _atomic_write(directory / TRANSPORT_NAME, lambda p: Path(p).write_text(text))
+    return directory

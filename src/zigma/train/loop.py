@@ -1,0 +1,303 @@
+"""The training loop: ``train(cfg, out_dir, resume=False) -> TrainSummary``, one plain function.
+
+A step: forward under autocast -> the ranks agree the loss is finite (else all skip) ->
+backward -> unscale -> clip the global grad norm -> optimizer step -> EMA. Noise and times are
+drawn for the global batch from one generator shared by every rank, which keeps the rows of its
+data shard, so N processes compute what one process with the same global batch would.
+
+Run folder: config.json, log.txt, metrics.jsonl, loss.png, samples/step_XXXXXXX.png,
+checkpoints/step_XXXXXXX/ + checkpoints/LATEST, and at the end model/ (the EMA weights as
+``save_pretrained`` writes them, plus transport.json).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import sys
+import time
+from collections.abc import Callable
+from contextlib import ExitStack, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+import zigma
+from zigma.config import ConfigError, to_dict
+from zigma.data import derive_seed, iterate_batches, save_image_grid
+from zigma.models import count_parameters, create_model
+from zigma.train import distributed as D
+from zigma.train.checkpoint import capture_rng, save_checkpoint
+from zigma.train.config import TrainConfig
+from zigma.train.ema import EMA
+from zigma.train.export import export_model, sample_grid
+from zigma.train.optim import build_optimizer, get_lr, guarded_step, set_lr
+from zigma.train.resume import (
+    SEED_INIT,
+    SEED_NOISE,
+    Progress,
+    checkpoint_state,
+    prepare,
+    restore,
+    seed_local,
+)
+from zigma.train.tracking import RunLog, header, log_window
+from zigma.transport import sample_time, training_loss
+
+logger = logging.getLogger("zigma.train")
+_AMP = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class TrainingDiverged(RuntimeError):
+    """``max_nonfinite`` consecutive steps had a NaN/Inf loss or gradient."""
+
+
+@dataclass
+class TrainSummary:
+    out_dir: Path
+    steps: int
+    final_loss: float  # mean loss of the last log window
+    nonfinite_total: int
+    seconds: float
+    parameters: int
+    export_dir: Path | None  # None on ranks other than 0
+
+
+def train(
+    cfg: TrainConfig,
+    out_dir: str | Path,
+    resume: bool = False,
+    *,
+    model_hook: Callable[[nn.Module], Any] | None = None,
+) -> TrainSummary:
+    """Train ``cfg`` into the run folder ``out_dir``, on one process or under torchrun.
+
+    Args:
+        resume: continue from ``out_dir/checkpoints/LATEST``. The checkpoint's config wins
+            except for ``RESUME_MUTABLE`` fields (steps, intervals, ...). With the same world
+            size and device the result is bit-identical to an uninterrupted run.
+        model_hook: called with the raw model before training (e.g. to register hooks).
+
+    Raises:
+        ConfigError, RunDirError, CheckpointError, FileNotFoundError: bad input, before
+            anything is written.
+        TrainingDiverged: ``max_nonfinite`` non-finite steps in a row. No checkpoint is
+            written then: the newest periodic one stays the one to resume from.
+    """
+    _, _, world = D.launcher_env()
+    if cfg.batch_size % world:  # checked before joining the process group, so nothing hangs
+        raise ConfigError(f"batch_size {cfg.batch_size} is not divisible by the world size {world}")
+    env = D.setup(cfg.device)
+    threads = torch.get_num_threads()
+    try:
+        return _train(cfg, Path(out_dir), resume, env, model_hook)
+    finally:
+        torch.set_num_threads(threads)
+        D.cleanup(env)
+
+
+def _train(cfg: TrainConfig, out: Path, resume: bool, env: D.DistEnv, model_hook) -> TrainSummary:
+    cfg, dataset, ckpt = prepare(cfg, out, resume, env)
+    if cfg.cpu_threads is not None:
+        # on a busy machine one thread can beat two: OpenMP barriers stall when a core is taken
+        torch.set_num_threads(cfg.cpu_threads)
+    mcfg, o = cfg.model_config(), cfg.optim
+    torch.manual_seed(derive_seed(cfg.seed, SEED_INIT))  # the same init on every rank
+    model = create_model(cfg.model.preset, **dataclasses.asdict(mcfg)).to(env.device)
+    model.grad_checkpointing = cfg.grad_checkpointing
+    ema = EMA(model, cfg.ema.decay, cfg.ema.warmup)
+    opt = build_optimizer(model, o, env.device)
+    scaler = torch.amp.GradScaler(env.device.type, enabled=cfg.precision == "fp16")
+    noise_gen = torch.Generator().manual_seed(derive_seed(cfg.seed, SEED_NOISE))
+    seed_local(cfg.seed, env.rank)
+    prog = Progress()
+    if ckpt is not None:
+        prog = restore(ckpt, env, cfg.seed, model, ema, opt, scaler, noise_gen)
+    if model_hook is not None:
+        model_hook(model)
+    net: nn.Module = model
+    if env.distributed:
+        ids = [env.device.index] if env.device.type == "cuda" else None
+        # buffers (the stored scan orders) are constants: no need to broadcast them each step
+        net = nn.parallel.DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+    if cfg.compile:
+        net = torch.compile(net)  # state dicts still come from the raw `model`
+    amp = _AMP[cfg.precision]
+    # Under autocast parameters stay fp32 (the SSM's A_log, D, dt bias included); the Mamba
+    # scan itself runs in fp32 whatever the autocast dtype.
+    autocast = (lambda: torch.autocast(env.device.type, dtype=amp)) if amp else nullcontext
+    per_rank = cfg.batch_size // env.world_size
+    # explicit num_replicas even on one process: the same global batches for any world size
+    batches = iterate_batches(
+        dataset,
+        per_rank,
+        seed=cfg.seed,
+        start_step=prog.step,
+        num_replicas=env.world_size,
+        rank=env.rank,
+        num_workers=cfg.num_workers,
+    )
+    per_epoch = len(dataset) // env.world_size // per_rank
+    n_params, conditional = count_parameters(model), mcfg.num_classes > 0
+
+    D.barrier(env)  # every rank passed its checks: only now does rank 0 write
+    run: RunLog | None = None
+    with ExitStack() as stack:
+        if env.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2, sort_keys=True))
+            run = RunLog(out, cfg, resume_step=prog.step if ckpt else None)
+            stack.callback(run.close)
+            header(run, _header_lines(cfg, env, n_params, len(dataset), ckpt and ckpt.path))
+
+        def save() -> None:
+            tensors, states = capture_rng(env.device)
+            everyone = D.all_gather_objects((tensors, states), env)
+            if run is None:
+                return
+            path = save_checkpoint(
+                out / "checkpoints",
+                prog.step,
+                config=to_dict(cfg),
+                model=model,
+                ema_model=ema.model,
+                optimizer=opt,
+                state=checkpoint_state(prog, cfg, per_epoch, scaler),
+                rng_tensors=[e[0] for e in everyone],
+                rng_states=[e[1] for e in everyone],
+                shared_rng={"noise_generator": noise_gen.get_state()},
+                history={"loss": prog.losses, "grad_norm": prog.grad_norms},
+                keep_last=cfg.keep_last_checkpoints,
+            )
+            run.info("step %d: checkpoint %s", prog.step, path.relative_to(out))
+            run.plot(prog.losses)
+
+        def samples() -> None:
+            assert run is not None
+            grid = sample_grid(ema.model, cfg, mcfg, env.device, autocast)
+            path = save_image_grid(
+                grid,
+                out / "samples" / f"step_{prog.step:07d}.png",
+                nrow=mcfg.num_classes if 0 < mcfg.num_classes <= 16 else None,
+                scale=2 if max(mcfg.input_size) <= 64 else 1,
+            )
+            run.image(path, grid, prog.step)
+            run.info("step %d: samples %s", prog.step, path.relative_to(out))
+
+        bar = stack.enter_context(
+            tqdm(
+                total=cfg.steps,
+                initial=prog.step,
+                unit="step",
+                dynamic_ncols=True,
+                disable=not (env.is_main and sys.stderr.isatty()),
+            )
+        )
+        if not bar.disable:  # console log lines go through tqdm.write, not across the bar
+            stack.enter_context(logging_redirect_tqdm())
+        start = t_window = time.perf_counter()
+        window_steps, final_loss = 0, math.nan
+        while prog.step < cfg.steps:
+            step = prog.step
+            batch = next(batches)
+            x = batch["image"].to(env.device, non_blocking=True)
+            kwargs = {"y": batch["label"].to(env.device)} if conditional else {}
+            # global-batch noise and times, this rank's rows: the layout DistributedSampler uses
+            noise = torch.randn((cfg.batch_size, *x.shape[1:]), generator=noise_gen)
+            t = sample_time(cfg.batch_size, cfg.transport, noise_gen)
+            noise = noise[env.rank :: env.world_size].to(env.device)
+            t = t[env.rank :: env.world_size].to(env.device)
+            lr = get_lr(step, o.lr, o.warmup_steps)
+            set_lr(opt, lr)
+            with autocast():
+                losses = training_loss(net, x, cfg.transport, noise=noise, t=t, model_kwargs=kwargs)
+            loss, gnorm = guarded_step(losses.mean(), model, opt, scaler, o.grad_clip, env)
+            prog.losses.append(loss)
+            prog.grad_norms.append(gnorm)
+            prog.step += 1
+            if math.isfinite(loss):
+                prog.nonfinite_run = 0
+                if prog.step % cfg.ema.update_every == 0:
+                    ema.update(model, step)
+                    prog.ema_updates += 1
+                bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+            else:
+                _nonfinite(run, cfg, prog)
+            bar.update(1)
+            window_steps += 1
+            done = prog.step == cfg.steps
+            if prog.step % cfg.log_every == 0 or done:
+                rate = window_steps / max(time.perf_counter() - t_window, 1e-9)
+                final_loss = log_window(
+                    run, prog.step, cfg.steps, cfg.log_every, prog.losses, prog.grad_norms, lr,
+                    prog.nonfinite_total, rate, cfg.batch_size,
+                )  # fmt: skip
+                t_window, window_steps = time.perf_counter(), 0
+            paused = time.perf_counter()
+            if (cfg.ckpt_every and prog.step % cfg.ckpt_every == 0) or done:
+                save()
+            if run and cfg.sample_every and (prog.step % cfg.sample_every == 0 or done):
+                samples()
+            t_window += time.perf_counter() - paused  # rates leave out checkpoints and samples
+        export = None
+        if run is not None:
+            export = export_model(ema.model, model, cfg, out / "model")
+            run.plot(prog.losses)
+            minutes = (time.perf_counter() - start) / 60
+            run.info("done: step %d in %.1f min; EMA weights in %s", prog.step, minutes, export)
+    D.barrier(env)
+    seconds = time.perf_counter() - start
+    return TrainSummary(out, prog.step, final_loss, prog.nonfinite_total, seconds, n_params, export)
+
+
+def _nonfinite(run: RunLog | None, cfg: TrainConfig, prog: Progress) -> None:
+    """Count a skipped step (no optimizer step, no EMA update); stop after too many in a row.
+
+    No checkpoint is written on stopping: the weights are those of the last good step, and
+    the newest periodic checkpoint stays the one to resume from (e.g. with a lower lr).
+    """
+    prog.nonfinite_total += 1
+    prog.nonfinite_run += 1
+    if run is not None:
+        run.info(
+            "step %d: non-finite loss or gradient, step skipped (%d in a row; stop at %d)",
+            prog.step,
+            prog.nonfinite_run,
+            cfg.max_nonfinite,
+        )
+    if prog.nonfinite_run >= cfg.max_nonfinite:
+        if run is not None:
+            run.plot(prog.losses)
+        raise TrainingDiverged(
+            f"stopped at step {prog.step}: {prog.nonfinite_run} non-finite losses in a row "
+            f"(max_nonfinite={cfg.max_nonfinite}); the last checkpoint is intact; try a lower "
+            "optim.lr or precision=fp32"
+        )
+
+
+def _header_lines(
+    cfg: TrainConfig, env: D.DistEnv, n_params: int, n_data: int, resumed: Path | None
+) -> dict[str, str]:
+    m, d = cfg.model, cfg.data
+    threads = f" ({torch.get_num_threads()} threads)" if env.device.type == "cpu" else ""
+    lines = {
+        "versions": f"zigma {zigma.__version__}, torch {torch.__version__}, python "
+        f"{sys.version.split()[0]}, numpy {np.__version__}",
+        "device": f"{env.device}{threads}, world size {env.world_size}, precision "
+        f"{cfg.precision}, compile {cfg.compile}",
+        "model": f"{m.preset} hidden {m.hidden_size} depth {m.depth} patch {m.patch_size} "
+        f"{m.scan} x{m.num_orders}, {m.num_classes} classes: {n_params / 1e6:.2f}M parameters",
+        "data": f"{d.name} {d.resolution}px x{d.channels}, {n_data} images; batch "
+        f"{cfg.batch_size} ({cfg.batch_size // env.world_size} per rank), {cfg.steps} steps",
+    }
+    if resumed is not None:
+        lines["resumed"] = str(resumed)
+    return lines

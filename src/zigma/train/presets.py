@@ -1,0 +1,87 @@
+"""Training presets by name: each is a partial TrainConfig (nested dict) over the defaults.
+
+``zigma train --preset NAME`` takes one of these, or any model preset name (``ZigMa-S/2`` ...),
+which trains that model on the embedded shapes data at its default input size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Preset:
+    description: str
+    config: dict[str, Any]
+
+
+TRAIN_PRESETS: dict[str, Preset] = {
+    # Sized for a 2-core CPU in minutes (measured: ~0.45 s/step on 2 free cores, ~0.8 s/step on
+    # one). Patch 4 (8x8 tokens) because patch 2 (16x16) makes each step ~4x slower on a CPU.
+    "demo": Preset(
+        "tiny class-conditional ZigMa on the embedded shapes at 32 px; trains on a laptop CPU",
+        {
+            "model": {
+                "preset": "ZigMa-S/2",
+                "hidden_size": 160,
+                "depth": 6,
+                "patch_size": 4,
+                "scan": "zigzag",
+                "num_orders": 8,
+            },
+            "data": {"name": "shapes", "resolution": 32, "num_samples": 20_000},
+            "optim": {"lr": 1e-3, "warmup_steps": 100},
+            "ema": {"decay": 0.999},
+            "steps": 1000,
+            "batch_size": 32,
+            "precision": "fp32",
+            "log_every": 25,
+            "ckpt_every": 250,
+            "sample_every": 250,
+            "num_samples": 16,
+            "sample_steps": 20,
+            "sample_sampler": "euler",
+            "cfg_scale": 2.0,
+        },
+    ),
+    # ~7M parameters: the exported fp16 EMA weights stay under 20 MB.
+    "shapes-s": Preset(
+        "class-conditional ZigMa (~7M params) on shapes at 32 px for one GPU; bf16",
+        {
+            "model": {"preset": "ZigMa-S/2", "hidden_size": 256, "depth": 12},
+            "data": {"name": "shapes", "resolution": 32},
+            "optim": {"lr": 3e-4, "warmup_steps": 1000},
+            "ema": {"decay": 0.9999},
+            "steps": 50_000,
+            "batch_size": 128,
+            "precision": "bf16",
+            "export_dtype": "fp16",
+            "log_every": 100,
+            "ckpt_every": 2500,
+            "sample_every": 2500,
+            "num_samples": 64,
+            "sample_steps": 50,
+            "cfg_scale": 2.0,
+        },
+    ),
+    "fashion-mnist": Preset(
+        "class-conditional ZigMa on Fashion-MNIST (1 channel, padded to 32 px) for one GPU",
+        {
+            "model": {"preset": "ZigMa-S/2", "hidden_size": 256, "depth": 12},
+            "data": {"name": "fashion-mnist", "resolution": 32, "channels": 1},
+            "optim": {"lr": 3e-4, "warmup_steps": 1000},
+            "ema": {"decay": 0.9999},
+            "steps": 50_000,
+            "batch_size": 128,
+            "precision": "bf16",
+            "export_dtype": "fp16",
+            "log_every": 100,
+            "ckpt_every": 2500,
+            "sample_every": 2500,
+            "num_samples": 64,
+            "sample_steps": 50,
+            "cfg_scale": 2.0,
+        },
+    ),
+}

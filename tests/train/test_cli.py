@@ -1,0 +1,139 @@
+"""``zigma train`` on bad input: exit code 2, one line naming the problem, nothing written."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+
+from zigma.cli import main
+from zigma.train import train
+
+from .conftest import TINY, run_cli, tiny
+
+
+def _snapshot(folder):
+    if not folder.exists():
+        return None
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _fails(capsys, args, match, out=None):
+    before = _snapshot(out) if out is not None else None
+    assert main(["train", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("zigma train: error:") and "\n" not in err, err
+    assert match in err, err
+    if out is not None:
+        assert _snapshot(out) == before  # nothing written or overwritten
+    return err
+
+
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (["--preset", "dmeo"], "did you mean 'demo'"),
+        (["--preset", "demo", "model.hiden_size=64"], "did you mean 'hidden_size'"),
+        (["--preset", "demo", "optim.lr=fast"], "optim.lr"),
+        (["--preset", "demo", "data.resolution=30", "model.patch_size=4"], "not divisible"),
+        (["--preset", "demo", "data.name=folder", "data.data_dir=/no/such/dir"], "/no/such/dir"),
+        (["--preset", "fashion-mnist", "data.data_dir=/no/such/dir"], "Fashion-MNIST"),
+        (["--preset", "demo", "--config", "/no/such.yaml"], "/no/such.yaml"),
+        ([], "--preset"),
+    ],
+)
+def test_bad_input_exits_2_and_writes_nothing(tmp_path, capsys, args, match):
+    out = tmp_path / "run"
+    _fails(capsys, [*args, "--out", str(out), "--steps", "2"], match)
+    assert not out.exists()
+
+
+def test_out_is_required(capsys):
+    _fails(capsys, ["--preset", "demo"], "--out")
+
+
+def test_non_empty_folder_is_refused(tmp_path, capsys):
+    (tmp_path / "keep.txt").write_text("x")
+    _fails(capsys, ["--preset", "demo", "--out", str(tmp_path)], "--resume", out=tmp_path)
+
+
+def test_resume_without_checkpoint(tmp_path, capsys):
+    _fails(capsys, ["--out", str(tmp_path / "run"), "--resume"], "no checkpoint to resume")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.fixture
+def finished_run(tmp_path):
+    out = tmp_path / "run"
+    train(tiny(steps=2), out)
+    return out
+
+
+def test_corrupt_checkpoint_on_resume(finished_run, capsys):
+    (finished_run / "checkpoints" / "step_0000002" / "model.safetensors").write_bytes(b"\0" * 64)
+    _fails(
+        capsys,
+        ["--out", str(finished_run), "--resume", "--steps", "4"],
+        "model.safetensors is not a readable",
+        out=finished_run,
+    )
+
+
+def test_foreign_checkpoint_on_resume(finished_run, capsys):
+    state = finished_run / "checkpoints" / "step_0000002" / "state.json"
+    state.write_text(json.dumps({"model": "a torch.save dict", "step": 2}))
+    _fails(
+        capsys,
+        ["--out", str(finished_run), "--resume"],
+        "not a zigma training checkpoint",
+        out=finished_run,
+    )
+
+
+def test_weights_that_do_not_fit_the_config(finished_run, capsys):
+    cfg = finished_run / "checkpoints" / "step_0000002" / "config.json"
+    data = json.loads(cfg.read_text())
+    data["model"]["hidden_size"] = 48
+    cfg.write_text(json.dumps(data))
+    _fails(
+        capsys,
+        ["--out", str(finished_run), "--resume", "--steps", "4"],
+        "does not match its config",
+        out=finished_run,
+    )
+
+
+def test_list_presets(capsys):
+    assert main(["train", "--list-presets"]) == 0
+    text = capsys.readouterr().out
+    assert all(name in text for name in ("demo", "shapes-s", "fashion-mnist", "ZigMa-S/2"))
+
+
+def test_divergence_exits_2_in_a_real_process(tmp_path):
+    out = tmp_path / "run"
+    proc = run_cli(
+        "train",
+        "--preset",
+        "demo",
+        "--out",
+        str(out),
+        *TINY,
+        "optim.lr=1e30",
+        "optim.grad_clip=null",
+        "max_nonfinite=3",
+        "--steps",
+        "50",
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith("zigma train: error: stopped at step")
+    assert "non-finite losses in a row" in lines[-1]
+    assert (out / "log.txt").is_file() and not (out / "model").exists()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorboard") is not None, reason="installed")
+def test_missing_tracker_is_a_clear_error(tmp_path, capsys):
+    out = tmp_path / "run"
+    _fails(capsys, ["--preset", "demo", "--out", str(out), "tensorboard=true"], "pip install")
+    assert not out.exists()

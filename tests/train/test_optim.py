@@ -1,0 +1,101 @@
+"""The optimizer step: weight-decay groups, the LR warm-up, and clipping BEFORE the step."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from zigma.models import create_model
+from zigma.train import get_lr, param_groups
+from zigma.train.distributed import DistEnv
+from zigma.train.optim import guarded_step
+
+ENV = DistEnv(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+
+
+def _model():
+    torch.manual_seed(0)
+    return create_model("ZigMa-S/2", hidden_size=16, depth=1, input_size=8, in_channels=1)
+
+
+def test_lr_warmup():
+    assert get_lr(0, 1e-3, 10) == pytest.approx(1e-4)
+    assert get_lr(9, 1e-3, 10) == pytest.approx(1e-3)
+    assert get_lr(500, 1e-3, 10) == 1e-3
+    assert get_lr(0, 1e-3, 0) == 1e-3
+
+
+def test_decay_only_on_matrices_without_the_tag():
+    model = _model()
+    decay, no_decay = param_groups(model, 0.05)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    assert all(p.ndim >= 2 for p in decay["params"])
+    tagged = [names[id(p)] for p in no_decay["params"] if getattr(p, "_no_weight_decay", False)]
+    assert any("A_log" in n for n in tagged)  # a 2-D tensor, kept out of decay by its tag
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+def _loss(model, scale):
+    x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():  # an untrained ZigMa outputs 0: give the head a gradient path
+        model.final_layer.linear.bias.fill_(0.1)
+    return scale * (model(x, torch.full((2,), 0.5)) - x).pow(2).mean()
+
+
+def test_clipping_happens_before_the_step():
+    clip, lr = 2.0, 1e-2
+    model = _model()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    # the manual computation: the gradient, its global norm and the clipped gradient
+    ref = _model()
+    _loss(ref, 1e4).backward()
+    grads = [p.grad.clone() for p in ref.parameters()]
+    norm = torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])).item()
+    assert norm > 100 * clip  # a huge gradient
+    clipped = [g * (clip / (norm + 1e-6)) for g in grads]
+
+    loss = _loss(model, 1e4)
+    before = [p.detach().clone() for p in model.parameters()]
+    loss, gnorm = guarded_step(loss, model, opt, scaler, clip, ENV)
+    assert math.isfinite(loss) and gnorm == pytest.approx(norm, rel=1e-5)
+    for p, p0, g in zip(model.parameters(), before, clipped, strict=True):
+        st = opt.state[p]
+        # the optimizer saw the clipped gradient: m = (1 - b1) g, v = (1 - b2) g^2
+        torch.testing.assert_close(st["exp_avg"], 0.1 * g, rtol=1e-4, atol=1e-12)
+        torch.testing.assert_close(st["exp_avg_sq"], 0.001 * g * g, rtol=1e-4, atol=1e-16)
+        # first AdamW step: p -= lr * m_hat / (sqrt(v_hat) + eps) with m_hat = g, v_hat = g^2
+        update = lr * g / (g.abs() + 1e-8)
+        torch.testing.assert_close(p0 - p.detach(), update, rtol=1e-3, atol=1e-7)
+    # clipping after the step (the official code) would have left the raw gradient in m
+    big = max(
+        (opt.state[p]["exp_avg"] - 0.1 * g).abs().max().item()
+        for p, g in zip(model.parameters(), grads, strict=True)
+    )
+    assert big > 1.0
+
+
+def test_no_clip_leaves_gradients_alone():
+    model = _model()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    ref = _model()
+    _loss(ref, 1e4).backward()
+    guarded_step(_loss(model, 1e4), model, opt, scaler, None, ENV)
+    for p, r in zip(model.parameters(), ref.parameters(), strict=True):
+        torch.testing.assert_close(opt.state[p]["exp_avg"], 0.1 * r.grad, rtol=1e-4, atol=1e-12)
+
+
+def test_nonfinite_loss_skips_the_step():
+    model = _model()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    loss = _loss(model, 1.0) * math.nan
+    before = [p.detach().clone() for p in model.parameters()]
+    loss, gnorm = guarded_step(loss, model, opt, scaler, 2.0, ENV)
+    assert math.isnan(loss) and math.isnan(gnorm)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    assert not opt.state and all(p.grad is None for p in model.parameters())
