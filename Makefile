@@ -11,7 +11,7 @@ install: .installed
 	@touch .installed
 
 demo: install
-	$(PYTHON) -m zigma info ZigMa-S/2
+	$(PYTHON) -m zigma demo
 
 test: install
 	$(PYTHON) -m pytest -q

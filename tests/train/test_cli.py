@@ -137,3 +137,18 @@ def test_missing_tracker_is_a_clear_error(tmp_path, capsys):
     out = tmp_path / "run"
     _fails(capsys, ["--preset", "demo", "--out", str(out), "tensorboard=true"], "pip install")
     assert not out.exists()
+
+
+def test_demo_trains_and_writes_a_sample_grid(tmp_path, capsys):
+    from PIL import Image
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--steps", "6", *TINY]) == 0
+    stdout = capsys.readouterr().out
+    assert "zigma demo: 6 steps" in stdout and str(out / "samples.png") in stdout
+    with Image.open(out / "samples.png") as im:
+        # 8 classes per row, 8 rows of 16 px tiles with 2 px padding
+        assert im.size == (8 * 18 + 2, 8 * 18 + 2)
+    assert (out / "model" / "model.safetensors").is_file() and (out / "loss.png").is_file()
+    assert main(["demo", "--out", str(out), "--steps", "6", *TINY]) == 2  # never overwrites
+    assert "error" in capsys.readouterr().err

@@ -45,7 +45,8 @@ class DataConfig:
         data_dir: the image folder ("folder", required) or where the IDX files are (MNISTs).
         num_samples: length of the shapes dataset.
         seed: content seed of the shapes dataset (shuffling has its own seed in make_loader).
-        style: shapes only: "full" or "simple" (one shape on a plain background).
+        style: "full" or "simple" (one shape on a plain background); read by "shapes" only, so
+            a preset that sets it can still be pointed at another dataset.
         flip: random left-right mirror ("folder" and "fashion-mnist" only).
         crop: "center" or "random" square crop ("folder" only).
         label_mode: "auto", "folders" or "none": how a folder gets labels (ImageFolderDataset).
@@ -88,8 +89,6 @@ class DataConfig:
             )
         if self.style not in ("full", "simple"):
             raise ConfigError(f"style must be 'full' or 'simple', got {self.style!r}")
-        if self.style != "full" and self.name != "shapes":
-            raise ConfigError(f"style={self.style!r} applies only to name='shapes'")
         if self.crop not in ("center", "random"):
             raise ConfigError(f"crop must be 'center' or 'random', got {self.crop!r}")
         if self.crop != "center" and self.name != "folder":
