@@ -98,3 +98,23 @@ def test_bad_inputs_raise():
     with pytest.raises(ValueError, match="has batch 3 but x has batch 5"):
         guided(torch.randn(5, 2), torch.rand(5))
     assert model.calls == 0
+
+
+def test_class_guided_wraps_labels_for_sample():
+    from zigma.transport import class_guided
+
+    def toy(x, t, y=None):  # velocity depends on the label
+        return x * 0 + y.float()[:, None]
+
+    x, t = torch.zeros(3, 2), torch.full((3,), 0.5)
+    labels = torch.tensor([1, 2, 3])
+    fn, kw = class_guided(toy, None, None, 3.0)
+    assert fn is toy and kw == {}
+    fn, kw = class_guided(toy, labels, 0, 1.0)
+    assert fn is toy and torch.equal(kw["y"], labels)
+    fn, kw = class_guided(toy, labels, 0, 3.0)
+    assert kw == {}
+    # v_null = 0, so guidance multiplies the conditional velocity by the scale
+    torch.testing.assert_close(fn(x, t), 3.0 * labels.float()[:, None].expand(3, 2))
+    with pytest.raises(ValueError, match="null label"):
+        class_guided(toy, labels, None, 2.0)

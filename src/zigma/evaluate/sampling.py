@@ -16,7 +16,7 @@ import torch
 from zigma.config import ConfigError, from_dict
 from zigma.data import save_image_grid
 from zigma.models import from_pretrained
-from zigma.transport import SAMPLERS, TransportConfig, as_velocity, cfg_velocity, sample
+from zigma.transport import SAMPLERS, TransportConfig, as_velocity, class_guided, sample
 
 TRANSPORT_NAME = "transport.json"
 
@@ -145,14 +145,8 @@ def generate(
     out = []
     for lo in range(0, num, batch_size):
         x = noise[lo : lo + batch_size].to(device)
-        fn, kwargs = velocity, {}
-        if labels is not None:
-            y = labels[lo : lo + batch_size].to(device)
-            if cfg_scale == 1.0:
-                kwargs = {"y": y}
-            else:
-                null = torch.full_like(y, model.null_class)
-                fn = cfg_velocity(velocity, cfg_scale, {"y": y}, {"y": null})
+        y = None if labels is None else labels[lo : lo + batch_size].to(device)
+        fn, kwargs = class_guided(velocity, y, model.null_class, cfg_scale)
         out.append(
             sample(
                 fn, x, sampler, steps, tcfg.path, model_kwargs=kwargs, t_start=t_start,

@@ -20,7 +20,7 @@ from zigma.data import derive_seed
 from zigma.models import ZigMaConfig, save_pretrained
 from zigma.models.io import _atomic_write
 from zigma.train.config import TrainConfig
-from zigma.transport import as_velocity, cfg_velocity, sample
+from zigma.transport import as_velocity, class_guided, sample
 
 TRANSPORT_NAME = "transport.json"
 _SEED_SAMPLES = 3  # the sample noise is the same at every step, so grids are comparable
@@ -44,16 +44,11 @@ def sample_grid(
     g = torch.Generator().manual_seed(derive_seed(cfg.seed, _SEED_SAMPLES))
     noise = torch.randn((cfg.num_samples, mcfg.in_channels, *mcfg.input_size), generator=g)
     noise = noise.to(device)
-    fn = as_velocity(model, cfg.transport.prediction, cfg.transport.path)
-    kwargs = {}
+    velocity = as_velocity(model, cfg.transport.prediction, cfg.transport.path)
+    y = None
     if mcfg.num_classes > 0:
         y = (torch.arange(cfg.num_samples) % mcfg.num_classes).to(device)
-        if cfg.cfg_scale != 1.0:
-            fn = cfg_velocity(
-                fn, cfg.cfg_scale, {"y": y}, {"y": torch.full_like(y, model.null_class)}
-            )
-        else:
-            kwargs = {"y": y}
+    fn, kwargs = class_guided(velocity, y, model.null_class, cfg.cfg_scale)
     t_start, t_end = cfg.transport.sample_interval()
     with autocast():
         x = sample(

@@ -104,3 +104,25 @@ def cfg_velocity(
         return v
 
     return guided
+
+
+def class_guided(
+    model_fn: ModelFn,
+    labels: torch.Tensor | None,
+    null_label: int | None,
+    scale: float = 1.0,
+    interval: tuple[float, float] | None = None,
+) -> tuple[ModelFn, dict[str, Any]]:
+    """``(model_fn, model_kwargs)`` to hand to ``sample`` for a label-conditioned model.
+
+    Labels go in as ``y``; with ``scale != 1`` they are guided against ``null_label`` through
+    ``cfg_velocity``. ``labels=None`` (an unconditional model) returns ``model_fn`` unchanged.
+    """
+    if labels is None:
+        return model_fn, {}
+    if scale == 1.0:
+        return model_fn, {"y": labels}
+    if null_label is None:
+        raise ValueError("classifier-free guidance needs a null label")
+    null = torch.full_like(labels, null_label)
+    return cfg_velocity(model_fn, scale, {"y": labels}, {"y": null}, interval), {}
