@@ -160,3 +160,26 @@ def test_simple_style_is_one_shape_on_a_plain_background():
     assert any(full.scene(i).background != "solid" for i in range(300))
     with pytest.raises(ValueError, match="style must be"):
         ShapesDataset(style="fancy")
+
+
+def test_centered_style_is_one_large_near_central_shape_with_little_rotation():
+    from zigma.data.shapes import (
+        CENTERED_JITTER,
+        CENTERED_MAX_ROTATION,
+        CENTERED_SIZE,
+    )
+
+    ds = ShapesDataset(num_samples=400, resolution=16, style="centered")
+    scenes = [ds.scene(i) for i in range(400)]
+    assert all(s.background == "solid" and len(s.objects) == 1 for s in scenes)
+    objs = [s.objects[0] for s in scenes]
+    assert all(
+        abs(o.cx - 0.5) <= CENTERED_JITTER and abs(o.cy - 0.5) <= CENTERED_JITTER for o in objs
+    )
+    assert all(CENTERED_SIZE[0] <= o.size <= CENTERED_SIZE[1] for o in objs)
+    assert all(abs(o.angle) <= CENTERED_MAX_ROTATION for o in objs)
+    assert {o.kind for o in objs} == set(ds.class_names)
+    # the object is drawn where the scene says: it covers the centre (but a ring's hole)
+    for scene in scenes[:40]:
+        img = ds.render(scene)
+        assert (img.getpixel((8, 8)) != img.getpixel((0, 0))) == (scene.objects[0].kind != "ring")

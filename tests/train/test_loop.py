@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from zigma.config import to_dict
+from zigma.config import ConfigError, to_dict
 from zigma.models import from_pretrained
 from zigma.train import RunDirError, TrainingDiverged, load_checkpoint, train
 
@@ -160,3 +160,17 @@ def test_cpu_threads_apply_during_the_run_only(tmp_path):
         model_hook=lambda m: seen.append(torch.get_num_threads()),
     )
     assert seen == [2] and torch.get_num_threads() == before
+
+
+def test_time_limit_stops_at_the_next_log_step_with_a_final_checkpoint(tmp_path):
+    # any elapsed time exceeds the limit: the first check (step 5 = log_every) stops the run
+    summary = train(tiny("time_limit_minutes=1e-9", "ckpt_every=0", steps=100), tmp_path)
+    assert summary.steps == 5
+    assert (tmp_path / "checkpoints" / "LATEST").read_text().strip() == "step_0000005"
+    assert (tmp_path / "model" / "model.safetensors").is_file()
+    assert "time limit of 1e-09 min reached at step 5" in (tmp_path / "log.txt").read_text()
+
+
+def test_time_limit_must_be_positive():
+    with pytest.raises(ConfigError, match="time_limit_minutes must be > 0"):
+        tiny("time_limit_minutes=0")

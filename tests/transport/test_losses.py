@@ -65,6 +65,36 @@ def test_sample_time_range_and_reproducibility():
     assert vp.min() >= 0.1 and vp.max() > 0.999  # vp's noise end is regular
 
 
+@pytest.mark.parametrize(("mean", "std", "eps"), [(0.0, 1.0, 0.0), (-0.5, 0.7, 0.1)])
+def test_logit_normal_times_follow_the_closed_form_cdf(mean, std, eps):
+    # P(t <= q) for t = lo + (hi - lo) sigmoid(m + s n): Phi((logit((q - lo)/(hi - lo)) - m) / s)
+    cfg = TransportConfig(
+        path="linear",
+        prediction="noise",
+        train_eps=eps,
+        time_dist="logit-normal",
+        time_mean=mean,
+        time_std=std,
+    )
+    t = sample_time(200_000, cfg, torch.Generator().manual_seed(0), dtype=F64)
+    lo, hi = cfg.train_interval()
+    assert t.min() > lo and t.max() < hi
+    q = torch.linspace(lo + 0.05, hi - 0.05, 9, dtype=F64)
+    u = (q - lo) / (hi - lo)
+    cdf = 0.5 * (1 + torch.erf((torch.log(u / (1 - u)) - mean) / (std * 2**0.5)))
+    empirical = (t[:, None] <= q).double().mean(0)
+    assert torch.allclose(empirical, cdf, atol=5e-3)  # ~4.5 binomial std at n = 200k
+    uniform = sample_time(200_000, TransportConfig(train_eps=eps), torch.Generator(), dtype=F64)
+    assert not torch.allclose((uniform[:, None] <= q).double().mean(0), cdf, atol=5e-3)
+
+
+def test_time_dist_errors():
+    with pytest.raises(ValueError, match="time_dist must be one of"):
+        TransportConfig(time_dist="beta")
+    with pytest.raises(ValueError, match="time_std must be > 0"):
+        TransportConfig(time_dist="logit-normal", time_std=0.0)
+
+
 @pytest.mark.parametrize("prediction", ["velocity", "score", "noise"])
 @pytest.mark.parametrize("path", ["linear", "gvp", "vp"])
 def test_perfect_predictor_has_zero_loss(path, prediction):

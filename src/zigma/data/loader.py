@@ -24,7 +24,7 @@ from zigma.config import ConfigError
 from zigma.data.folder import ImageFolderDataset
 from zigma.data.idx import fashion_mnist, mnist
 from zigma.data.sampler import EpochSampler, SkipSampler, derive_seed
-from zigma.data.shapes import ShapesDataset
+from zigma.data.shapes import STYLES, ShapesDataset
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,8 @@ class DataConfig:
         data_dir: the image folder ("folder", required) or where the IDX files are (MNISTs).
         num_samples: length of the shapes dataset.
         seed: content seed of the shapes dataset (shuffling has its own seed in make_loader).
-        style: "full" or "simple" (one shape on a plain background); read by "shapes" only, so
+        style: "full", "simple" (one shape on a plain background) or "centered" (one large
+            shape near the middle: the CPU demo's data); read by "shapes" only, so
             a preset that sets it can still be pointed at another dataset.
         flip: random left-right mirror ("folder" and "fashion-mnist" only).
         crop: "center" or "random" square crop ("folder" only).
@@ -60,7 +61,7 @@ class DataConfig:
     data_dir: str | None = None
     num_samples: int = 50_000
     seed: int = 0
-    style: Literal["full", "simple"] = "full"
+    style: Literal["full", "simple", "centered"] = "full"
     flip: bool = False
     crop: Literal["center", "random"] = "center"
     label_mode: Literal["auto", "folders", "none"] = "auto"
@@ -87,8 +88,8 @@ class DataConfig:
             raise ConfigError(
                 f"flip=True is supported for name in {list(_FLIPPABLE)}, not {self.name!r}"
             )
-        if self.style not in ("full", "simple"):
-            raise ConfigError(f"style must be 'full' or 'simple', got {self.style!r}")
+        if self.style not in STYLES:
+            raise ConfigError(f"style must be one of {list(STYLES)}, got {self.style!r}")
         if self.crop not in ("center", "random"):
             raise ConfigError(f"crop must be 'center' or 'random', got {self.crop!r}")
         if self.crop != "center" and self.name != "folder":

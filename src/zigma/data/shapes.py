@@ -71,7 +71,11 @@ _MAX_ROTATION = {
 }
 
 MAIN_SIZE = (0.45, 0.72)  # diameter of the main object, as a fraction of the image side
+CENTERED_SIZE = (0.6, 0.8)  # "centered" style: one large object near the middle
+CENTERED_JITTER = 0.06  # largest offset of its centre from the image centre
+CENTERED_MAX_ROTATION = 15.0
 SMALL_SIZE = (0.20, 0.30)
+STYLES = ("full", "simple", "centered")
 _EXTRA_OBJECTS_CDF = (0.5, 0.85)  # P(0 small objects) = 0.5, P(1) = 0.35, P(2) = 0.15
 _BACKGROUNDS: tuple[Literal["solid", "split", "stripes"], ...] = ("solid", "split", "stripes")
 _BACKGROUND_CDF = (0.6, 0.85)  # solid 60 %, split 25 %, striped 15 %
@@ -162,7 +166,8 @@ class ShapesDataset(Dataset):
         seed: dataset seed.
         split: "train" or "test"; the test split draws from a different stream of the same seed.
         style: "full" (plain, split or striped backgrounds, up to two extra small objects) or
-            "simple" (one shape on a plain background: learnable in minutes on a CPU).
+            "simple" (one shape anywhere on a plain background) or "centered" (one large shape
+            near the middle, little rotation, plain background: learnable in CPU minutes).
 
     Each item is ``{"image": float32 [C, H, W] in [-1, 1], "label": int64 scalar,
     "caption": str}``; ``scene(i)`` gives the underlying description.
@@ -178,7 +183,7 @@ class ShapesDataset(Dataset):
         channels: int = 3,
         seed: int = 0,
         split: Literal["train", "test"] = "train",
-        style: Literal["full", "simple"] = "full",
+        style: Literal["full", "simple", "centered"] = "full",
     ) -> None:
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
@@ -190,8 +195,8 @@ class ShapesDataset(Dataset):
             raise ValueError(f"seed must be >= 0, got {seed}")
         if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-        if style not in ("full", "simple"):
-            raise ValueError(f"style must be 'full' or 'simple', got {style!r}")
+        if style not in STYLES:
+            raise ValueError(f"style must be one of {list(STYLES)}, got {style!r}")
         self.style = style
         self.num_samples = num_samples
         self.resolution = resolution
@@ -239,7 +244,7 @@ class ShapesDataset(Dataset):
         # ~20 us) would otherwise dominate; the rare long rejection loop falls back to rng.random.
         draw = itertools.chain(rng.random(160).tolist(), iter(rng.random, None)).__next__
         background = _BACKGROUNDS[bisect.bisect(_BACKGROUND_CDF, draw())]
-        if self.style == "simple":
+        if self.style != "full":
             background = "solid"
         while True:
             bg = (_pick(self._partners[-1], draw),)
@@ -253,7 +258,10 @@ class ShapesDataset(Dataset):
         bg_offset = -0.15 + 0.3 * draw()
         stripe_period = 0.22 + 0.12 * draw()
 
-        main = self._place(draw, _pick(CLASS_NAMES, draw), allowed, MAIN_SIZE, [])
+        if self.style == "centered":
+            main = self._center(draw, _pick(CLASS_NAMES, draw), allowed)
+        else:
+            main = self._place(draw, _pick(CLASS_NAMES, draw), allowed, MAIN_SIZE, [])
         assert main is not None  # the first object always fits
         placed = [main]
         extras = bisect.bisect(_EXTRA_OBJECTS_CDF, draw()) if self.style == "full" else 0
@@ -289,6 +297,17 @@ class ShapesDataset(Dataset):
             if all(math.hypot(cx - o.cx, cy - o.cy) > r + o.size / 2 + 0.03 for o in others):
                 return ShapeObject(kind, color, cx, cy, size, angle)
         return None  # crowded: leave it out (and out of the caption)
+
+    def _center(
+        self, draw: Callable[[], float], kind: str, allowed: tuple[int, ...]
+    ) -> ShapeObject:
+        """A large object near the centre, rotated by at most ``CENTERED_MAX_ROTATION``."""
+        color = self._names[_pick(allowed, draw)]
+        size = CENTERED_SIZE[0] + (CENTERED_SIZE[1] - CENTERED_SIZE[0]) * draw()
+        max_rotation = min(_MAX_ROTATION[kind], CENTERED_MAX_ROTATION)
+        angle = (2 * draw() - 1) * max_rotation
+        cx, cy = (0.5 + CENTERED_JITTER * (2 * draw() - 1) for _ in range(2))
+        return ShapeObject(kind, color, cx, cy, size, angle)
 
     def render(self, scene: ShapeScene) -> Image.Image:
         """Draw ``scene`` at this dataset's resolution, anti-aliased by supersampling."""

@@ -40,6 +40,7 @@ RESUME_MUTABLE = (
     "keep_last_checkpoints",
     "num_workers",
     "cpu_threads",
+    "time_limit_minutes",
     "tensorboard",
     "wandb",
     "wandb_project",
@@ -146,6 +147,8 @@ class TrainConfig:
     sample_sampler: Literal["euler", "heun"] = "heun"
     cfg_scale: float = 1.0
     keep_last_checkpoints: int = 3
+    # Stop early (with the usual final checkpoint and export) once training has run this long.
+    time_limit_minutes: float | None = None
     max_nonfinite: int = 20
     export_dtype: Literal["fp32", "fp16"] = "fp32"
     tensorboard: bool = False
@@ -168,6 +171,10 @@ class TrainConfig:
         ]:
             if getattr(self, name) < low:
                 raise ConfigError(f"{name} must be >= {low}, got {getattr(self, name)}")
+        if self.time_limit_minutes is not None and not self.time_limit_minutes > 0:
+            raise ConfigError(
+                f"time_limit_minutes must be > 0 or null, got {self.time_limit_minutes}"
+            )
         if self.cpu_threads is not None and self.cpu_threads < 1:
             raise ConfigError(f"cpu_threads must be >= 1 or null, got {self.cpu_threads}")
         if self.cfg_scale < 0:

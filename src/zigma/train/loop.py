@@ -233,7 +233,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, env: D.DistEnv, model_hook
                 _nonfinite(run, cfg, prog)
             bar.update(1)
             window_steps += 1
-            done = prog.step == cfg.steps
+            done = prog.step == cfg.steps or _out_of_time(cfg, prog.step, start, env)
             if prog.step % cfg.log_every == 0 or done:
                 rate = window_steps / max(time.perf_counter() - t_window, 1e-9)
                 final_loss = log_window(
@@ -247,6 +247,12 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, env: D.DistEnv, model_hook
             if run and cfg.sample_every and (prog.step % cfg.sample_every == 0 or done):
                 samples()
             t_window += time.perf_counter() - paused  # rates leave out checkpoints and samples
+            if done and prog.step < cfg.steps:
+                if run is not None:
+                    run.info(
+                        "time limit of %g min reached at step %d", cfg.time_limit_minutes, prog.step
+                    )
+                break
         export = None
         if run is not None:
             export = export_model(ema.model, model, cfg, out / "model")
@@ -256,6 +262,15 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, env: D.DistEnv, model_hook
     D.barrier(env)
     seconds = time.perf_counter() - start
     return TrainSummary(out, prog.step, final_loss, prog.nonfinite_total, seconds, n_params, export)
+
+
+def _out_of_time(cfg: TrainConfig, step: int, start: float, env: D.DistEnv) -> bool:
+    """Whether ``time_limit_minutes`` has run out; checked every ``log_every`` steps, and
+    agreed by all ranks (any rank over the limit stops all) so none waits on a collective."""
+    if cfg.time_limit_minutes is None or step % cfg.log_every:
+        return False
+    over = float(time.perf_counter() - start > 60 * cfg.time_limit_minutes)
+    return bool(D.all_reduce_sum(torch.tensor([over], device=env.device), env).item() > 0)
 
 
 def _nonfinite(run: RunLog | None, cfg: TrainConfig, prog: Progress) -> None:
