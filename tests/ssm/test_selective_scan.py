@@ -338,18 +338,31 @@ def test_unavailable_backend_raises_runtime_error(temp_backend):
     assert not calls
 
 
-def test_auto_prefers_an_available_triton_backend(temp_backend):
+def test_auto_prefers_the_cuda_backend_only_on_cuda(monkeypatch):
     calls = []
 
     def fake(*args):
         calls.append(args)
         return selective_scan_ref(*args)
 
-    temp_backend("triton", fake, lambda device: device.type == "cpu")
-    assert resolve_backend("auto", torch.device("cpu")) == "triton"
+    monkeypatch.setitem(BACKENDS, "triton", ops.Backend("triton", fake, lambda device: True))
+    assert resolve_backend("auto", torch.device("cuda")) == "chunked"  # opt-in for now
+    monkeypatch.setattr(ops, "AUTO_CUDA_BACKEND", "triton")
+    assert resolve_backend("auto", torch.device("cuda")) == "triton"
+    # Never the (slow) interpreter on CPU, even where it is available.
+    assert resolve_backend("auto", torch.device("cpu")) == "chunked"
     assert resolve_backend("auto", "meta") == "chunked"
+    assert resolve_backend("triton", "cpu") == "triton"
     selective_scan(**make_scan_inputs(1, 2, 2, 5))
+    assert last_backend() == "chunked" and not calls
+    selective_scan(**make_scan_inputs(1, 2, 2, 5), backend="triton")
     assert last_backend() == "triton" and len(calls) == 1
+
+
+def test_triton_backend_is_registered_lazily():
+    assert "triton" in BACKENDS
+    assert ops.triton_available("cuda") == (ops._triton_installed())
+    assert not ops.triton_available("meta")
 
 
 def test_register_backend_guards(temp_backend):

@@ -11,7 +11,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from zigma.ssm import BACKENDS, Mamba, count_scan_flops, register_backend
 
@@ -50,6 +49,14 @@ def _count_only_scan(
     return (y, u.new_zeros(u.shape[0], u.shape[1], A.shape[1])) if return_last_state else y
 
 
+def _flop_counter():
+    # torch.utils.flop_counter imports triton when it is installed (torch >= 2.13): keep it
+    # out of ``import zigma.models``.
+    from torch.utils.flop_counter import FlopCounterMode
+
+    return FlopCounterMode(display=False)
+
+
 @contextmanager
 def _scans_counted_not_run(model: torch.nn.Module) -> Iterator[None]:
     register_backend(_COUNT_ONLY, _count_only_scan, lambda device: True, replace=True)
@@ -83,7 +90,7 @@ def count_flops(model: torch.nn.Module, batch_size: int = 1, input_size=None) ->
     try:
         with (
             _scans_counted_not_run(model),
-            FlopCounterMode(display=False) as counter,
+            _flop_counter() as counter,
             count_scan_flops() as scan,
         ):
             model(x, t, y)

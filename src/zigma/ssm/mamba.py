@@ -1,7 +1,8 @@
 """Mamba-1 mixer (``Mamba``): in_proj -> causal depthwise conv -> selective scan -> out_proj.
 
 Supports scanning the tokens in an arbitrary order (ZigMa's zigzag scans) and the
-Vision-Mamba bidirectional variant; the scan itself goes through ``zigma.ssm.ops``.
+Vision-Mamba bidirectional variant; the scan itself goes through ``zigma.ssm.ops``. With the
+Triton backend the order is folded into the conv and scan kernels (no gather/scatter).
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from zigma.ssm.ops import selective_scan
+from zigma.ssm.ops import resolve_backend, selective_scan
+from zigma.ssm.ops.tokens import conv_tokens, scan_tokens
 
 __all__ = ["Mamba"]
 
@@ -200,6 +202,37 @@ class Mamba(nn.Module):
             backend=self.backend,
         )  # [b, d_inner, L]
 
+    def _scan_branch_tokens(
+        self,
+        x: torch.Tensor,
+        z: torch.Tensor,
+        order: torch.Tensor | None,
+        conv: nn.Conv1d,
+        x_proj: nn.Linear,
+        dt_proj: nn.Linear,
+        A_log: nn.Parameter,
+        D: nn.Parameter,
+    ) -> torch.Tensor:
+        """``_scan_branch`` in token layout: ``[b, L, d]`` (views are fine) -> ``[b, L, d]``,
+        the kernels read and write token rows in ``order``."""
+        weight = conv.weight.squeeze(1)  # [d_inner, d_conv]
+        x = conv_tokens(x, weight, conv.bias, order, "silu", backend=self.backend)  # [b, L, d]
+        dt, B, C = x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        delta = F.linear(dt, dt_proj.weight)  # bias added in fp32 by the scan   [b, L, d_inner]
+        return scan_tokens(
+            x,
+            delta,
+            -torch.exp(A_log.float()),  # [d_inner, N]
+            B,  # [b, L, N] view of x_dbl
+            C,
+            D.float(),
+            z=z,
+            delta_bias=dt_proj.bias.float(),
+            delta_softplus=True,
+            order=order,
+            backend=self.backend,
+        )  # [b, L, d_inner]
+
     def forward(
         self,
         x: torch.Tensor,
@@ -212,7 +245,8 @@ class Mamba(nn.Module):
             x: ``[batch, L, d_model]`` in raster (residual-stream) order.
             order: optional gather index ``[L]`` (a permutation): scanned position ``m`` holds
                 token ``order[m]``.
-            inverse: optional inverse permutation of ``order`` (``argsort(order)`` if omitted).
+            inverse: optional inverse permutation of ``order`` (``argsort(order)`` if omitted;
+                not needed by the Triton path).
 
         Returns:
             ``[batch, L, d_model]`` in raster order.
@@ -228,9 +262,30 @@ class Mamba(nn.Module):
         length = x.shape[1]
         if order is not None:
             _check_index("order", order, length)
+            if inverse is not None:
+                _check_index("inverse", inverse, length)
+        if resolve_backend(self.backend, x.device) == "triton":
+            return self._forward_tokens(x, order)
+        return self._forward_gathered(x, order, inverse)
+
+    def _forward_tokens(self, x: torch.Tensor, order: torch.Tensor | None) -> torch.Tensor:
+        """Triton path: everything stays in token order; the kernels index through ``order``."""
+        xz = self.in_proj(x)  # [b, L, 2 d_inner], raster order
+        xs, z = xz.chunk(2, dim=-1)  # views; backward concatenates dxs and dz once
+        y = self._scan_branch_tokens(xs, z, order, *self._branches()[0])  # [b, L, d_inner]
+        if self.bidirectional:
+            if order is None:
+                order = torch.arange(x.shape[1], device=x.device)
+            y = y + self._scan_branch_tokens(xs, z, order.flip(0), *self._branches()[1])
+        return self.out_proj(y)  # [b, L, d_model]
+
+    def _forward_gathered(
+        self, x: torch.Tensor, order: torch.Tensor | None, inverse: torch.Tensor | None
+    ) -> torch.Tensor:
+        """PyTorch-scan path: gather into scan order, ``[b, d, L]`` layout, scatter back."""
+        if order is not None:
             if inverse is None:
                 inverse = torch.argsort(order)
-            _check_index("inverse", inverse, length)
             # in_proj is token-wise, so gathering its (narrower) input equals permuting its output.
             x = x[:, order]  # scan order   [b, L, d_model]
 

@@ -1,12 +1,14 @@
 """Selective-scan dispatcher: one entry point over a registry of backends, plus FLOP counting.
 
-Models call ``selective_scan(..., backend="auto")``; backends ("reference", "chunked", later a
-Triton kernel) register a function and an availability test, so new kernels plug in here
-without touching any model.
+Models call ``selective_scan(..., backend="auto")``; backends ("reference", "chunked" and the
+Triton kernels, "triton") register a function and an availability test, so new kernels plug
+in here without touching any model. Triton is imported only when its backend first runs.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,6 +21,7 @@ from zigma.ssm.ops.chunked import DEFAULT_CHUNK_SIZE, selective_scan_chunked
 from zigma.ssm.ops.reference import selective_scan_ref
 
 __all__ = [
+    "AUTO_CUDA_BACKEND",
     "BACKENDS",
     "DEFAULT_CHUNK_SIZE",
     "Backend",
@@ -26,12 +29,16 @@ __all__ = [
     "available_backends",
     "count_scan_flops",
     "last_backend",
+    "record_scan",
     "register_backend",
     "resolve_backend",
     "scan_flops",
     "selective_scan",
     "selective_scan_chunked",
     "selective_scan_ref",
+    "selective_scan_tokens",
+    "selective_scan_triton",
+    "triton_available",
 ]
 
 
@@ -71,6 +78,10 @@ class Backend:
 
 
 BACKENDS: dict[str, Backend] = {}
+# What "auto" runs on CUDA. The Triton kernels pass their tests under the Triton interpreter
+# but their final form has not yet run on a GPU; until it has, they are opt-in
+# (backend="triton") and CUDA defaults to the PyTorch chunked scan.
+AUTO_CUDA_BACKEND = "chunked"
 _AUTO = "auto"
 _last_backend: str | None = None
 
@@ -123,8 +134,9 @@ def available_backends(device: torch.device | str = "cpu") -> list[str]:
 def resolve_backend(backend: str, device: torch.device | str) -> str:
     """Map a requested backend name to the one that will run; never falls back silently.
 
-    ``"auto"`` picks ``"triton"`` when registered and available on ``device``, else
-    ``"chunked"``. An explicit name must be registered and available.
+    ``"auto"`` picks ``AUTO_CUDA_BACKEND`` for CUDA devices where it is registered and
+    available, else ``"chunked"`` (never the Triton interpreter on CPU). An explicit name must
+    be registered and available.
 
     Args:
         backend: ``"auto"`` or a registered name.
@@ -139,8 +151,9 @@ def resolve_backend(backend: str, device: torch.device | str) -> str:
     """
     device = torch.device(device)
     if backend == _AUTO:
-        triton = BACKENDS.get("triton")
-        return "triton" if triton is not None and triton.is_available(device) else "chunked"
+        preferred = BACKENDS.get(AUTO_CUDA_BACKEND)
+        on_gpu = device.type == "cuda" and preferred is not None and preferred.is_available(device)
+        return AUTO_CUDA_BACKEND if on_gpu else "chunked"
     entry = BACKENDS.get(backend)
     if entry is None:
         choices = ", ".join(repr(n) for n in [_AUTO, *sorted(BACKENDS)])
@@ -213,6 +226,19 @@ def count_scan_flops() -> Iterator[ScanFlops]:
         _counters.remove(counter)
 
 
+def record_scan(backend: str, batch: int, dim: int, length: int, d_state: int) -> None:
+    """Note a scan call for ``last_backend`` and every active ``count_scan_flops`` counter.
+
+    Called by every public scan entry point (``selective_scan`` and the token-layout
+    ``scan_tokens``) once per call, before it runs.
+    """
+    global _last_backend
+    _last_backend = backend
+    for counter in _counters:
+        counter.flops += scan_flops(batch, dim, length, d_state)
+        counter.calls += 1
+
+
 def selective_scan(
     u: torch.Tensor,
     delta: torch.Tensor,
@@ -253,15 +279,87 @@ def selective_scan(
         ValueError: on malformed inputs (before any compute) or an unknown backend.
         RuntimeError: if the requested backend is unavailable on u's device.
     """
-    global _last_backend
     batch, dim, length, d_state = check_scan_inputs(u, delta, A, B, C, D, z, delta_bias)
     name = resolve_backend(backend, u.device)
-    _last_backend = name
-    for counter in _counters:
-        counter.flops += scan_flops(batch, dim, length, d_state)
-        counter.calls += 1
+    record_scan(name, batch, dim, length, d_state)
     return BACKENDS[name].fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+
+
+# find_spec locates the package without importing it (importing zigma never imports triton).
+_TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
+
+
+def _triton_installed() -> bool:
+    return _TRITON_INSTALLED
+
+
+def triton_available(device: torch.device | str) -> bool:
+    """Whether the Triton kernels can run on ``device``: CUDA with triton installed, or CPU
+    under the Triton interpreter (``TRITON_INTERPRET=1``, slow; meant for tests).
+
+    Args:
+        device: the device the inputs live on.
+
+    Returns:
+        ``True`` if the "triton" backend can run there.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return _triton_installed()
+    return (
+        device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1" and _triton_installed()
+    )
+
+
+def selective_scan_triton(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+    return_last_state: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """The "triton" backend (``[batch, dim, L]`` layout); imports triton on first call.
+
+    See ``zigma.ssm.ops.triton_scan.selective_scan_triton``.
+    """
+    from zigma.ssm.ops.triton_scan import selective_scan_triton as scan
+
+    return scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+
+
+def selective_scan_tokens(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+    order: torch.Tensor | None = None,
+    return_last_state: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Token-layout Triton scan with the scan order folded in; imports triton on first call.
+
+    See ``zigma.ssm.ops.triton_scan.selective_scan_tokens`` (``[batch, L, dim]`` inputs,
+    strided views welcome, ``order`` an integer ``[L]`` permutation).
+    """
+    from zigma.ssm.ops.triton_scan import selective_scan_tokens as scan
+
+    return scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, order, return_last_state)
 
 
 register_backend("reference", selective_scan_ref, _always)
 register_backend("chunked", selective_scan_chunked, _always)
+register_backend(
+    "triton",
+    selective_scan_triton,
+    triton_available,
+    requires="the triton package and a CUDA device (or TRITON_INTERPRET=1 on CPU)",
+)

@@ -114,3 +114,90 @@ def check_scan_inputs(
     if n_state == 0:
         raise ValueError("A must have at least one state column (N >= 1)")
     return batch, dim, length, n_state
+
+
+def check_scan_tokens_inputs(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    order: torch.Tensor | None = None,
+    *,
+    dtypes: tuple[torch.dtype, ...] = _FLOATS,
+) -> tuple[int, int, int, int]:
+    """Validate a token-layout selective scan (``[batch, L, dim]`` activations, strided views).
+
+    Args:
+        u: ``[batch, L, dim]``.
+        delta: ``[batch, L, dim]``.
+        A: ``[dim, N]``, real.
+        B: ``[batch, L, N]``.
+        C: ``[batch, L, N]``.
+        D: optional ``[dim]``.
+        z: optional ``[batch, L, dim]``.
+        delta_bias: optional ``[dim]``.
+        order: optional integer ``[L]`` scan order on u's device.
+        dtypes: dtypes allowed for u, delta, z, B and C.
+
+    Returns:
+        ``(batch, L, dim, N)``.
+
+    Raises:
+        ValueError: on a wrong rank, shape or dtype, L = 0, mixed devices, a bad order, or an
+            activation whose last dimension is not contiguous (stride 1).
+    """
+    if not isinstance(u, torch.Tensor) or u.dim() != 3:
+        got = _fmt(u.shape) if isinstance(u, torch.Tensor) else type(u).__name__
+        raise ValueError(f"u must be [batch, L, dim], got {got}")
+    batch, length, dim = u.shape
+    if length == 0:
+        raise ValueError("u must have at least one token (L >= 1), got L = 0")
+    if not isinstance(A, torch.Tensor) or A.dim() != 2 or A.shape[0] != dim:
+        got = _fmt(A.shape) if isinstance(A, torch.Tensor) else type(A).__name__
+        raise ValueError(f"A must be [dim, N] with dim = {dim}, got {got}")
+    n_state = A.shape[1]
+    if n_state == 0:
+        raise ValueError("A must have at least one state column (N >= 1)")
+    expected: dict[str, tuple[torch.Tensor | None, tuple[int, ...], str]] = {
+        "delta": (delta, (batch, length, dim), "[batch, L, dim]"),
+        "B": (B, (batch, length, n_state), "[batch, L, N]"),
+        "C": (C, (batch, length, n_state), "[batch, L, N]"),
+        "D": (D, (dim,), "[dim]"),
+        "z": (z, (batch, length, dim), "[batch, L, dim]"),
+        "delta_bias": (delta_bias, (dim,), "[dim]"),
+    }
+    for name, (t, shape, layout) in expected.items():
+        if t is None:
+            continue
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"{name} must be a tensor or None, got {type(t).__name__}")
+        if tuple(t.shape) != shape:
+            raise ValueError(f"{name} must be {layout} = {_fmt(shape)}, got {_fmt(t.shape)}")
+    named = {"u": u, "A": A, **{k: v[0] for k, v in expected.items()}}
+    for name, t in named.items():
+        if t is None:
+            continue
+        allowed = dtypes if name in ("u", "delta", "z", "B", "C") else _FLOATS
+        if t.dtype not in allowed:
+            names = "/".join(str(a).removeprefix("torch.") for a in allowed)
+            raise ValueError(f"{name} must be a real floating tensor ({names}), got {t.dtype}")
+        if t.device != u.device:
+            raise ValueError(f"{name} is on {t.device} but u is on {u.device}")
+        if t.dim() == 3 and t.shape[-1] > 1 and t.stride(-1) != 1:
+            raise ValueError(
+                f"{name} must be contiguous in its last dimension (stride 1), got strides "
+                f"{tuple(t.stride())}; views such as xz[..., :dim] are fine"
+            )
+    if order is not None:
+        if not isinstance(order, torch.Tensor) or order.dim() != 1 or order.numel() != length:
+            got = _fmt(order.shape) if isinstance(order, torch.Tensor) else type(order).__name__
+            raise ValueError(f"order must be a [L] = [{length}] index tensor, got {got}")
+        if order.dtype.is_floating_point or order.dtype.is_complex or order.dtype == torch.bool:
+            raise ValueError(f"order must be an integer tensor, got {order.dtype}")
+        if order.device != u.device:
+            raise ValueError(f"order is on {order.device} but u is on {u.device}")
+    return batch, length, dim, n_state
