@@ -116,6 +116,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise UsageError(f"--out must be a .png file, got {args.out}")
     if args.num < 1:
         raise UsageError(f"--num must be >= 1, got {args.num}")
+    if args.scale is not None and not 1 <= args.scale <= 16:
+        raise UsageError(f"--scale must be in 1..16, got {args.scale}")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     loaded = load_for_sampling(args.ckpt, map_location=device)
     cfg = loaded.model.config
@@ -132,7 +134,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
         if labels is not None and args.class_label is None and cfg.num_classes <= 16
         else None
     )
-    write_samples(images, args.out, args.out_dir, nrow=nrow)
+    scale = args.scale if args.scale is not None else max(1, 64 // max(images.shape[-2:]))
+    write_samples(images, args.out, args.out_dir, nrow=nrow, scale=scale)
     if args.out:
         print(f"wrote {args.out}")
     if args.out_dir:
@@ -221,10 +224,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     num_classes = loaded.model.config.num_classes
     labels = default_labels(8 * num_classes, num_classes, None)
     images = generate(
-        loaded, len(labels), seed=0, sampler="heun", steps=20, cfg_scale=2.0, labels=labels
+        loaded, len(labels), seed=0, sampler="heun", steps=20, cfg_scale=3.0, labels=labels
     )
     grid = out / "samples.png"
-    write_samples(images, grid, nrow=num_classes)
+    write_samples(images, grid, nrow=num_classes, scale=max(1, 64 // images.shape[-1]))
     print(
         f"zigma demo: {summary.steps} steps, final loss {summary.final_loss:.3f}, "
         f"{(time.perf_counter() - start) / 60:.1f} min in all"
@@ -284,6 +287,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", metavar="FILE.png", help="write a grid of all samples")
     p.add_argument("--out-dir", metavar="DIR", help="also write one PNG per sample")
+    p.add_argument(
+        "--scale",
+        type=int,
+        default=None,
+        help="enlarge the grid's images N times (nearest); default: to at least 64 px",
+    )
     p.add_argument("--num", type=int, default=64, help="number of samples (default 64)")
     p.add_argument("--seed", type=int, default=0, help="seed; same seed, same images")
     p.add_argument(

@@ -110,6 +110,14 @@ def test_cli_sample(model_dir, tmp_path, capsys):
     assert out.read_bytes() == first  # bit-identical for the same seed
     with Image.open(out) as im:
         assert im.format == "PNG"
+        grid = np.array(im)
+    assert main([*argv, "--scale", "1"]) == 0
+    with Image.open(out) as im:
+        small = np.array(im)
+    # 6 images of 8 px, 3 per row (one column per class) with 2 px gaps and border...
+    assert small.shape == (2 * 8 + 3 * 2, 3 * 8 + 4 * 2, 3)
+    # ...and by default the whole grid enlarged 8x (nearest), so tiles are 64 px
+    assert np.array_equal(grid, small.repeat(8, 0).repeat(8, 1))
 
 
 @pytest.mark.parametrize(
@@ -119,6 +127,7 @@ def test_cli_sample(model_dir, tmp_path, capsys):
         ([], "give --out"),
         (["--out", "x.png", "--class", "9"], "class must be in 0..2"),
         (["--out", "x.png", "--sampler", "eulr"], "sampler must be one of"),
+        (["--out", "x.png", "--scale", "0"], "--scale must be in 1..16"),
     ],
 )
 def test_cli_sample_errors(model_dir, tmp_path, monkeypatch, capsys, extra, message):

@@ -28,6 +28,8 @@ TINY = [
     "log_every=5",
     "sample_every=0",
     "optim.warmup_steps=0",
+    # constant LR: tests that resume with a different `steps` keep the same schedule
+    "optim.decay=constant",
     "ema.decay=0.9",
 ]
 

@@ -147,8 +147,8 @@ def test_demo_trains_and_writes_a_sample_grid(tmp_path, capsys):
     stdout = capsys.readouterr().out
     assert "zigma demo: 6 steps" in stdout and str(out / "samples.png") in stdout
     with Image.open(out / "samples.png") as im:
-        # 8 classes per row, 8 rows of 16 px tiles with 2 px padding
-        assert im.size == (8 * 18 + 2, 8 * 18 + 2)
+        # 8 classes per row, 8 rows of 16 px tiles with 2 px padding, enlarged 4x (to 64 px)
+        assert im.size == (4 * (8 * 18 + 2), 4 * (8 * 18 + 2))
     assert (out / "model" / "model.safetensors").is_file() and (out / "loss.png").is_file()
     assert main(["demo", "--out", str(out), "--steps", "6", *TINY]) == 2  # never overwrites
     assert "error" in capsys.readouterr().err

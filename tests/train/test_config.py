@@ -41,7 +41,8 @@ def test_every_preset_builds_and_resolves(name):
 
 def test_presets_the_issue_asks_for():
     demo = build_config("demo")
-    assert demo.data.name == "shapes" and demo.data.resolution == 32
+    assert demo.data.name == "shapes" and demo.data.resolution == 16
+    assert demo.data.style == "centered" and demo.steps == 5000
     assert demo.precision == "fp32" and demo.model.num_orders == 8
     fm = build_config("fashion-mnist").model_config(num_classes=10)
     assert fm.in_channels == 1 and fm.num_classes == 10 and fm.input_size == (32, 32)

@@ -27,6 +27,20 @@ def test_lr_warmup():
     assert get_lr(0, 1e-3, 0) == 1e-3
 
 
+@pytest.mark.parametrize("decay", ["cosine", "linear"])
+def test_lr_decay_follows_its_closed_form(decay):
+    lr, warm, total, floor = 1e-3, 10, 110, 0.1
+    got = [get_lr(s, lr, warm, total, decay, floor) for s in range(total + 5)]
+    assert got[:warm] == pytest.approx([lr * (s + 1) / warm for s in range(warm)])
+    for s in range(warm, total + 5):
+        p = min((s - warm) / (total - warm), 1.0)
+        shape = (1 + math.cos(math.pi * p)) / 2 if decay == "cosine" else 1 - p
+        assert got[s] == pytest.approx(lr * (floor + (1 - floor) * shape))
+    assert got[warm] == pytest.approx(lr) and got[total] == pytest.approx(lr * floor)
+    assert got[total + 4] == pytest.approx(lr * floor)  # past the end it stays at the floor
+    assert get_lr(50, lr, warm, total, "constant", floor) == lr
+
+
 def test_decay_only_on_matrices_without_the_tag():
     model = _model()
     decay, no_decay = param_groups(model, 0.05)

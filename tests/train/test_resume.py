@@ -81,3 +81,21 @@ def test_resume_in_a_fresh_process_is_bit_identical(tmp_path, uninterrupted):
     assert proc.returncode == 0, proc.stderr
     assert f"step {STEPS}/{STEPS}" in proc.stdout
     _assert_identical(uninterrupted, out)
+
+
+def test_resume_with_a_cosine_schedule_is_bit_identical(tmp_path):
+    import shutil
+
+    cosine = (*COMMON, "ckpt_every=13", "optim.decay=cosine", "optim.min_lr_ratio=0.1")
+    full, out = tmp_path / "full", tmp_path / "run"
+    train(tiny(*cosine, steps=STEPS), full)
+    train(tiny(*cosine, steps=STEPS), out)
+    # "kill" it after the step-13 checkpoint, then resume
+    shutil.rmtree(out / "checkpoints" / f"step_{STEPS:07d}")
+    shutil.rmtree(out / "model")
+    (out / "checkpoints" / "LATEST").write_text("step_0000013\n")
+    train(tiny(*cosine, steps=STEPS), out, resume=True)
+    _assert_identical(full, out)
+    lrs = [json.loads(line)["lr"] for line in (full / "metrics.jsonl").read_text().splitlines()]
+    # warm-up, then decayed: the last step runs just above the floor 0.1 * 2e-3
+    assert lrs[1:] == sorted(lrs[1:], reverse=True) and 2e-4 < lrs[-1] < 2.2e-4

@@ -156,11 +156,14 @@ def generate(
     return torch.cat(out)
 
 
-def write_samples(images: torch.Tensor, grid_path=None, out_dir=None, nrow=None) -> list[Path]:
-    """Write a PNG grid and/or one PNG per image (``000000.png`` ...); returns the paths."""
+def write_samples(
+    images: torch.Tensor, grid_path=None, out_dir=None, nrow=None, scale: int = 1
+) -> list[Path]:
+    """Write a PNG grid (each image enlarged ``scale`` times, nearest-neighbour) and/or one
+    full-size PNG per image (``000000.png`` ...); returns the paths."""
     written = []
     if grid_path is not None:
-        written.append(save_image_grid(images, grid_path, nrow=nrow))
+        written.append(save_image_grid(images, grid_path, nrow=nrow, scale=scale))
     if out_dir is not None:
         out_dir = Path(out_dir)
         for i, img in enumerate(images):

@@ -82,6 +82,10 @@ class OptimConfig:
     eps: float = 1e-8
     warmup_steps: int = 0
     grad_clip: float | None = 2.0
+    # After the warm-up: "constant", or "cosine" / "linear" down to min_lr_ratio * lr at the
+    # last step (a resumed run with more steps stretches the schedule from where it is).
+    decay: Literal["constant", "cosine", "linear"] = "constant"
+    min_lr_ratio: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.lr > 0:
@@ -92,6 +96,12 @@ class OptimConfig:
             raise ConfigError(f"optim.betas must lie in [0, 1), got {self.betas}")
         if self.eps <= 0 or self.warmup_steps < 0:
             raise ConfigError("optim.eps must be > 0 and optim.warmup_steps >= 0")
+        if self.decay not in ("constant", "cosine", "linear"):
+            raise ConfigError(
+                f"optim.decay must be 'constant', 'cosine' or 'linear', got {self.decay!r}"
+            )
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ConfigError(f"optim.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if self.grad_clip is not None and self.grad_clip < 0:
             raise ConfigError(f"optim.grad_clip must be >= 0 or null, got {self.grad_clip}")
 

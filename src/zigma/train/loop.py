@@ -187,7 +187,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, env: D.DistEnv, model_hook
                 grid,
                 out / "samples" / f"step_{prog.step:07d}.png",
                 nrow=mcfg.num_classes if 0 < mcfg.num_classes <= 16 else None,
-                scale=2 if max(mcfg.input_size) <= 64 else 1,
+                scale=max(1, 64 // max(mcfg.input_size)),
             )
             run.image(path, grid, prog.step)
             run.info("step %d: samples %s", prog.step, path.relative_to(out))
@@ -215,7 +215,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, env: D.DistEnv, model_hook
             t = sample_time(cfg.batch_size, cfg.transport, noise_gen)
             noise = noise[env.rank :: env.world_size].to(env.device)
             t = t[env.rank :: env.world_size].to(env.device)
-            lr = get_lr(step, o.lr, o.warmup_steps)
+            lr = get_lr(step, o.lr, o.warmup_steps, cfg.steps, o.decay, o.min_lr_ratio)
             set_lr(opt, lr)
             with autocast():
                 losses = training_loss(net, x, cfg.transport, noise=noise, t=t, model_kwargs=kwargs)

@@ -17,9 +17,28 @@ from zigma.train import distributed as D
 from zigma.train.config import OptimConfig
 
 
-def get_lr(step: int, lr: float, warmup_steps: int) -> float:
-    """LR of 0-based step ``step``: linear warm-up from lr/warmup_steps to lr, then constant."""
-    return lr * min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else lr
+def get_lr(
+    step: int,
+    lr: float,
+    warmup_steps: int,
+    total_steps: int | None = None,
+    decay: str = "constant",
+    min_lr_ratio: float = 0.0,
+) -> float:
+    """LR of 0-based step ``step``: linear warm-up from lr/warmup_steps to lr, then ``decay``.
+
+    "constant" keeps lr; "cosine" and "linear" go from lr after the warm-up down to
+    ``min_lr_ratio * lr`` at ``total_steps`` (a short run ends much cleaner when the LR
+    anneals: the last weights average out the step noise of a constant LR).
+    """
+    if warmup_steps > 0 and step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    if decay == "constant" or total_steps is None:
+        return lr
+    span = max(total_steps - warmup_steps, 1)
+    progress = min(max(step - warmup_steps, 0) / span, 1.0)
+    shape = 0.5 * (1 + math.cos(math.pi * progress)) if decay == "cosine" else 1 - progress
+    return lr * (min_lr_ratio + (1 - min_lr_ratio) * shape)
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:

@@ -33,37 +33,46 @@ _GPU_S: dict[str, Any] = {
     "cfg_scale": 2.0,
 }
 
+# The CPU recipe shared by the demo and the shipped checkpoint. What makes shapes appear in CPU
+# minutes (measured, BENCHMARKS.md): many cheap steps -- 16 px, patch 4 (16 tokens), 4 narrow
+# layers, ~12 steps/s on 2 cores -- on centred shapes, logit-normal times and a cosine LR
+# decay. 32 px models at patch 2-4 gave coloured blobs after the same minutes.
+_CPU_SHAPES: dict[str, Any] = {
+    "model": {
+        "preset": "ZigMa-S/2",
+        "hidden_size": 128,
+        "depth": 4,
+        "patch_size": 4,
+        "scan": "zigzag",
+        "num_orders": 8,
+    },
+    "data": {"name": "shapes", "resolution": 16, "num_samples": 20_000, "style": "centered"},
+    "transport": {"time_dist": "logit-normal"},
+    "optim": {"lr": 1e-3, "warmup_steps": 100, "decay": "cosine", "min_lr_ratio": 0.1},
+    "ema": {"decay": 0.999},
+    "steps": 5000,
+    "batch_size": 32,
+    "precision": "fp32",
+    "log_every": 100,
+    "ckpt_every": 1000,
+    "sample_every": 1000,
+    "num_samples": 16,
+    "sample_steps": 20,
+    "sample_sampler": "euler",
+    "cfg_scale": 3.0,
+}
+
 TRAIN_PRESETS: dict[str, Preset] = {
-    # Sized for a 2-core CPU in minutes (measured: ~0.45 s/step on 2 free cores, ~0.8 s/step on
-    # one). Patch 4 (8x8 tokens) because patch 2 (16x16) makes each step ~4x slower on a CPU.
     "demo": Preset(
-        "tiny class-conditional ZigMa on the embedded shapes (simple style) at 32 px; CPU",
-        {
-            "model": {
-                "preset": "ZigMa-S/2",
-                "hidden_size": 160,
-                "depth": 6,
-                "patch_size": 4,
-                "scan": "zigzag",
-                "num_orders": 8,
-            },
-            # one shape on a plain background: the full style needs far more than CPU minutes
-            "data": {"name": "shapes", "resolution": 32, "num_samples": 20_000, "style": "simple"},
-            "optim": {"lr": 1e-3, "warmup_steps": 100},
-            "ema": {"decay": 0.999},
-            "steps": 1000,
-            "batch_size": 32,
-            "precision": "fp32",
-            "log_every": 25,
-            "ckpt_every": 250,
-            "sample_every": 250,
-            "num_samples": 16,
-            "sample_steps": 20,
-            "sample_sampler": "euler",
-            "cfg_scale": 2.0,
-        },
+        "tiny class-conditional ZigMa on the embedded shapes (centered style) at 16 px; CPU",
+        _CPU_SHAPES,
     ),
-    # The recipe of the small checkpoint shipped in the repository (pretrained/), on one GPU.
+    # The recipe of the checkpoint shipped in pretrained/shapes-cpu.
+    "shapes-cpu": Preset(
+        "the demo's model and data, 4x the steps (the shipped checkpoint; under 1 h on a CPU)",
+        {**_CPU_SHAPES, "steps": 20_000, "ckpt_every": 2000, "sample_every": 2000},
+    ),
+    # A small full-style model for one GPU.
     "shapes-small": Preset(
         "class-conditional ZigMa (~3.5M params) on the full shapes data at 32 px for one GPU",
         {

@@ -186,10 +186,10 @@ def checkpoint_state(
             "ema_updates": prog.ema_updates,
         },
         "lr_schedule": {
-            "kind": "linear-warmup-constant",
+            "kind": f"linear-warmup-{o.decay}",
             "position": prog.step,
             "warmup_steps": o.warmup_steps,
-            "next_lr": get_lr(prog.step, o.lr, o.warmup_steps),
+            "next_lr": get_lr(prog.step, o.lr, o.warmup_steps, cfg.steps, o.decay, o.min_lr_ratio),
         },
         "grad_scaler": scaler.state_dict() or None,
     }
