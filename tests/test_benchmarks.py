@@ -1,0 +1,61 @@
+"""benchmarks/scan.py in its CPU smoke mode (tiny sizes, Triton interpreter): every section
+runs without error, the script exits 0 and writes scan.json and scan.md with each section's
+results. A subprocess, as on the GPU machine: --smoke must select the interpreter itself."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("triton", reason="the benchmark's kernels need the triton package")
+
+pytestmark = pytest.mark.triton
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "benchmarks" / "scan.py"
+SECTIONS = ("env", "check", "scan", "conv", "tiles", "train")
+
+
+def _run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    path = os.pathsep.join(p for p in (str(REPO / "src"), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, str(SCRIPT), *args]
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_smoke_run_writes_every_section(tmp_path):
+    proc = _run("--smoke", "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    report = json.loads((tmp_path / "scan.json").read_text())
+
+    assert report["ok"] and report["exit_code"] == 0
+    assert report["errors"] == {} and report["failures"] == []
+    for name in SECTIONS:
+        assert "error" not in report[name], (name, report[name])
+        assert report[name]["seconds"] >= 0
+    assert report["env"]["info"]["copy_bandwidth"] > 0
+    assert all(r["ok"] for r in report["check"]["rows"])
+    assert {r["output"] for r in report["check"]["rows"]} >= {"y", "last_state", "dA", "dx"}
+    for row in report["scan"]["rows"]:
+        assert {"fwd", "fwd_train", "bwd", "fwd_bwd"} <= row.keys(), row
+    assert {r["impl"] for r in report["scan"]["rows"]} == {"chunked", "triton", "triton zigzag"}
+    summary = report["scan"]["summary"][0]
+    assert {"floor_fwd", "floor_bwd", "fwd_over_floor", "chunked_over_triton"} <= summary.keys()
+    assert all("fwd_bwd" in r for r in report["conv"]["rows"])
+    assert all("ms" in r and r.get("ok", True) for r in report["tiles"]["rows"])
+    assert "best" in report["tiles"]
+    assert all("ms" in r for r in report["train"]["rows"])
+    assert {"zigzag_over_sweep", "chunked_over_this"} <= report["train"]["summary"][0].keys()
+    markdown = (tmp_path / "scan.md").read_text()
+    assert markdown.startswith("# benchmarks/scan.py") and "## Selective scan" in markdown
+
+
+def test_unknown_section_is_rejected(tmp_path):
+    proc = _run("--smoke", "--out", str(tmp_path), "--sections", "scan,bogus", timeout=120)
+    assert proc.returncode == 2 and "unknown sections ['bogus']" in proc.stderr
+    assert not (tmp_path / "scan.json").exists()
