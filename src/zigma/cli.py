@@ -33,23 +33,27 @@ def cmd_models(args: argparse.Namespace) -> int:
 
     from zigma.models import count_flops, count_parameters, create_model, list_models
 
-    header = f"{'preset':<12} {'width':>5} {'depth':>5} {'patch':>5} {'tokens':>6} {'params':>9}"
+    names = list_models()
+    wide = max(12, *map(len, names))
+    header = (
+        f"{'preset':<{wide}} {'width':>5} {'depth':>5} {'patch':>5} {'tokens':>6} {'params':>9}"
+    )
     if args.flops:
         header += f" {'GFLOPs':>8}"
     note = "; GFLOPs = 2 x multiply-adds, forward, batch 1" if args.flops else ""
     print(
-        f"ZigMa presets at {args.channels}x{args.size}x{args.size} input "
+        f"Model presets at {args.channels}x{args.size}x{args.size} input "
         f"(tokens = (size/patch)^2{note})"
     )
     print(header)
-    for name in list_models():
+    for name in names:
         # Counting needs shapes only: build on the meta device (no memory, no init arithmetic).
         with torch.device("meta"):
             model = create_model(name, input_size=args.size, in_channels=args.channels)
         cfg = model.config
         h, w = cfg.grid_size
         line = (
-            f"{name:<12} {cfg.hidden_size:>5} {cfg.depth:>5} {cfg.patch_size:>5} {h * w:>6} "
+            f"{name:<{wide}} {cfg.hidden_size:>5} {cfg.depth:>5} {cfg.patch_size:>5} {h * w:>6} "
             f"{count_parameters(model) / 1e6:>8.1f}M"
         )
         if args.flops:

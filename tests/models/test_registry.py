@@ -9,10 +9,12 @@ from zigma.models import count_flops, count_parameters, create_model, list_model
 
 def test_every_preset_is_listed():
     names = list_models()
-    for size in ("S", "B", "L", "XL"):
-        for patch in (1, 2, 4):
-            assert f"ZigMa-{size}/{patch}" in names
-    assert len(names) == len(set(names)) == 12
+    families = ("ZigMa", "Sweep", "Vim", "ZigMa-par4", "ZigMa-par8", "DiT", "U-ViT")
+    for family in families:
+        for size in ("S", "B", "L", "XL"):
+            for patch in (1, 2, 4):
+                assert f"{family}-{size}/{patch}" in names
+    assert len(names) == len(set(names)) == 12 * len(families)
 
 
 def test_preset_fields_and_overrides():

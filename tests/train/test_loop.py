@@ -174,3 +174,30 @@ def test_time_limit_stops_at_the_next_log_step_with_a_final_checkpoint(tmp_path)
 def test_time_limit_must_be_positive():
     with pytest.raises(ConfigError, match="time_limit_minutes must be > 0"):
         tiny("time_limit_minutes=0")
+
+
+@pytest.mark.parametrize(
+    "preset, extra",
+    [("DiT-S/2", ["model.num_heads=2"]), ("U-ViT-S/2", ["model.num_heads=2", "model.depth=3"])],
+)
+def test_attention_baselines_train_and_sample(tmp_path, preset, extra):
+    from zigma.evaluate import generate, load_for_sampling
+
+    cfg = tiny(
+        f"model.preset={preset}", *extra, "model.scan=null", "model.num_orders=null", steps=3
+    )
+    summary = train(cfg, tmp_path)
+    assert summary.steps == 3 and math.isfinite(summary.final_loss)
+    assert (
+        "classes:" in (tmp_path / "log.txt").read_text()
+        and "None x" not in (tmp_path / "log.txt").read_text()
+    )
+    loaded = load_for_sampling(tmp_path)
+    assert type(loaded.model).__name__ == ("DiT" if preset.startswith("DiT") else "UViT")
+    images = generate(loaded, 2, steps=2, sampler="euler", labels=torch.tensor([0, 5]))
+    assert images.shape == (2, 3, 16, 16) and torch.isfinite(images).all()
+
+
+def test_a_field_of_another_model_family_is_an_error():
+    with pytest.raises(ConfigError, match="unknown DiTConfig field 'scan'"):
+        tiny("model.preset=DiT-S/2", "model.scan=sweep").model_config(8)

@@ -17,6 +17,8 @@ from safetensors.torch import load_file, save_file
 
 import zigma
 from zigma.config import ConfigError, from_dict, to_dict
+from zigma.models.dit import DiT, DiTConfig
+from zigma.models.uvit import UViT, UViTConfig
 from zigma.models.zigma import ZigMa, ZigMaConfig
 
 CONFIG_NAME = "config.json"
@@ -25,6 +27,8 @@ WEIGHTS_NAME = "model.safetensors"
 # class name in config.json -> (model class, its config dataclass)
 MODEL_CLASSES: dict[str, tuple[type[torch.nn.Module], type]] = {
     "ZigMa": (ZigMa, ZigMaConfig),
+    "DiT": (DiT, DiTConfig),
+    "UViT": (UViT, UViTConfig),
 }
 
 

@@ -1,5 +1,6 @@
 """Layers shared by every backbone: patch embedding, positional, timestep and class embeddings,
-adaLN modulation and the final layer (DiT-style; paper §3.2, Fig. 4).
+adaLN modulation, the final layer (DiT-style; paper §3.2, Fig. 4), and the attention and MLP
+of the transformer baselines.
 
 Baselines (DiT, U-ViT, Vision-Mamba) reuse these so that only the token mixer differs.
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
@@ -137,3 +139,43 @@ class FinalLayer(nn.Module):
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         shift, scale = self.adaLN(c)
         return self.linear(modulate(self.norm(x), shift, scale))
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention [B, L, D] -> [B, L, D] through
+    ``F.scaled_dot_product_attention``, so FlashAttention / memory-efficient kernels run where
+    available (no mask, no dropout)."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True):
+        super().__init__()
+        if num_heads < 1 or dim % num_heads:
+            raise ValueError(f"width {dim} is not divisible into {num_heads} heads")
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        qkv = rearrange(self.qkv(x), "b l (three h e) -> three b h l e", three=3, h=self.num_heads)
+        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])  # [B, heads, L, D/heads]
+        return self.proj(rearrange(out, "b h l e -> b l (h e)"))
+
+
+class Mlp(nn.Module):
+    """Token-wise Linear -> GELU -> Linear (DiT uses the tanh GELU, U-ViT the exact one)."""
+
+    def __init__(self, dim: int, hidden: int, approximate: str = "tanh"):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU(approximate=approximate)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+def zero_(*layers: nn.Linear) -> None:
+    """Zero the weight and bias of each layer (adaLN-Zero outputs, the zero-init final layer)."""
+    for layer in layers:
+        nn.init.zeros_(layer.weight)
+        if layer.bias is not None:
+            nn.init.zeros_(layer.bias)

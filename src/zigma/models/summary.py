@@ -1,7 +1,7 @@
 """Counting a model: parameters, and FLOPs of one forward pass.
 
-FLOPs are counted, not estimated: torch's FlopCounterMode counts matrix products and
-convolutions (2 FLOPs per multiply-add) and the selective scan adds its own analytic count.
+FLOPs are counted, not estimated: torch's FlopCounterMode counts matrix products, convolutions
+and attention (2 FLOPs per multiply-add) and the selective scan adds its own analytic count.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> in
 
 @dataclass
 class FlopCount:
-    matmul: int  # linear layers and convolutions
+    matmul: int  # linear layers, convolutions and attention (QK^T and AV products)
     scan: int  # selective scans (zigma.ssm analytic count)
 
     @property
@@ -49,12 +49,23 @@ def _count_only_scan(
     return (y, u.new_zeros(u.shape[0], u.shape[1], A.shape[1])) if return_last_state else y
 
 
+def _attention_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    # [B, heads, L, E] queries against [B, heads, S, E] keys: QK^T and AV, 2 FLOPs per MAC
+    b, h, l_q, e = query_shape
+    s, e_v = key_shape[-2], value_shape[-1]
+    return 2 * b * h * l_q * s * (e + e_v)
+
+
 def _flop_counter():
     # torch.utils.flop_counter imports triton when it is installed (torch >= 2.13): keep it
     # out of ``import zigma.models``.
     from torch.utils.flop_counter import FlopCounterMode
 
-    return FlopCounterMode(display=False)
+    # On CPU, scaled_dot_product_attention runs an op the counter does not know (torch 2.13
+    # counts the CUDA flash/efficient/cuDNN kernels only), so attention would count as 0.
+    cpu_sdpa = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    mapping = {} if cpu_sdpa is None else {cpu_sdpa: _attention_flops}
+    return FlopCounterMode(display=False, custom_mapping=mapping)
 
 
 @contextmanager
@@ -103,17 +114,22 @@ def summarize(model: torch.nn.Module, name: str | None = None, flops: bool = Tru
     """A short human-readable description of a model (used by ``zigma info``)."""
     cfg = model.config
     h, w = cfg.grid_size
+    if hasattr(cfg, "scan"):  # a ZigMa (or one of its Mamba baselines)
+        if cfg.scan_mode == "parallel":
+            mixer = f" ({cfg.num_orders} orders in parallel in every layer)"
+        elif cfg.num_orders > 1:
+            mixer = f" ({cfg.num_orders} orders, layer i uses order i mod {cfg.num_orders})"
+        else:
+            mixer = ""
+        mixer = f"  scan             {cfg.scan}{mixer}"
+    else:
+        mixer = f"  attention        {cfg.num_heads} heads (scaled_dot_product_attention)"
     lines = [
         f"{name or type(model).__name__}",
         f"  input            {cfg.in_channels}x{cfg.input_size[0]}x{cfg.input_size[1]}"
         f" -> {h}x{w} = {h * w} tokens (patch {cfg.patch_size})",
         f"  width x depth    {cfg.hidden_size} x {cfg.depth}",
-        f"  scan             {cfg.scan}"
-        + (
-            f" ({cfg.num_orders} orders, layer i uses order i mod {cfg.num_orders})"
-            if cfg.num_orders > 1
-            else ""
-        ),
+        mixer,
         f"  positional emb.  {cfg.pos_embed}",
         "  conditioning     "
         + (f"{cfg.num_classes} classes + null class (CFG)" if cfg.num_classes else "unconditional"),

@@ -2,10 +2,10 @@
 
 ``selective_scan`` dispatches to a registered backend ("chunked" by default, "reference" as the
 oracle, "triton" kernels opt-in until checked on a GPU); ``Mamba`` is the token mixer the
-backbones stack.
+backbones stack, ``ParallelMamba`` its K-orders-at-once baseline.
 """
 
-from zigma.ssm.mamba import Mamba
+from zigma.ssm.mamba import Mamba, ParallelMamba
 from zigma.ssm.ops import (
     BACKENDS,
     available_backends,
@@ -22,6 +22,7 @@ from zigma.ssm.ops import (
 __all__ = [
     "BACKENDS",
     "Mamba",
+    "ParallelMamba",
     "available_backends",
     "count_scan_flops",
     "last_backend",

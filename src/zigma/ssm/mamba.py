@@ -1,8 +1,9 @@
 """Mamba-1 mixer (``Mamba``): in_proj -> causal depthwise conv -> selective scan -> out_proj.
 
-Supports scanning the tokens in an arbitrary order (ZigMa's zigzag scans) and the
-Vision-Mamba bidirectional variant; the scan itself goes through ``zigma.ssm.ops``. With the
-Triton backend the order is folded into the conv and scan kernels (no gather/scatter).
+Supports scanning the tokens in an arbitrary order (ZigMa's zigzag scans), the Vision-Mamba
+bidirectional variant and K orders at once (``ParallelMamba``, the paper's Fig. 6c/d baseline);
+the scan itself goes through ``zigma.ssm.ops``. With the Triton backend the order is folded into
+the conv and scan kernels (no gather/scatter).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from torch import nn
 from zigma.ssm.ops import resolve_backend, selective_scan
 from zigma.ssm.ops.tokens import conv_tokens, scan_tokens
 
-__all__ = ["Mamba"]
+__all__ = ["Mamba", "ParallelMamba"]
 
 
 def _tag_fp32(param: nn.Parameter, *, no_reinit: bool = False) -> nn.Parameter:
@@ -156,20 +157,36 @@ class Mamba(nn.Module):
         log dt_max))`` clamped below at ``dt_init_floor``; ``dt_proj.bias = softplus^-1(dt)``.
         The linear layers and convs keep torch's default init.
         """
+        if self.in_proj.weight.is_meta:
+            return  # built for its shapes only (e.g. to count parameters): no values to set
         for module in (self.in_proj, self.out_proj):
             module.reset_parameters()
-        for conv, x_proj, dt_proj, A_log, D in self._branches():
-            conv.reset_parameters()
-            x_proj.reset_parameters()
-            bound = self.dt_rank**-0.5 * self.dt_scale
-            nn.init.uniform_(dt_proj.weight, -bound, bound)
-            lo, hi = math.log(self.dt_min), math.log(self.dt_max)
-            dt = torch.exp(torch.rand_like(dt_proj.bias) * (hi - lo) + lo)
-            dt = dt.clamp(min=self.dt_init_floor)
-            dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
-            n = torch.arange(1, self.d_state + 1, dtype=A_log.dtype, device=A_log.device)
-            A_log.copy_(torch.log(n).expand_as(A_log))
-            D.fill_(1.0)
+        for branch in self._branches():
+            self._reset_branch(*branch)
+
+    @torch.no_grad()
+    def _reset_branch(
+        self,
+        conv: nn.Conv1d,
+        x_proj: nn.Linear,
+        dt_proj: nn.Linear,
+        A_log: nn.Parameter,
+        D: nn.Parameter,
+    ) -> None:
+        """``reset_parameters`` for one scan direction's conv, projections, ``A`` and ``D``."""
+        if A_log.is_meta:
+            return
+        conv.reset_parameters()
+        x_proj.reset_parameters()
+        bound = self.dt_rank**-0.5 * self.dt_scale
+        nn.init.uniform_(dt_proj.weight, -bound, bound)
+        lo, hi = math.log(self.dt_min), math.log(self.dt_max)
+        dt = torch.exp(torch.rand_like(dt_proj.bias) * (hi - lo) + lo)
+        dt = dt.clamp(min=self.dt_init_floor)
+        dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+        n = torch.arange(1, self.d_state + 1, dtype=A_log.dtype, device=A_log.device)
+        A_log.copy_(torch.log(n).expand_as(A_log))
+        D.fill_(1.0)
 
     def _scan_branch(
         self,
@@ -299,6 +316,109 @@ class Mamba(nn.Module):
         if order is not None:
             out = out[:, inverse]  # back to raster order
         return out
+
+
+class _ScanPath(nn.Module):
+    """The parameters one extra scan order of ``ParallelMamba`` owns (a Mamba branch)."""
+
+    def __init__(self, conv1d, x_proj, dt_proj, A_log, D) -> None:
+        super().__init__()
+        self.conv1d, self.x_proj, self.dt_proj = conv1d, x_proj, dt_proj
+        self.A_log, self.D = A_log, D
+
+    def branch(self) -> tuple[nn.Conv1d, nn.Linear, nn.Linear, nn.Parameter, nn.Parameter]:
+        return self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D
+
+
+class ParallelMamba(Mamba):
+    """K-direction parallel Mamba: every call scans the same tokens in K orders at once.
+
+    The "Parallel Mamba" baseline of the ZigMa paper (§2 and Fig. 6c/d; VMamba / LocalMamba
+    style): in_proj and out_proj are shared, each order has its own conv1d, x_proj, dt_proj,
+    ``A_log`` and ``D`` (the first order uses the attributes of ``Mamba``, orders 1..K-1 live
+    in ``extra_paths``), and the K gated scan outputs are **averaged** before out_proj::
+
+        out = out_proj(mean_k scatter_k(scan_k(gather_k(in_proj(x)))))
+
+    which equals the mean of K single-order ``Mamba`` mixers sharing in_proj/out_proj. The mean
+    (not the sum of Vim's bidirectional v2) keeps the output scale independent of K; with
+    orders ``[o, o.flip(0)]`` it is ``Mamba(bidirectional=True)`` with out_proj halved.
+
+    Parameters grow linearly with K: ``2*D*E + E*D`` (shared) plus, per order,
+    ``E*(d_conv + 1) + E*(R + 2N) + R*E + E + E*N + E`` with ``E = expand*D``,
+    ``R = dt_rank``; at D=768 one order is about 0.23 M, 4.2 % of a ZigMa block. FLOPs of
+    the conv and scan grow K-fold, the projections' do not.
+    """
+
+    def __init__(self, d_model: int, num_paths: int, **kwargs) -> None:
+        """Build the mixer: ``num_paths`` (K >= 1) scan orders; ``kwargs`` as for ``Mamba``
+        (``bidirectional`` is not accepted: pass the flipped order as a path instead)."""
+        if num_paths < 1:
+            raise ValueError(f"num_paths must be >= 1, got {num_paths}")
+        if kwargs.get("bidirectional"):
+            raise ValueError("ParallelMamba takes its directions as orders, not bidirectional")
+        super().__init__(d_model, **kwargs)  # shared projections and path 0, initialised
+        self.num_paths = num_paths
+        factory = {"device": kwargs.get("device"), "dtype": kwargs.get("dtype")}
+        conv_bias = kwargs.get("conv_bias", True)
+        self.extra_paths = nn.ModuleList(
+            _ScanPath(*self._make_branch(conv_bias, factory)) for _ in range(num_paths - 1)
+        )
+        for path in self.extra_paths:
+            self._reset_branch(*path.branch())
+
+    def _branches(self) -> list[tuple[nn.Conv1d, nn.Linear, nn.Linear, nn.Parameter, nn.Parameter]]:
+        extra = self._modules.get("extra_paths") or ()  # absent while Mamba.__init__ runs
+        return super()._branches() + [path.branch() for path in extra]
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        orders: torch.Tensor,
+        inverses: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Mix the tokens of ``x`` along K orders and average.
+
+        Args:
+            x: ``[batch, L, d_model]`` in raster (residual-stream) order.
+            orders: ``[K, L]`` gather indices (permutations), one row per path.
+            inverses: optional ``[K, L]`` inverse permutations (``argsort`` if omitted).
+
+        Returns:
+            ``[batch, L, d_model]`` in raster order.
+
+        Raises:
+            ValueError: on a malformed ``x``, or ``orders``/``inverses`` not ``[K, L]``.
+        """
+        if x.dim() != 3 or x.shape[-1] != self.d_model:
+            raise ValueError(
+                f"x must be [batch, L, d_model] with d_model = {self.d_model}, got {list(x.shape)}"
+            )
+        length, k = x.shape[1], self.num_paths
+        for name, index in (("orders", orders), ("inverses", inverses)):
+            if index is None:
+                continue
+            if not isinstance(index, torch.Tensor) or index.dim() != 2 or index.shape[0] != k:
+                got = list(index.shape) if isinstance(index, torch.Tensor) else type(index)
+                raise ValueError(f"{name} must be [K, L] = [{k}, {length}], got {got}")
+            for row in index:
+                _check_index(name, row, length)
+        xz = self.in_proj(x)  # [b, L, 2 d_inner], raster order
+        if resolve_backend(self.backend, x.device) == "triton":
+            xs, z = xz.chunk(2, dim=-1)  # the kernels read rows in each order
+            y = sum(
+                self._scan_branch_tokens(xs, z, order, *branch)
+                for order, branch in zip(orders, self._branches(), strict=True)
+            )  # [b, L, d_inner]
+        else:
+            if inverses is None:
+                inverses = torch.argsort(orders, dim=-1)
+            y = 0
+            for order, inverse, branch in zip(orders, inverses, self._branches(), strict=True):
+                xs, z = rearrange(xz[:, order], "b l (two d) -> two b d l", two=2)
+                y = y + self._scan_branch(xs, z, *branch)[..., inverse]  # [b, d_inner, L] raster
+            y = rearrange(y, "b d l -> b l d")
+        return self.out_proj(y / k)  # [b, L, d_model]
 
 
 def _check_index(name: str, index: torch.Tensor, length: int) -> None:

@@ -18,7 +18,14 @@ from typing import Any, Literal
 
 from zigma.config import ConfigError, apply_overrides, from_dict, to_dict
 from zigma.data import DataConfig
-from zigma.models import ZigMaConfig, list_models, preset_config
+from zigma.models import (
+    BackboneConfig,
+    DiTConfig,
+    UViTConfig,
+    ZigMaConfig,
+    list_models,
+    preset_config,
+)
 from zigma.train.presets import TRAIN_PRESETS
 from zigma.transport import TransportConfig
 
@@ -48,20 +55,25 @@ RESUME_MUTABLE = (
 
 
 def _model_spec_fields() -> list[tuple[str, Any, Any]]:
-    hints = typing.get_type_hints(ZigMaConfig)
     out: list[tuple[str, Any, Any]] = [("preset", str, field(default="ZigMa-S/2"))]
-    for f in dataclasses.fields(ZigMaConfig):
-        out.append((f.name, hints[f.name] | None, field(default=None)))
+    seen = {"preset"}
+    for cfg_cls in (ZigMaConfig, DiTConfig, UViTConfig):
+        hints = typing.get_type_hints(cfg_cls)
+        for f in dataclasses.fields(cfg_cls):
+            if f.name not in seen:
+                seen.add(f.name)
+                out.append((f.name, hints[f.name] | None, field(default=None)))
     return out
 
 
-# One optional field per ZigMaConfig field (generated, so the two never drift apart): None
-# means "the preset's value", or for input_size / in_channels / num_classes "from the data".
+# One optional field per field of the model configs (generated, so they never drift apart):
+# None means "the preset's value", or for input_size / in_channels / num_classes "from the
+# data". A field the preset's family lacks (num_heads for a ZigMa) is an error if set.
 ModelSpec = dataclasses.make_dataclass(
     "ModelSpec",
     _model_spec_fields(),
     namespace={
-        "__doc__": "A model preset name plus ZigMaConfig overrides (None: keep the preset's).",
+        "__doc__": "A model preset name plus overrides of its config (None: keep the preset's).",
         "__module__": __name__,
     },
 )
@@ -191,9 +203,10 @@ class TrainConfig:
             raise ConfigError(f"cfg_scale must be >= 0, got {self.cfg_scale}")
         self.model_config()  # an unknown preset or an impossible model fails here, early
 
-    def model_config(self, num_classes: int | None = None) -> ZigMaConfig:
-        """The ZigMaConfig this run trains: the preset, the spec's overrides, and for unset
-        input_size / in_channels / num_classes the data's size, channels and ``num_classes``."""
+    def model_config(self, num_classes: int | None = None) -> BackboneConfig:
+        """The model config (ZigMaConfig, DiTConfig, ...) this run trains: the preset, the
+        spec's overrides, and for unset input_size / in_channels / num_classes the data's size,
+        channels and ``num_classes``."""
         spec = {k: v for k, v in to_dict(self.model).items() if v is not None}
         name = spec.pop("preset")
         res, channels = self.data.resolution, self.data.resolved_channels

@@ -309,7 +309,8 @@ def _header_lines(
         "device": f"{env.device}{threads}, world size {env.world_size}, precision "
         f"{cfg.precision}, compile {cfg.compile}",
         "model": f"{m.preset} hidden {m.hidden_size} depth {m.depth} patch {m.patch_size} "
-        f"{m.scan} x{m.num_orders}, {m.num_classes} classes: {n_params / 1e6:.2f}M parameters",
+        + (f"{m.scan} x{m.num_orders}, " if m.scan is not None else "")
+        + f"{m.num_classes} classes: {n_params / 1e6:.2f}M parameters",
         "data": f"{d.name} {d.resolution}px x{d.channels}, {n_data} images; batch "
         f"{cfg.batch_size} ({cfg.batch_size // env.world_size} per rank), {cfg.steps} steps",
     }

@@ -1,0 +1,99 @@
+"""DiT baseline (Peebles & Xie, 2023; ZigMa paper Table 5, Fig. 6a/b): the ZigMa stack with
+self-attention + MLP blocks under adaLN-Zero instead of the Mamba mixer.
+
+Embedders, conditioning, final layer, input checks and save/load are ZigMa's
+(``DiffusionBackbone``); attention goes through ``F.scaled_dot_product_attention``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from zigma.models.backbone import BackboneConfig, DiffusionBackbone, require
+from zigma.models.layers import AdaLN, Attention, FinalLayer, Mlp, make_norm, modulate, zero_
+
+
+@dataclass
+class DiTConfig(BackboneConfig):
+    """Architecture of a DiT. Presets (``DiT-B/2`` ...) fill in width/depth/heads/patch.
+
+    Attributes (besides ``BackboneConfig``'s): ``num_heads`` attention heads (must divide
+    ``hidden_size``), ``mlp_ratio`` MLP width / model width. DiT's default positional
+    embedding is the fixed 2-D sin-cos table, which also lets other input sizes run.
+    """
+
+    hidden_size: int = 768
+    depth: int = 12
+    pos_embed: Literal["none", "sincos", "learnable"] = "sincos"
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+
+    def validate(self) -> None:
+        super().validate()
+        require(self.num_heads >= 1, f"num_heads must be >= 1, got {self.num_heads}")
+        require(
+            self.hidden_size % self.num_heads == 0,
+            f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}",
+        )
+        require(self.mlp_ratio > 0, f"mlp_ratio must be > 0, got {self.mlp_ratio}")
+
+
+class DiTBlock(nn.Module):
+    """adaLN-Zero block: gated attention then gated MLP, each on a modulated norm."""
+
+    def __init__(self, config: DiTConfig):
+        super().__init__()
+        d = config.hidden_size
+        self.norm1 = make_norm("layernorm", d)
+        self.attn = Attention(d, config.num_heads, qkv_bias=True)
+        self.norm2 = make_norm("layernorm", d)
+        self.mlp = Mlp(d, int(d * config.mlp_ratio), approximate="tanh")
+        self.adaLN = AdaLN(d, 6)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:  # x [B, L, D], c [B, D]
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN(c)
+        x = x + gate1.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift1, scale1))
+        return x + gate2.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift2, scale2))
+
+
+class DiT(DiffusionBackbone):
+    """DiT denoiser: ``model(x, t, y=None)`` -> prediction with x's shape (as ``ZigMa``)."""
+
+    config: DiTConfig
+
+    def __init__(self, config: DiTConfig):
+        super().__init__(config)  # patch / time / label embedders, learnable positions
+        d, p = config.hidden_size, config.patch_size
+        self.blocks = nn.ModuleList(DiTBlock(config) for _ in range(config.depth))
+        self.final_layer = FinalLayer(d, p, config.out_channels, "layernorm")
+        self.initialize_weights()
+
+    def initialize_weights(self) -> None:
+        """DiT's init: xavier-uniform for every linear layer, zero biases, then the special
+        cases. Starts as the zero function: every adaLN output and the final linear are zero."""
+        if self.is_meta:
+            return
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+        self._init_embedders()  # xavier patch embed, sin-cos table, N(0, 0.02) time/labels
+        for block in self.blocks:
+            zero_(block.adaLN.linear)
+        zero_(self.final_layer.adaLN.linear, self.final_layer.linear)
+
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        t, y = self._check_inputs(x, t, y)
+        h, w = self.token_grid(x)
+        tokens = self.embed_patches(x)  # [B, L, D]
+        c = self.embed_condition(t, y)  # [B, D]
+        for block in self.blocks:
+            tokens = self.run_block(block, tokens, c)  # [B, L, D]
+        out = self.final_layer(tokens, c)  # [B, L, p*p*C_out]
+        return self.unpatchify(out, h, w)
