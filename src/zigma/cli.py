@@ -1,7 +1,7 @@
 """The ``zigma`` command line: the only reader of argv; no maths lives here.
 
 Subcommands: ``models`` (preset table), ``info`` (build a model, print its summary, run one
-forward pass), ``scans`` (print and draw scan orders).
+forward pass), ``scans`` (print and draw scan orders), ``bench`` (speed, memory, FLOPs).
 """
 
 from __future__ import annotations
@@ -243,6 +243,96 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _int_list(raw: str, what: str) -> list[int]:
+    try:
+        values = [int(v) for v in raw.split(",") if v.strip()]
+    except ValueError:
+        raise UsageError(f"{what} must be comma-separated integers, got {raw!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise UsageError(f"{what} must be positive integers, got {raw!r}")
+    return values
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import torch
+
+    from zigma.bench import (
+        BenchSettings,
+        format_table,
+        order_study,
+        run_suite,
+        tiny_overrides,
+        token_sweep,
+        write_csv,
+        write_json,
+        write_plots,
+    )
+    from zigma.bench.suites import PAPER_SIDES, TINY_DEPTH, TINY_SIDES, TINY_WIDTH
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: CUDA is not available")
+    tiny = args.tiny if args.tiny is not None else torch.device(device).type == "cpu"
+    width = args.width if args.width is not None else (TINY_WIDTH if tiny else None)
+    depth = args.depth if args.depth is not None else (TINY_DEPTH if tiny else None)
+    if args.study == "orders":
+        default_models, default_sides = "ZigMa-B/1", (TINY_SIDES[:1] if tiny else (64,))
+    else:
+        default_models = "ZigMa-B/1,DiT-B/1,U-ViT-B/1,Vim-B/1,Sweep-B/1"
+        default_sides = TINY_SIDES if tiny else PAPER_SIDES
+    models = [m.strip() for m in (args.models or default_models).split(",") if m.strip()]
+    if not models:
+        raise UsageError("--models must name at least one preset (see `zigma models`)")
+    sides = _int_list(args.tokens, "--tokens") if args.tokens else list(default_sides)
+    if (args.repeats is not None and args.repeats < 1) or args.batch < 1:
+        raise UsageError("--repeats and --batch must be >= 1")
+    if args.warmup is not None and args.warmup < 0:
+        raise UsageError(f"--warmup must be >= 0, got {args.warmup}")
+    extra = {m: tiny_overrides(m, width, depth) for m in models}
+    if args.study == "orders":
+        orders = _int_list(args.orders, "--orders")
+        cases = [c for m in models for c in order_study(m, sides, orders, overrides=extra[m])]
+    else:
+        cases = token_sweep(models, sides, extra)
+    cuda = torch.device(device).type == "cuda"
+    settings = BenchSettings(
+        device=device,
+        dtype=args.dtype,
+        batch=args.batch,
+        warmup=args.warmup if args.warmup is not None else (5 if cuda else 1),
+        repeats=args.repeats if args.repeats is not None else (20 if cuda else 3),
+        train=args.train,
+        backend=args.backend,
+    )
+    size = "tiny " if tiny else ""
+    print(
+        f"zigma bench: {len(cases)} {size}case(s) ({args.study} study) on {device}, "
+        f"{args.dtype}, batch {args.batch}, median of {settings.repeats} after "
+        f"{settings.warmup} warm-up",
+        flush=True,
+    )
+    rows = run_suite(
+        cases,
+        settings,
+        on_row=lambda r: print(
+            f"  {r.label} "
+            + (f"K={r.scan_paths}" if r.scan_paths else f"{r.side}x{r.side}")
+            + f": {r.status}",
+            flush=True,
+        ),
+    )
+    print(format_table(rows))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(rows, out / "bench.csv")
+    write_json(rows, settings, out / "bench.json")
+    plots = write_plots(rows, out)
+    names = ", ".join(p.name for p in plots)
+    note = "" if cuda else " (peak memory is measured on CUDA only)"
+    print(f"wrote {out / 'bench.csv'}, bench.json and {len(plots)} plot(s): {names}{note}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from zigma import __version__
 
@@ -347,6 +437,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="run folder (default runs/demo-<time>)")
     p.add_argument("--steps", type=int, default=None, help="training steps (default: preset)")
     p.set_defaults(func=cmd_demo)
+    p = sub.add_parser(
+        "bench",
+        help="time forward (and training) steps, peak memory and FLOPs vs token count",
+        description="The token sweep (default) times every --models preset at every --tokens "
+        "side (tokens = side^2 at patch 1); --study orders compares zigzag-K with K-direction "
+        "parallel Mamba. On CPU the models are shrunk (--tiny) and the sides are small.",
+    )
+    p.add_argument("--models", help="comma-separated presets (default: the B/1 models)")
+    p.add_argument(
+        "--tokens", help="comma-separated input sides (default 32,64,96,128,196; CPU: 8,16)"
+    )
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16")
+    p.add_argument("--train", action="store_true", help="also time forward+backward+AdamW")
+    p.add_argument("--study", choices=("tokens", "orders"), default="tokens")
+    p.add_argument("--orders", default="1,2,4,8", help="K values of the order study")
+    p.add_argument("--repeats", type=int, default=None, help="timed runs (default 20; CPU 3)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed runs (default 5; CPU 1)")
+    p.add_argument("--out", default="bench", metavar="DIR", help="output folder (default bench)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--backend", default=None, help="scan backend, e.g. chunked or triton")
+    p.add_argument(
+        "--tiny",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="width 64, depth 3 (default: on for CPU, off for CUDA)",
+    )
+    p.add_argument("--width", type=int, default=None, help="override hidden_size")
+    p.add_argument("--depth", type=int, default=None, help="override depth")
+    p.set_defaults(func=cmd_bench)
     return parser
 
 
