@@ -1,0 +1,36 @@
+"""The checkpoint shipped in pretrained/shapes-cpu: small enough, loads, and draws shapes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from zigma.evaluate import generate, load_for_sampling
+
+PRETRAINED = Path(__file__).resolve().parents[2] / "pretrained" / "shapes-cpu"
+
+
+def test_shipped_checkpoint_is_small_and_complete():
+    files = {p.name: p.stat().st_size for p in PRETRAINED.iterdir()}
+    assert {"config.json", "model.safetensors", "transport.json"} <= set(files)
+    assert sum(files.values()) <= 20 * 2**20
+
+
+def test_shipped_checkpoint_draws_an_object_on_a_plain_background():
+    loaded = load_for_sampling(PRETRAINED)
+    cfg = loaded.model.config
+    assert cfg.input_size == (16, 16) and cfg.num_classes == 8
+    labels = torch.arange(8)  # one sample per class
+    images = generate(loaded, 8, seed=0, sampler="heun", steps=10, cfg_scale=3.0, labels=labels)
+    assert images.shape == (8, 3, 16, 16) and torch.isfinite(images).all()
+    # centred shapes: the middle differs from the corners, which agree with each other (a plain
+    # background); rings (class 5) have a hole in the middle, so their edge ring is checked.
+    corners = images[:, :, [0, 0, -1, -1], [0, -1, 0, -1]]  # [8, 3, 4]
+    background = corners.mean(-1)
+    plain = (corners - background[..., None]).abs().amax(dim=(1, 2)) < 0.25
+    middle = images[:, :, 7:9, 7:9].mean(dim=(2, 3))
+    ring = images[:, :, 7:9, 3].mean(-1)  # left part of a ring around the centre
+    probe = torch.where((labels == 5)[:, None], ring, middle)
+    stands_out = (probe - background).abs().amax(dim=1) > 0.3
+    assert plain.sum() >= 7 and stands_out.sum() >= 7, (plain, stands_out)
