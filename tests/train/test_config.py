@@ -25,9 +25,12 @@ def test_defaults_match_the_official_optimizer():
     assert cfg.optim.betas == (0.9, 0.999) and cfg.ema.decay == 0.9999
 
 
-def test_model_spec_mirrors_every_zigma_field():
+def test_model_spec_mirrors_every_field_of_every_model_config():
+    from zigma.models import DiTConfig, UViTConfig
+
     spec = {f.name for f in dataclasses.fields(ModelSpec)}
-    assert spec == {"preset"} | {f.name for f in dataclasses.fields(ZigMaConfig)}
+    families = (ZigMaConfig, DiTConfig, UViTConfig)
+    assert spec == {"preset"}.union(*({f.name for f in dataclasses.fields(c)} for c in families))
 
 
 @pytest.mark.parametrize("name", list(TRAIN_PRESETS))
@@ -169,6 +172,9 @@ def test_invalid_values(override, match):
 
 def test_resolved_fills_every_model_field():
     cfg = build_config("demo").resolved(num_classes=8)
-    assert all(v is not None for v in to_dict(cfg.model).values())
+    zigma_fields = {"preset"} | {f.name for f in dataclasses.fields(ZigMaConfig)}
+    spec = to_dict(cfg.model)
+    assert all(spec[k] is not None for k in zigma_fields)
+    assert all(v is None for k, v in spec.items() if k not in zigma_fields)  # DiT-only fields
     assert cfg.data.channels == 3 and cfg.model.num_classes == 8
     assert cfg.model_config() == build_config("demo").model_config(num_classes=8)
