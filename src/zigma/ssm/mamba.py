@@ -16,6 +16,7 @@ from einops import rearrange
 from torch import nn
 
 from zigma.ssm.ops import resolve_backend, selective_scan
+from zigma.ssm.ops._checks import check_index
 from zigma.ssm.ops.tokens import conv_tokens, scan_tokens
 
 __all__ = ["Mamba", "ParallelMamba"]
@@ -278,9 +279,9 @@ class Mamba(nn.Module):
             )
         length = x.shape[1]
         if order is not None:
-            _check_index("order", order, length)
+            check_index("order", order, length)
             if inverse is not None:
-                _check_index("inverse", inverse, length)
+                check_index("inverse", inverse, length)
         if resolve_backend(self.backend, x.device) == "triton":
             return self._forward_tokens(x, order)
         return self._forward_gathered(x, order, inverse)
@@ -402,7 +403,7 @@ class ParallelMamba(Mamba):
                 got = list(index.shape) if isinstance(index, torch.Tensor) else type(index)
                 raise ValueError(f"{name} must be [K, L] = [{k}, {length}], got {got}")
             for row in index:
-                _check_index(name, row, length)
+                check_index(name, row, length)
         xz = self.in_proj(x)  # [b, L, 2 d_inner], raster order
         if resolve_backend(self.backend, x.device) == "triton":
             xs, z = xz.chunk(2, dim=-1)  # the kernels read rows in each order
@@ -419,11 +420,3 @@ class ParallelMamba(Mamba):
                 y = y + self._scan_branch(xs, z, *branch)[..., inverse]  # [b, d_inner, L] raster
             y = rearrange(y, "b d l -> b l d")
         return self.out_proj(y / k)  # [b, L, d_model]
-
-
-def _check_index(name: str, index: torch.Tensor, length: int) -> None:
-    if not isinstance(index, torch.Tensor) or index.dim() != 1 or index.numel() != length:
-        got = list(index.shape) if isinstance(index, torch.Tensor) else type(index).__name__
-        raise ValueError(f"{name} must be a [L] = [{length}] index tensor, got {got}")
-    if index.dtype.is_floating_point or index.dtype.is_complex or index.dtype == torch.bool:
-        raise ValueError(f"{name} must be an integer tensor, got {index.dtype}")

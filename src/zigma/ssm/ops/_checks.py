@@ -48,6 +48,83 @@ def _fmt(shape: torch.Size | tuple[int, ...]) -> str:
     return "[" + ", ".join(str(s) for s in shape) + "]"
 
 
+def check_index(name: str, index: object, length: int, device: torch.device | None = None) -> None:
+    """Validate a scan order (or its inverse): an integer ``[L]`` tensor on ``device``.
+
+    Raises:
+        ValueError: naming ``name``, on a wrong shape, a non-integer dtype or another device.
+    """
+    if not isinstance(index, torch.Tensor) or index.dim() != 1 or index.numel() != length:
+        got = _fmt(index.shape) if isinstance(index, torch.Tensor) else type(index).__name__
+        raise ValueError(f"{name} must be a [L] = [{length}] index tensor, got {got}")
+    if index.dtype.is_floating_point or index.dtype.is_complex or index.dtype == torch.bool:
+        raise ValueError(f"{name} must be an integer tensor, got {index.dtype}")
+    if device is not None and index.device != device:
+        raise ValueError(f"{name} is on {index.device} but the inputs are on {device}")
+
+
+def _check_scan(
+    u: object,
+    A: object,
+    others: dict[str, torch.Tensor | None],
+    tokens: bool,
+    dtypes: tuple[torch.dtype, ...],
+) -> tuple[int, int, int, int]:
+    """The checks both layouts share; ``tokens`` selects ``[batch, L, *]`` over
+    ``[batch, *, L]`` activations (and then requires a unit last-dim stride).
+    Returns ``(batch, dim, L, N)``."""
+    layout = "[batch, L, dim]" if tokens else "[batch, dim, L]"
+    if not isinstance(u, torch.Tensor) or u.dim() != 3:
+        got = _fmt(u.shape) if isinstance(u, torch.Tensor) else type(u).__name__
+        raise ValueError(f"u must be {layout}, got {got}")
+    batch, length, dim = u.shape if tokens else (u.shape[0], u.shape[2], u.shape[1])
+    if length == 0:
+        raise ValueError("u must have at least one token (L >= 1), got L = 0")
+    if not isinstance(A, torch.Tensor) or A.dim() != 2 or A.shape[0] != dim:
+        got = _fmt(A.shape) if isinstance(A, torch.Tensor) else type(A).__name__
+        raise ValueError(f"A must be [dim, N] with dim = {dim}, got {got}")
+    n_state = A.shape[1]
+    if n_state == 0:
+        raise ValueError("A must have at least one state column (N >= 1)")
+
+    def act(width: int, name: str) -> tuple[tuple[int, ...], str]:  # an activation's shape
+        if tokens:
+            return (batch, length, width), f"[batch, L, {name}]"
+        return (batch, width, length), f"[batch, {name}, L]"
+
+    shapes = {
+        "delta": act(dim, "dim"),
+        "B": act(n_state, "N"),
+        "C": act(n_state, "N"),
+        "D": ((dim,), "[dim]"),
+        "z": act(dim, "dim"),
+        "delta_bias": ((dim,), "[dim]"),
+    }
+    for name, t in others.items():
+        if t is None:
+            continue
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"{name} must be a tensor or None, got {type(t).__name__}")
+        shape, label = shapes[name]
+        if tuple(t.shape) != shape:
+            raise ValueError(f"{name} must be {label} = {_fmt(shape)}, got {_fmt(t.shape)}")
+    for name, t in {"u": u, "A": A, **others}.items():
+        if t is None:
+            continue
+        allowed = dtypes if name in ("u", "delta", "z", "B", "C") else _FLOATS
+        if t.dtype not in allowed:
+            names = "/".join(str(a).removeprefix("torch.") for a in allowed)
+            raise ValueError(f"{name} must be a real floating tensor ({names}), got {t.dtype}")
+        if t.device != u.device:
+            raise ValueError(f"{name} is on {t.device} but u is on {u.device}")
+        if tokens and t.dim() == 3 and t.shape[-1] > 1 and t.stride(-1) != 1:
+            raise ValueError(
+                f"{name} must be contiguous in its last dimension (stride 1), got strides "
+                f"{tuple(t.stride())}; views such as xz[..., :dim] are fine"
+            )
+    return batch, dim, length, n_state
+
+
 def check_scan_inputs(
     u: torch.Tensor,
     delta: torch.Tensor,
@@ -76,44 +153,8 @@ def check_scan_inputs(
     Raises:
         ValueError: on a wrong rank, shape, dtype (complex or integer), L = 0 or mixed devices.
     """
-    if not isinstance(u, torch.Tensor) or u.dim() != 3:
-        got = _fmt(u.shape) if isinstance(u, torch.Tensor) else type(u).__name__
-        raise ValueError(f"u must be [batch, dim, L], got {got}")
-    batch, dim, length = u.shape
-    if length == 0:
-        raise ValueError("u must have at least one token (L >= 1), got L = 0")
-    if not isinstance(A, torch.Tensor) or A.dim() != 2 or A.shape[0] != dim:
-        got = _fmt(A.shape) if isinstance(A, torch.Tensor) else type(A).__name__
-        raise ValueError(f"A must be [dim, N] with dim = {dim}, got {got}")
-    n_state = A.shape[1]
-    expected: dict[str, tuple[torch.Tensor | None, tuple[int, ...], str]] = {
-        "delta": (delta, (batch, dim, length), "[batch, dim, L]"),
-        "B": (B, (batch, n_state, length), "[batch, N, L]"),
-        "C": (C, (batch, n_state, length), "[batch, N, L]"),
-        "D": (D, (dim,), "[dim]"),
-        "z": (z, (batch, dim, length), "[batch, dim, L]"),
-        "delta_bias": (delta_bias, (dim,), "[dim]"),
-    }
-    for name, (t, shape, layout) in expected.items():
-        if t is None:
-            continue
-        if not isinstance(t, torch.Tensor):
-            raise ValueError(f"{name} must be a tensor or None, got {type(t).__name__}")
-        if tuple(t.shape) != shape:
-            raise ValueError(f"{name} must be {layout} = {_fmt(shape)}, got {_fmt(t.shape)}")
-    named = {"u": u, "A": A, **{k: v[0] for k, v in expected.items()}}
-    for name, t in named.items():
-        if t is None:
-            continue
-        if t.dtype not in _FLOATS:
-            raise ValueError(
-                f"{name} must be a real floating tensor (fp16/bf16/fp32/fp64), got {t.dtype}"
-            )
-        if t.device != u.device:
-            raise ValueError(f"{name} is on {t.device} but u is on {u.device}")
-    if n_state == 0:
-        raise ValueError("A must have at least one state column (N >= 1)")
-    return batch, dim, length, n_state
+    others = {"delta": delta, "B": B, "C": C, "D": D, "z": z, "delta_bias": delta_bias}
+    return _check_scan(u, A, others, tokens=False, dtypes=_FLOATS)
 
 
 def check_scan_tokens_inputs(
@@ -150,54 +191,8 @@ def check_scan_tokens_inputs(
         ValueError: on a wrong rank, shape or dtype, L = 0, mixed devices, a bad order, or an
             activation whose last dimension is not contiguous (stride 1).
     """
-    if not isinstance(u, torch.Tensor) or u.dim() != 3:
-        got = _fmt(u.shape) if isinstance(u, torch.Tensor) else type(u).__name__
-        raise ValueError(f"u must be [batch, L, dim], got {got}")
-    batch, length, dim = u.shape
-    if length == 0:
-        raise ValueError("u must have at least one token (L >= 1), got L = 0")
-    if not isinstance(A, torch.Tensor) or A.dim() != 2 or A.shape[0] != dim:
-        got = _fmt(A.shape) if isinstance(A, torch.Tensor) else type(A).__name__
-        raise ValueError(f"A must be [dim, N] with dim = {dim}, got {got}")
-    n_state = A.shape[1]
-    if n_state == 0:
-        raise ValueError("A must have at least one state column (N >= 1)")
-    expected: dict[str, tuple[torch.Tensor | None, tuple[int, ...], str]] = {
-        "delta": (delta, (batch, length, dim), "[batch, L, dim]"),
-        "B": (B, (batch, length, n_state), "[batch, L, N]"),
-        "C": (C, (batch, length, n_state), "[batch, L, N]"),
-        "D": (D, (dim,), "[dim]"),
-        "z": (z, (batch, length, dim), "[batch, L, dim]"),
-        "delta_bias": (delta_bias, (dim,), "[dim]"),
-    }
-    for name, (t, shape, layout) in expected.items():
-        if t is None:
-            continue
-        if not isinstance(t, torch.Tensor):
-            raise ValueError(f"{name} must be a tensor or None, got {type(t).__name__}")
-        if tuple(t.shape) != shape:
-            raise ValueError(f"{name} must be {layout} = {_fmt(shape)}, got {_fmt(t.shape)}")
-    named = {"u": u, "A": A, **{k: v[0] for k, v in expected.items()}}
-    for name, t in named.items():
-        if t is None:
-            continue
-        allowed = dtypes if name in ("u", "delta", "z", "B", "C") else _FLOATS
-        if t.dtype not in allowed:
-            names = "/".join(str(a).removeprefix("torch.") for a in allowed)
-            raise ValueError(f"{name} must be a real floating tensor ({names}), got {t.dtype}")
-        if t.device != u.device:
-            raise ValueError(f"{name} is on {t.device} but u is on {u.device}")
-        if t.dim() == 3 and t.shape[-1] > 1 and t.stride(-1) != 1:
-            raise ValueError(
-                f"{name} must be contiguous in its last dimension (stride 1), got strides "
-                f"{tuple(t.stride())}; views such as xz[..., :dim] are fine"
-            )
+    others = {"delta": delta, "B": B, "C": C, "D": D, "z": z, "delta_bias": delta_bias}
+    batch, dim, length, n_state = _check_scan(u, A, others, tokens=True, dtypes=dtypes)
     if order is not None:
-        if not isinstance(order, torch.Tensor) or order.dim() != 1 or order.numel() != length:
-            got = _fmt(order.shape) if isinstance(order, torch.Tensor) else type(order).__name__
-            raise ValueError(f"order must be a [L] = [{length}] index tensor, got {got}")
-        if order.dtype.is_floating_point or order.dtype.is_complex or order.dtype == torch.bool:
-            raise ValueError(f"order must be an integer tensor, got {order.dtype}")
-        if order.device != u.device:
-            raise ValueError(f"order is on {order.device} but u is on {u.device}")
+        check_index("order", order, length, u.device)
     return batch, length, dim, n_state

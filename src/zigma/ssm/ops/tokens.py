@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import zigma.ssm.ops as ops
-from zigma.ssm.ops._checks import check_scan_inputs, compute_dtype, no_autocast
+from zigma.ssm.ops._checks import check_index, check_scan_inputs, compute_dtype, no_autocast
 
 __all__ = [
     "causal_conv1d_tokens_ref",
@@ -29,17 +29,6 @@ def _shape(t: object) -> str:
     if not isinstance(t, torch.Tensor):
         return type(t).__name__
     return "[" + ", ".join(str(s) for s in t.shape) + "]"
-
-
-def _check_order(order: torch.Tensor | None, length: int, device: torch.device) -> None:
-    if order is None:
-        return
-    if not isinstance(order, torch.Tensor) or order.dim() != 1 or order.numel() != length:
-        raise ValueError(f"order must be a [L] = [{length}] index tensor, got {_shape(order)}")
-    if order.dtype.is_floating_point or order.dtype.is_complex or order.dtype == torch.bool:
-        raise ValueError(f"order must be an integer tensor, got {order.dtype}")
-    if order.device != device:
-        raise ValueError(f"order is on {order.device} but the inputs are on {device}")
 
 
 def check_conv_tokens_args(
@@ -71,7 +60,8 @@ def check_conv_tokens_args(
     for name, t in (("weight", weight), ("bias", bias)):
         if t is not None and t.device != x.device:
             raise ValueError(f"{name} is on {t.device} but x is on {x.device}")
-    _check_order(order, length, x.device)
+    if order is not None:
+        check_index("order", order, length, x.device)
 
 
 def _to_tokens(y: torch.Tensor, order: torch.Tensor | None) -> torch.Tensor:
@@ -152,7 +142,8 @@ def selective_scan_tokens_ref(
     """
     if not isinstance(u, torch.Tensor) or u.dim() != 3:
         raise ValueError(f"u must be [batch, L, dim], got {_shape(u)}")
-    _check_order(order, u.shape[1], u.device)
+    if order is not None:
+        check_index("order", order, u.shape[1], u.device)
 
     def to_scan(t: torch.Tensor | None) -> torch.Tensor | None:
         if t is None:
