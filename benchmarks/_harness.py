@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import math
-import statistics
 import subprocess
 import sys
 import time
@@ -18,6 +17,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
+
+from zigma.bench.runner import time_ms
 
 
 class Bench:
@@ -50,28 +51,16 @@ class Bench:
     def time_ms(
         self, fn: Callable[[], object], reps: int | None = None, warmup: int | None = None
     ) -> float:
-        """Median milliseconds of ``fn()`` after warm-up: CUDA events around each call (each
-        synchronised, L2 overwritten before it); a host clock on CPU."""
-        for _ in range(self.warmup if warmup is None else warmup):
-            fn()
-        if self.cuda:
-            torch.cuda.synchronize(self.device)
-        times = []
-        for _ in range(self.reps if reps is None else reps):
-            if self.cuda:
-                self._flush.zero_()
-                start = torch.cuda.Event(enable_timing=True)
-                end = torch.cuda.Event(enable_timing=True)
-                start.record()
-                fn()
-                end.record()
-                end.synchronize()
-                times.append(start.elapsed_time(end))
-            else:
-                t0 = time.perf_counter()
-                fn()
-                times.append((time.perf_counter() - t0) * 1e3)
-        return statistics.median(times)
+        """Median milliseconds of ``fn()`` after warm-up (``zigma.bench.time_ms``), with L2
+        overwritten before each timed CUDA call."""
+        flush = self._flush.zero_ if self._flush is not None else None
+        return time_ms(
+            fn,
+            str(self.device),
+            self.warmup if warmup is None else warmup,
+            self.reps if reps is None else reps,
+            before=flush,
+        )
 
     @contextlib.contextmanager
     def peak_memory(self, row: dict) -> Iterator[None]:
