@@ -1,9 +1,12 @@
 """benchmarks/scan.py in its CPU smoke mode (tiny sizes, Triton interpreter): every section
 runs without error, the script exits 0 and writes scan.json and scan.md with each section's
-results. A subprocess, as on the GPU machine: --smoke must select the interpreter itself."""
+results. A subprocess, as on the GPU machine: --smoke must select the interpreter itself.
+benchmarks/peers.py at tiny sizes on CPU, with our models only (the official code is not here).
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -12,22 +15,27 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("triton", reason="the benchmark's kernels need the triton package")
-
-pytestmark = pytest.mark.triton
+# scan.py's tests only (peers.py runs without triton)
+requires_triton = pytest.mark.skipif(
+    importlib.util.find_spec("triton") is None,
+    reason="the benchmark's kernels need the triton package",
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "scan.py"
+PEERS = REPO / "benchmarks" / "peers.py"
 SECTIONS = ("env", "check", "scan", "conv", "tiles", "train")
 
 
-def _run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+def _run(*args: str, timeout: float = 300, script: Path = SCRIPT) -> subprocess.CompletedProcess:
     path = os.pathsep.join(p for p in (str(REPO / "src"), os.environ.get("PYTHONPATH")) if p)
     env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, str(SCRIPT), *args]
+    cmd = [sys.executable, str(script), *args]
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.triton
+@requires_triton
 def test_smoke_run_writes_every_section(tmp_path):
     proc = _run("--smoke", "--out", str(tmp_path))
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
@@ -55,7 +63,26 @@ def test_smoke_run_writes_every_section(tmp_path):
     assert markdown.startswith("# benchmarks/scan.py") and "## Selective scan" in markdown
 
 
+@pytest.mark.triton
+@requires_triton
 def test_unknown_section_is_rejected(tmp_path):
     proc = _run("--smoke", "--out", str(tmp_path), "--sections", "scan,bogus", timeout=120)
     assert proc.returncode == 2 and "unknown sections ['bogus']" in proc.stderr
     assert not (tmp_path / "scan.json").exists()
+
+
+def test_peers_tiny_cpu_run_times_ours_without_peers(tmp_path):
+    """benchmarks/peers.py with no --dit/--uvit: the peers are skipped with a note and our
+    three presets (shrunk by --tiny) get a timed row each."""
+    args = ["--tiny", "--device", "cpu", "--sides", "8", "--repeats", "1", "--warmup", "0"]
+    proc = _run(*args, "--out", str(tmp_path), timeout=120, script=PEERS)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    report = json.loads((tmp_path / "peers.json").read_text())
+    rows = {r["model"]: r for r in report["rows"]}
+    assert set(rows) == {"ZigMa-B/1", "DiT-B/1", "U-ViT-B/1"}
+    for row in rows.values():
+        assert row["status"] == "ok" and row["ms"] > 0 and row["params"] > 0, row
+        assert row["side"] == 8 and row["tokens"] == 64 and "peak_mib" not in row
+    assert report["ratios"] == []
+    assert any("no --dit" in n for n in report["env"]["notes"])
+    assert "| DiT-B/1 | 8 | 64 |" in (tmp_path / "peers.md").read_text()
