@@ -102,10 +102,11 @@ class Sizes:
     check_batch: int = 2
     check_side: int = 64
     batch: int = 8
+    batches: tuple[int, ...] = (8, 1)  # the scan table's batches (1: the paper's FPS study)
     sides: tuple[int, ...] = (32, 64, 128)  # L = 1024, 4096, 16384
     conv_side: int = 64
     conv_width: int = 4
-    tile_side: int = 64
+    tile_cases: tuple[tuple[int, int], ...] = ((8, 64), (1, 128))  # (batch, side)
     d_model: int = 768
     train_model: str = "ZigMa-B/2"
     train_overrides: tuple[tuple[str, object], ...] = ()
@@ -120,15 +121,21 @@ class Sizes:
     # Tile candidates as ScanConfig overrides; the first is the base config itself.
     fwd_tiles: tuple[dict, ...] = (
         {},
+        {"warps_per_sm": 0},
+        {"warps_per_sm": 32},
         {"fwd_lanes": 2},
         {"fwd_lanes": 4},
+        {"warps_per_sm": 8},
         {"fwd_lanes": 2, "fwd_warps": 2},
     )
     bwd_tiles: tuple[dict, ...] = (
         {},
+        {"warps_per_sm": 0},
+        {"warps_per_sm": 32},
         {"bwd_lanes": 2},
-        {"bwd_lanes": 4},
         {"bwd_lanes": 2, "bwd_warps": 2},
+        {"warps_per_sm": 8},
+        {"bwd_lanes": 4},
     )
     chunked_budget_s: float = 40.0  # skip a chunked scan case predicted to take longer
     flush_mb: int = 256  # overwritten before each timed call, so inputs come from HBM
@@ -143,8 +150,8 @@ QUICK = dataclasses.replace(
     train_reps=4,
     chunked_scan_reps=1,
     chunked_train_reps=1,
-    fwd_tiles=FULL.fwd_tiles[:3],
-    bwd_tiles=FULL.bwd_tiles[:3],
+    fwd_tiles=FULL.fwd_tiles[:4],
+    bwd_tiles=FULL.bwd_tiles[:4],
 )
 SMOKE = Sizes(
     dim=8,
@@ -152,9 +159,10 @@ SMOKE = Sizes(
     dt_rank=2,
     check_side=4,
     batch=2,
+    batches=(2, 1),
     sides=(4,),
     conv_side=4,
-    tile_side=4,
+    tile_cases=((2, 4),),
     d_model=4,
     train_model="ZigMa-S/2",
     train_overrides=(("hidden_size", 4), ("depth", 2)),
@@ -165,8 +173,8 @@ SMOKE = Sizes(
     train_reps=1,
     chunked_scan_reps=1,
     chunked_train_reps=1,
-    fwd_tiles=({}, {"fwd_lanes": 1}),
-    bwd_tiles=({}, {"bwd_lanes": 1}),
+    fwd_tiles=({}, {"fwd_lanes": 1}, {"chunk": 8}),
+    bwd_tiles=({}, {"bwd_lanes": 1}, {"chunk": 8}),
     copy_mb=1,
 )
 # Interpreter-sized tiles for --smoke: the interpreter runs the programs one after another.
@@ -417,12 +425,12 @@ def section_check(ctx: Context) -> dict:
 # -- scan -------------------------------------------------------------------------------------
 
 
-def floors(ctx: Context, length: int) -> dict[str, float]:
-    """HBM and SFU floors (ms) of one scan at batch ``sizes.batch`` (kernels.md §4)."""
+def floors(ctx: Context, batch: int, length: int) -> dict[str, float]:
+    """HBM and SFU floors (ms) of one scan (kernels.md §4)."""
     sz, bw, sfu = ctx.sizes, ctx.env["copy_bandwidth"], ctx.env["sfu_rate"]
-    e = sz.batch * sz.dim * length
+    e = batch * sz.dim * length
     out = {
-        "hbm_fwd": (8 * e + 8 * sz.batch * sz.d_state * length) / bw * 1e3,
+        "hbm_fwd": (8 * e + 8 * batch * sz.d_state * length) / bw * 1e3,
         "hbm_bwd": 14 * e / bw * 1e3,
         "sfu_fwd": e * (sz.d_state + 4) / sfu * 1e3,
         "sfu_bwd": e * (sz.d_state + 6) / sfu * 1e3,
@@ -460,16 +468,16 @@ def scan_case(ctx: Context, impl: str, x: dict, order: torch.Tensor, row: dict) 
 
 def section_scan(ctx: Context) -> dict:
     sz = ctx.sizes
-    rows, chunked = [], None  # chunked: (L, seconds) of the last chunked case
-    for side in sz.sides:
+    rows, chunked = [], None  # chunked: (B L, seconds) of the last chunked case
+    for batch, side in ((b, s) for b in sz.batches for s in sz.sides):
         length = side * side
-        x = scan_inputs(sz, sz.batch, length, ctx.device, seed=side)
+        x = scan_inputs(sz, batch, length, ctx.device, seed=side)
         order = zigzag(side, ctx.device)
         for impl in ("chunked", "triton", "triton zigzag"):
-            row = {"L": length, "impl": impl}
+            row = {"B": batch, "L": length, "impl": impl}
             rows.append(row)
-            # The chunked scan is linear in L: predict this case from the last one.
-            guess = None if chunked is None else chunked[1] * length / chunked[0]
+            # The chunked scan is linear in B L: predict this case from the last one.
+            guess = None if chunked is None else chunked[1] * batch * length / chunked[0]
             if impl == "chunked" and guess and guess > min(sz.chunked_budget_s, ctx.left() / 3):
                 row["error"] = f"skipped: predicted {guess:.0f} s"
                 continue
@@ -479,11 +487,11 @@ def section_scan(ctx: Context) -> dict:
             except Exception as exc:  # one case fails, the table goes on
                 row["error"] = error_text(exc)
             if impl == "chunked":
-                chunked = (length, time.monotonic() - t0)
+                chunked = (batch * length, time.monotonic() - t0)
             free_memory()
         del x
     notes = [
-        f"B={sz.batch}, D={sz.dim}, N={sz.d_state}, bf16 u, delta, z, B, C (views as in Mamba), "
+        f"D={sz.dim}, N={sz.d_state}, bf16 u, delta, z, B, C (views as in Mamba), "
         "zigzag order of a square grid; median of CUDA-event times, L2 flushed before each call.",
         "fwd: no grad (writes y only, as the floor counts); fwd (saving): the training forward, "
         "which also writes fp32 checkpoints (4E B) and the pre-gate output (2E B); bwd: the "
@@ -498,13 +506,14 @@ def section_scan(ctx: Context) -> dict:
 
 
 def scan_summary(ctx: Context, rows: list[dict]) -> list[dict]:
-    """Per length: floors, Triton/floor, the issue's targets, chunked/Triton, zigzag/none."""
+    """Per batch and length: floors, Triton/floor, the issue's targets, chunked/Triton,
+    zigzag/none."""
     out = []
-    for length in sorted({r["L"] for r in rows}):
-        by = {r["impl"]: r for r in rows if r["L"] == length}
+    for batch, length in dict.fromkeys((r["B"], r["L"]) for r in rows):
+        by = {r["impl"]: r for r in rows if (r["B"], r["L"]) == (batch, length)}
         zz, none, ch = by["triton zigzag"], by["triton"], by["chunked"]
-        fl = floors(ctx, length)
-        s = {"L": length, **{f"floor_{k}": v for k, v in fl.items()}}
+        fl = floors(ctx, batch, length)
+        s = {"B": batch, "L": length, **{f"floor_{k}": v for k, v in fl.items()}}
         s["fwd_over_floor"] = ratio(zz.get("fwd"), fl["fwd"])
         s["fwd_train_over_floor"] = ratio(zz.get("fwd_train"), fl["fwd"])
         s["bwd_over_floor"] = ratio(zz.get("bwd"), fl["bwd"])
@@ -512,7 +521,7 @@ def scan_summary(ctx: Context, rows: list[dict]) -> list[dict]:
         s["zigzag_over_none"] = ratio(zz.get("fwd_bwd"), none.get("fwd_bwd"))
         r = s["fwd_over_floor"]
         s["target_fwd_floor"] = verdict(None if r is None else r <= TARGET_FWD_OVER_FLOOR)
-        if length == 4096 and ctx.sizes.dim == 1536 and "fwd" in zz and "bwd" in zz:
+        if (batch, length, ctx.sizes.dim) == (8, 4096, 1536) and "fwd" in zz and "bwd" in zz:
             s["target_fwd_ms"] = verdict(zz["fwd"] <= TARGET_FWD_MS_4096)
             s["target_bwd_ms"] = verdict(zz["bwd"] <= TARGET_BWD_MS_4096)
         r = s["chunked_over_triton"]
@@ -702,11 +711,12 @@ def tile_row(ctx: Context, kind: str, overrides: dict, make_run: Callable, want)
         return row, None
 
 
-def section_tiles(ctx: Context) -> dict:
+def tile_case(ctx: Context, batch: int, side: int) -> tuple[list[dict], list[str], dict]:
+    """Every tile candidate at one size: rows, failures and the best overrides per pass."""
     sz = ctx.sizes
-    length = sz.tile_side**2
-    x = scan_inputs(sz, sz.batch, length, ctx.device, seed=7)
-    order = zigzag(sz.tile_side, ctx.device)
+    length = side * side
+    x = scan_inputs(sz, batch, length, ctx.device, seed=7)
+    order = zigzag(side, ctx.device)
     inputs = [x[k] for k in NAMES]
 
     def make_forward():
@@ -734,7 +744,9 @@ def section_tiles(ctx: Context) -> dict:
             rows.append(row)
             want = got if i == 0 else want
             if row.get("ok") is False:
-                failures.append(f"tiles {kind} {row['config']}: rel err {row['rel_err']:.2e}")
+                failures.append(
+                    f"tiles B={batch} L={length} {kind} {row['config']}: rel err {row['rel_err']:.2e}"
+                )
             free_memory()
     best = {}
     for kind in ("fwd", "bwd"):
@@ -745,16 +757,28 @@ def section_tiles(ctx: Context) -> dict:
         for r in timed:
             r["speedup"] = ratio(base["ms"], r["ms"]) if base else None
         if timed:
-            best.update(min(timed, key=lambda r: r["ms"])["overrides"])
+            best[kind] = describe(min(timed, key=lambda r: r["ms"])["overrides"])
+    for r in rows:
+        r.update(B=batch, L=length)
+    return rows, failures, best
+
+
+def section_tiles(ctx: Context) -> dict:
     from zigma.ssm.ops import triton_scan
 
-    base = triton_scan.CONFIG
-    notes = [
-        f"B={sz.batch}, D={sz.dim}, L={length}, zigzag; overrides of the base {base}. fwd: the "
+    rows, failures, notes = [], [], []
+    for batch, side in ctx.sizes.tile_cases:
+        case_rows, case_failures, best = tile_case(ctx, batch, side)
+        rows += case_rows
+        failures += case_failures
+        notes.append(f"Best at B={batch}, L={side * side}: " + "; ".join(
+            f"{kind} {b}" for kind, b in best.items()))  # fmt: skip
+    notes.insert(
+        0,
+        f"D={ctx.sizes.dim}, zigzag; overrides of the base {triton_scan.CONFIG}. fwd: the "
         "forward without grad; bwd: the backward alone. Outputs are compared with the base's.",
-        f"Best: {dataclasses.replace(base, **best)}",
-    ]
-    return {"rows": rows, "best": best, "failures": failures, "notes": notes}
+    )
+    return {"rows": rows, "failures": failures, "notes": notes}
 
 
 # -- report -----------------------------------------------------------------------------------
@@ -768,11 +792,11 @@ TABLES = {
                   ("rel_err", "max rel err", ".2e"), ("tol", "tol", ".0e"), ("ok", "ok", "")]),
     ],
     "scan": [
-        ("rows", [("L", "L", ""), ("impl", "impl", ""), ("fwd", "fwd ms", MS),
+        ("rows", [("B", "B", ""), ("L", "L", ""), ("impl", "impl", ""), ("fwd", "fwd ms", MS),
                   ("fwd_train", "fwd (saving) ms", MS), ("bwd", "bwd ms", MS),
                   ("fwd_bwd", "fwd+bwd ms", MS), ("peak_mb", "peak MB", ".0f"),
                   ("extra_mb", "extra MB", ".0f")]),
-        ("summary", [("L", "L", ""), ("floor_hbm_fwd", "HBM fwd", MS),
+        ("summary", [("B", "B", ""), ("L", "L", ""), ("floor_hbm_fwd", "HBM fwd", MS),
                      ("floor_sfu_fwd", "SFU fwd", MS), ("floor_hbm_bwd", "HBM bwd", MS),
                      ("floor_sfu_bwd", "SFU bwd", MS), ("fwd_over_floor", "zz fwd/floor", X),
                      ("fwd_train_over_floor", "zz fwd (saving)/floor", X),
@@ -802,7 +826,8 @@ TABLES = {
                      ("target", "<= 1.03", ""), ("chunked_over_this", "chunked/this zigzag", X)]),
     ],
     "tiles": [
-        ("rows", [("pass", "pass", ""), ("config", "overrides", ""), ("ms", "ms", MS),
+        ("rows", [("B", "B", ""), ("L", "L", ""), ("pass", "pass", ""),
+                  ("config", "overrides", ""), ("ms", "ms", MS),
                   ("speedup", "vs default", X), ("rel_err", "rel err vs default", ".1e"),
                   ("ok", "ok", ""), ("peak_mb", "peak MB", ".0f")]),
     ],

@@ -52,11 +52,13 @@ def test_smoke_run_writes_every_section(tmp_path):
     for row in report["scan"]["rows"]:
         assert {"fwd", "fwd_train", "bwd", "fwd_bwd"} <= row.keys(), row
     assert {r["impl"] for r in report["scan"]["rows"]} == {"chunked", "triton", "triton zigzag"}
+    assert {r["B"] for r in report["scan"]["rows"]} == {1, 2}
     summary = report["scan"]["summary"][0]
     assert {"floor_fwd", "floor_bwd", "fwd_over_floor", "chunked_over_triton"} <= summary.keys()
     assert all("fwd_bwd" in r for r in report["conv"]["rows"])
     assert all("ms" in r and r.get("ok", True) for r in report["tiles"]["rows"])
-    assert "best" in report["tiles"]
+    assert any(note.startswith("Best at B=2") for note in report["tiles"]["notes"])
+    assert any(r["config"] == "chunk=8" for r in report["tiles"]["rows"])
     assert all("ms" in r for r in report["train"]["rows"])
     assert {"zigzag_over_sweep", "chunked_over_this"} <= report["train"]["summary"][0].keys()
     markdown = (tmp_path / "scan.md").read_text()

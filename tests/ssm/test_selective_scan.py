@@ -346,9 +346,11 @@ def test_auto_prefers_the_cuda_backend_only_on_cuda(monkeypatch):
         return selective_scan_ref(*args)
 
     monkeypatch.setitem(BACKENDS, "triton", ops.Backend("triton", fake, lambda device: True))
-    assert resolve_backend("auto", torch.device("cuda")) == "chunked"  # opt-in for now
-    monkeypatch.setattr(ops, "AUTO_CUDA_BACKEND", "triton")
     assert resolve_backend("auto", torch.device("cuda")) == "triton"
+    # Where triton is missing, CUDA falls back to the PyTorch path.
+    monkeypatch.setitem(BACKENDS, "triton", ops.Backend("triton", fake, lambda device: False))
+    assert resolve_backend("auto", torch.device("cuda")) == "chunked"
+    monkeypatch.setitem(BACKENDS, "triton", ops.Backend("triton", fake, lambda device: True))
     # Never the (slow) interpreter on CPU, even where it is available.
     assert resolve_backend("auto", torch.device("cpu")) == "chunked"
     assert resolve_backend("auto", "meta") == "chunked"

@@ -6,6 +6,8 @@ torch.compile and autocast. Runs on CPU under ``TRITON_INTERPRET=1`` (set in tes
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -194,6 +196,41 @@ def test_tilings(monkeypatch, config):
     _compare(_inputs(seed=5), _order("flip"), torch.float32)
 
 
+@pytest.mark.parametrize("chunk", [4, 8, 12])
+@pytest.mark.parametrize(
+    ("kind", "options"), [(None, "all"), ("zigzag", "all"), ("random", "none"), ("flip", "z+bias")]
+)
+def test_chunked_steps(monkeypatch, chunk, kind, options):
+    # Chunks of 1, 2 and 3 groups over L = 15 (a partial last chunk): a state pass per chunk,
+    # then the outputs; the backward carries the gradient across chunks the same way.
+    monkeypatch.setattr(triton_scan, "CONFIG", dataclasses.replace(SMALL, chunk=chunk))
+    _compare(_inputs(options=options, seed=chunk), _order(kind), torch.float32)
+
+
+def test_chunked_low_precision_batch_1(monkeypatch):
+    monkeypatch.setattr(triton_scan, "CONFIG", dataclasses.replace(SMALL, chunk=4))
+    _compare(_inputs(batch=1, dtype=torch.bfloat16, seed=9), _order("zigzag"), torch.bfloat16)
+
+
+def test_automatic_chunks(monkeypatch):
+    # Split only on CUDA and only until the launch has warps_per_sm warps per SM; chunks are
+    # whole groups and at least min_chunk steps.
+    monkeypatch.setattr(triton_scan, "_sm_count", lambda device: 100)
+    cfg = ScanConfig(group=16, warps_per_sm=8, min_chunk=64)
+    monkeypatch.setattr(triton_scan, "CONFIG", cfg)
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert triton_scan._chunking(4096, 800, 1, cuda) == (4096, 1)  # already 8 warps per SM
+    assert triton_scan._chunking(4096, 400, 1, cuda) == (2048, 2)
+    assert triton_scan._chunking(4096, 48, 1, cuda) == (256, 16)  # 17 asked, whole groups
+    assert triton_scan._chunking(4096, 1, 1, cuda) == (64, 64)  # min_chunk
+    assert triton_scan._chunking(100, 1, 1, cuda) == (112, 1)  # shorter than two min_chunks
+    assert triton_scan._chunking(4096, 1, 1, cpu) == (4096, 1)
+    monkeypatch.setattr(triton_scan, "CONFIG", dataclasses.replace(cfg, chunk=32))
+    assert triton_scan._chunking(100, 1, 1, cpu) == (32, 4)
+    monkeypatch.setattr(triton_scan, "CONFIG", dataclasses.replace(cfg, warps_per_sm=0))
+    assert triton_scan._chunking(4096, 1, 1, cuda) == (4096, 1)
+
+
 def test_state_not_a_power_of_two():
     _compare(_inputs(n_state=3, seed=6), _order("zigzag"), torch.float32)
 
@@ -321,6 +358,8 @@ def test_order_stride_dtype_and_device_errors():
         selective_scan_tokens(**dict(args, u=args["u"].double()))
     with pytest.raises(ValueError, match="power of two"):
         ScanConfig(group=3)
+    with pytest.raises(ValueError, match="multiple of group=16"):
+        ScanConfig(chunk=24)
 
 
 @pytest.mark.gpu

@@ -1,7 +1,7 @@
 """Selective state-space layers for ZigMa: the Mamba-1 mixer and its selective-scan kernels.
 
-``selective_scan`` dispatches to a registered backend ("chunked" by default, "reference" as the
-oracle, "triton" kernels opt-in until checked on a GPU); ``Mamba`` is the token mixer the
+``selective_scan`` dispatches to a registered backend ("chunked" on CPU, "reference" as the
+oracle, the "triton" kernels for CUDA tensors); ``Mamba`` is the token mixer the
 backbones stack, ``ParallelMamba`` its K-orders-at-once baseline.
 """
 

@@ -145,10 +145,11 @@ def _group_inputs(u_b, dt_b, order_ptr, m, d, d_ok, bias, length, s_ul, s_dl,
 
 
 @triton.jit
-def _step_row(order_ptr, m, length, HAS_ORDER: tl.constexpr, ROW64: tl.constexpr):
+def _step_row(order_ptr, m, end, length, HAS_ORDER: tl.constexpr, ROW64: tl.constexpr):
     """Token row of scan step ``m`` (always a valid row) and whether the step is real: steps
-    past the end and rows outside ``[0, length)`` (a malformed order) are identity steps."""
-    ok = m < length
+    at or past ``end`` and rows outside ``[0, length)`` (a malformed order) are identity
+    steps."""
+    ok = m < end
     if HAS_ORDER:
         row = tl.load(order_ptr + m, mask=ok, other=0)
         ok = ok & (row >= 0) & (row < length)
@@ -162,19 +163,27 @@ def _step_row(order_ptr, m, length, HAS_ORDER: tl.constexpr, ROW64: tl.constexpr
 
 @triton.jit(do_not_specialize=["one"])
 def _scan_fwd_kernel(u_ptr, dt_ptr, z_ptr, bc_ptr, a_ptr, dskip_ptr, bias_ptr, order_ptr,
-                     y_ptr, ypre_ptr, last_ptr, ck_ptr,
-                     length, dim, n_groups, one,
+                     y_ptr, ypre_ptr, last_ptr, ck_ptr, hloc_ptr, sdt_ptr,
+                     length, dim, n_groups, chunk_len, n_chunks, one,
                      s_ub, s_ul, s_db, s_dl, s_zb, s_zl, s_bcb, s_bcl,
                      N: tl.constexpr, NP: tl.constexpr, LN: tl.constexpr, NR: tl.constexpr,
                      BLOCK_D: tl.constexpr, T: tl.constexpr,
                      HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
                      SOFTPLUS: tl.constexpr, HAS_ORDER: tl.constexpr, ROW64: tl.constexpr,
-                     FAST: tl.constexpr, SAVE: tl.constexpr):  # fmt: skip
+                     FAST: tl.constexpr, SAVE: tl.constexpr, LOCAL: tl.constexpr):  # fmt: skip
     """One scan step per iteration (a small loop body), the next step's inputs loaded one
     iteration ahead and its row two ahead. With SAVE (a backward will follow), the state
-    after every T steps and the pre-gate output are saved."""
+    after every T steps and the pre-gate output are saved.
+
+    The steps are split into chunks of ``chunk_len``, one program per chunk (program id 2),
+    so that short batches still fill the GPU. With LOCAL (pass 1), a program runs its chunk
+    from a zero state and stores only the end state (``hloc``) and the chunk's sum of delta
+    (``sdt``). Otherwise it first composes the earlier chunks' pass-1 results into its start
+    state: a state decays by ``exp(A sum(delta))`` across a chunk, whatever the inputs.
+    """
     pid_d = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
+    c = tl.program_id(2)
     d, j, _ = _grid(pid_d, one, LN, BLOCK_D, 1)
     d = tl.reshape(d, [LN, BLOCK_D])
     j = tl.reshape(j, [LN, BLOCK_D])
@@ -185,6 +194,18 @@ def _scan_fwd_kernel(u_ptr, dt_ptr, z_ptr, bc_ptr, a_ptr, dskip_ptr, bias_ptr, o
         n = k * LN + j  # thread (j, d) holds states j, j + LN, ...
         a2 = a2 + (tl.load(a_ptr + d * N + n, mask=d_ok & (n < N), other=0.0) * _LOG2E,)
         h = h + (tl.zeros([LN, BLOCK_D], tl.float32),)
+    if not LOCAL:
+        cc = 0
+        while cc < c:  # the state entering chunk c, from chunks 0 .. c - 1
+            s = tl.load(sdt_ptr + (b * n_chunks + cc) * dim + d, mask=d_ok, other=0.0)
+            h_in = ()
+            for k in tl.static_range(NR):
+                n = k * LN + j
+                off = ((b * n_chunks + cc) * N + n) * dim + d
+                hl = tl.load(hloc_ptr + off, mask=d_ok & (n < N), other=0.0)
+                h_in = h_in + (tl.exp2(s * a2[k]) * h[k] + hl,)
+            h = h_in
+            cc += 1
     bias = tl.zeros([LN, BLOCK_D], tl.float32)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + d, mask=d_ok, other=0.0)
@@ -195,32 +216,39 @@ def _scan_fwd_kernel(u_ptr, dt_ptr, z_ptr, bc_ptr, a_ptr, dskip_ptr, bias_ptr, o
     y_b = y_ptr + b * length * dim
     ypre_b = ypre_ptr + b * length * dim
     ck_b = ck_ptr + b * (n_groups - 1) * N * dim  # [batch, groups - 1, N, dim]
+    dt_sum = tl.zeros([LN, BLOCK_D], tl.float32)
+    GATE: tl.constexpr = HAS_Z and not LOCAL
 
-    row, ok = _step_row(order_ptr, 0, length, HAS_ORDER, ROW64)
+    m = c * chunk_len
+    end = tl.minimum(length, m + chunk_len)
+    row, ok = _step_row(order_ptr, m, end, length, HAS_ORDER, ROW64)
     mask = d_ok & ok
     u = tl.load(u_b + row * s_ul + d, mask=mask, other=0.0)
     x = tl.load(dt_b + row * s_dl + d, mask=mask, other=0.0)
     zz = u
-    if HAS_Z:
+    if GATE:
         zz = tl.load(z_b + row * s_zl + d, mask=mask, other=0.0)
     # Vector loads through inline PTX keep the default layout, which differs from the loads'
     # one when LN > 1 (a layout conversion per step): plain loads there.
     VEC: tl.constexpr = FAST and LN == 1
     bt = _load_states(bc_b + row * s_bcl, NR, VEC)
-    ct = _load_states(bc_b + row * s_bcl + NP, NR, VEC)
-    row_1, ok_1 = _step_row(order_ptr, 1, length, HAS_ORDER, ROW64)
-    m = 0
-    while m < length:  # a while loop: range() over a runtime bound breaks the interpreter
+    ct = bt
+    if not LOCAL:
+        ct = _load_states(bc_b + row * s_bcl + NP, NR, VEC)
+    row_1, ok_1 = _step_row(order_ptr, m + 1, end, length, HAS_ORDER, ROW64)
+    while m < end:  # a while loop: range() over a runtime bound breaks the interpreter
         # Prefetch step m + 1 and the row of step m + 2.
         mask_1 = d_ok & ok_1
         u_1 = tl.load(u_b + row_1 * s_ul + d, mask=mask_1, other=0.0)
         x_1 = tl.load(dt_b + row_1 * s_dl + d, mask=mask_1, other=0.0)
         zz_1 = u_1
-        if HAS_Z:
+        if GATE:
             zz_1 = tl.load(z_b + row_1 * s_zl + d, mask=mask_1, other=0.0)
         bt_1 = _load_states(bc_b + row_1 * s_bcl, NR, VEC)
-        ct_1 = _load_states(bc_b + row_1 * s_bcl + NP, NR, VEC)
-        row_2, ok_2 = _step_row(order_ptr, m + 2, length, HAS_ORDER, ROW64)
+        ct_1 = bt_1
+        if not LOCAL:
+            ct_1 = _load_states(bc_b + row_1 * s_bcl + NP, NR, VEC)
+        row_2, ok_2 = _step_row(order_ptr, m + 2, end, length, HAS_ORDER, ROW64)
         # Step m.
         mask = d_ok & ok  # recomputed, not carried: keeps the loop free of layout conversions
         uf = u.to(tl.float32)
@@ -229,35 +257,129 @@ def _scan_fwd_kernel(u_ptr, dt_ptr, z_ptr, bc_ptr, a_ptr, dskip_ptr, bias_ptr, o
             dt = _softplus(dt, FAST)
         dt = tl.where(mask, dt, 0.0)
         dtu = dt * uf
-        y = tl.zeros([LN, BLOCK_D], tl.float32)
-        h_new = ()
-        for k in tl.static_range(NR):
-            hk = tl.exp2(dt * a2[k]) * h[k] + dtu * bt[k]
-            y += hk * ct[k]
-            h_new = h_new + (hk,)
-        h = h_new
-        if LN > 1:
-            y = tl.broadcast_to(tl.sum(y, axis=0)[None, :], [LN, BLOCK_D])
-        if HAS_D:
-            y += dskip * uf
-        out = mask & (j == 0)
-        if HAS_Z:
-            if SAVE:  # the backward needs the pre-gate output for dz
-                tl.store(ypre_b + row * dim + d, y.to(ypre_ptr.dtype.element_ty), mask=out)
-            zf = zz.to(tl.float32)
-            y *= zf * _sigmoid(zf)
-        tl.store(y_b + row * dim + d, y.to(y_ptr.dtype.element_ty), mask=out)
-        if SAVE:  # noqa: SIM102 (a compile-time branch around a runtime one)
-            if (m % T == T - 1) & (m < length - 1):
-                for k in tl.static_range(NR):
-                    n = k * LN + j
-                    tl.store(ck_b + ((m // T) * N + n) * dim + d, h[k], mask=d_ok & (n < N))
+        if LOCAL:
+            dt_sum += dt
+            h_new = ()
+            for k in tl.static_range(NR):
+                h_new = h_new + (tl.exp2(dt * a2[k]) * h[k] + dtu * bt[k],)
+            h = h_new
+        else:
+            y = tl.zeros([LN, BLOCK_D], tl.float32)
+            h_new = ()
+            for k in tl.static_range(NR):
+                hk = tl.exp2(dt * a2[k]) * h[k] + dtu * bt[k]
+                y += hk * ct[k]
+                h_new = h_new + (hk,)
+            h = h_new
+            if LN > 1:
+                y = tl.broadcast_to(tl.sum(y, axis=0)[None, :], [LN, BLOCK_D])
+            if HAS_D:
+                y += dskip * uf
+            out = mask & (j == 0)
+            if HAS_Z:
+                if SAVE:  # the backward needs the pre-gate output for dz
+                    tl.store(ypre_b + row * dim + d, y.to(ypre_ptr.dtype.element_ty), mask=out)
+                zf = zz.to(tl.float32)
+                y *= zf * _sigmoid(zf)
+            tl.store(y_b + row * dim + d, y.to(y_ptr.dtype.element_ty), mask=out)
+            if SAVE:  # noqa: SIM102 (a compile-time branch around a runtime one)
+                if (m % T == T - 1) & (m < length - 1):
+                    for k in tl.static_range(NR):
+                        n = k * LN + j
+                        tl.store(ck_b + ((m // T) * N + n) * dim + d, h[k], mask=d_ok & (n < N))
         row, ok, u, x, zz, bt, ct = row_1, ok_1, u_1, x_1, zz_1, bt_1, ct_1
         row_1, ok_1 = row_2, ok_2
         m += 1
+    if LOCAL:
+        tl.store(sdt_ptr + (b * n_chunks + c) * dim + d, dt_sum, mask=d_ok & (j == 0))
+        for k in tl.static_range(NR):
+            n = k * LN + j
+            off = ((b * n_chunks + c) * N + n) * dim + d
+            tl.store(hloc_ptr + off, h[k], mask=d_ok & (n < N))
+    else:
+        last = d_ok & (c == n_chunks - 1)
+        for k in tl.static_range(NR):
+            n = k * LN + j
+            tl.store(last_ptr + (b * dim + d) * N + n, h[k], mask=last & (n < N))
+
+
+@triton.jit(do_not_specialize=["one"])
+def _scan_bwd_local_kernel(dt_ptr, z_ptr, bc_ptr, a_ptr, bias_ptr, order_ptr, dy_ptr,
+                           gloc_ptr, sdt_ptr, length, dim, chunk_len, n_chunks, one,
+                           s_db, s_dl, s_zb, s_zl, s_bcb, s_bcl, s_yb, s_yl,
+                           N: tl.constexpr, NP: tl.constexpr, LN: tl.constexpr,
+                           NR: tl.constexpr, BLOCK_D: tl.constexpr,
+                           HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+                           HAS_ORDER: tl.constexpr, ROW64: tl.constexpr,
+                           FAST: tl.constexpr):  # fmt: skip
+    """Pass 1 of a chunked backward: the gradient that chunk ``c`` (program id 2, from 1) sends
+    to the state before it from its own outputs (``gloc``), and its sum of delta (``sdt``).
+    Walks the chunk's steps back from a zero carry: ``dh_m = C_m dy_m + carry``, then
+    ``carry = exp(delta_m A) dh_m``; the forward's one-step-ahead loads, in reverse."""
+    pid_d = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    c = tl.program_id(2) + 1
+    d, j, _ = _grid(pid_d, one, LN, BLOCK_D, 1)
+    d = tl.reshape(d, [LN, BLOCK_D])
+    j = tl.reshape(j, [LN, BLOCK_D])
+    d_ok = d < dim
+    a2 = ()
+    g = ()
     for k in tl.static_range(NR):
         n = k * LN + j
-        tl.store(last_ptr + (b * dim + d) * N + n, h[k], mask=d_ok & (n < N))
+        a2 = a2 + (tl.load(a_ptr + d * N + n, mask=d_ok & (n < N), other=0.0) * _LOG2E,)
+        g = g + (tl.zeros([LN, BLOCK_D], tl.float32),)
+    bias = tl.zeros([LN, BLOCK_D], tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + d, mask=d_ok, other=0.0)
+    dt_b, z_b, dy_b = dt_ptr + b * s_db, z_ptr + b * s_zb, dy_ptr + b * s_yb
+    bc_b = bc_ptr + b * s_bcb + j * NR + NP  # C of this lane group's states
+    VEC: tl.constexpr = FAST and LN == 1
+    dt_sum = tl.zeros([LN, BLOCK_D], tl.float32)
+
+    start = c * chunk_len
+    end = tl.minimum(length, start + chunk_len)
+    m = end - 1
+    row, ok = _step_row(order_ptr, m, end, length, HAS_ORDER, ROW64)
+    mask = d_ok & ok
+    x = tl.load(dt_b + row * s_dl + d, mask=mask, other=0.0)
+    dy = tl.load(dy_b + row * s_yl + d, mask=mask, other=0.0)
+    zz = dy
+    if HAS_Z:
+        zz = tl.load(z_b + row * s_zl + d, mask=mask, other=0.0)
+    ct = _load_states(bc_b + row * s_bcl, NR, VEC)
+    row_1, ok_1 = _step_row(order_ptr, m - 1, end, length, HAS_ORDER, ROW64)
+    while m >= start:
+        ok_1 = ok_1 & (m - 1 >= start)
+        mask_1 = d_ok & ok_1
+        x_1 = tl.load(dt_b + row_1 * s_dl + d, mask=mask_1, other=0.0)
+        dy_1 = tl.load(dy_b + row_1 * s_yl + d, mask=mask_1, other=0.0)
+        zz_1 = dy_1
+        if HAS_Z:
+            zz_1 = tl.load(z_b + row_1 * s_zl + d, mask=mask_1, other=0.0)
+        ct_1 = _load_states(bc_b + row_1 * s_bcl, NR, VEC)
+        row_2, ok_2 = _step_row(order_ptr, tl.maximum(m - 2, 0), end, length, HAS_ORDER, ROW64)
+        mask = d_ok & ok
+        dt = x.to(tl.float32) + bias
+        if SOFTPLUS:
+            dt = _softplus(dt, FAST)
+        dt = tl.where(mask, dt, 0.0)
+        dt_sum += dt
+        dyp = tl.where(mask, dy.to(tl.float32), 0.0)
+        if HAS_Z:
+            zf = zz.to(tl.float32)
+            dyp = dyp * zf * _sigmoid(zf)
+        g_new = ()
+        for k in tl.static_range(NR):
+            g_new = g_new + (tl.exp2(dt * a2[k]) * (ct[k] * dyp + g[k]),)
+        g = g_new
+        row, ok, x, dy, zz, ct = row_1, ok_1, x_1, dy_1, zz_1, ct_1
+        row_1, ok_1 = row_2, ok_2
+        m -= 1
+    tl.store(sdt_ptr + (b * n_chunks + c) * dim + d, dt_sum, mask=d_ok & (j == 0))
+    for k in tl.static_range(NR):
+        n = k * LN + j
+        tl.store(gloc_ptr + ((b * n_chunks + c) * N + n) * dim + d, g[k], mask=d_ok & (n < N))
 
 
 def reduce_scatter_ptx(n_vals: int, lanes: int) -> str:
@@ -292,9 +414,9 @@ def reduce_scatter_ptx(n_vals: int, lanes: int) -> str:
 
 @triton.jit(do_not_specialize=["one"])
 def _scan_bwd_kernel(u_ptr, dt_ptr, z_ptr, bcs_ptr, at_ptr, dskip_ptr, bias_ptr, order_ptr,
-                     ck_ptr, ypre_ptr, dy_ptr, carry_ptr,
+                     ck_ptr, ypre_ptr, dy_ptr, dlast_ptr, gloc_ptr, sdt_ptr, carry_ptr,
                      du_ptr, ddt_ptr, dz_ptr, dbc_ptr, da_ptr, dd_ptr, dbias_ptr,
-                     length, dim, n_groups, batch, one,
+                     length, dim, n_groups, batch, chunk_len, n_chunks, one,
                      s_ub, s_ul, s_db, s_dl, s_zb, s_zl, s_yb, s_yl,
                      N: tl.constexpr, NP: tl.constexpr, LN: tl.constexpr, NR: tl.constexpr,
                      BLOCK_D: tl.constexpr, T: tl.constexpr, LOG_T: tl.constexpr,
@@ -307,9 +429,14 @@ def _scan_bwd_kernel(u_ptr, dt_ptr, z_ptr, bcs_ptr, at_ptr, dskip_ptr, bias_ptr,
     time (a runtime loop, so the unrolled body is one state's T steps): recompute its T values
     from the group's checkpoint, walk them back, and sum its dB/dC terms over the tile's
     channels once for the group. A state's carried gradient (``carry``) and dA accumulator
-    (``da``) live in ``[batch, NP, dim]`` fp32 buffers, rewritten by their own thread."""
+    (``da``) live in ``[chunks, batch, NP, dim]`` fp32 buffers, rewritten by their own thread.
+
+    Chunk ``c`` (program id 2) covers the groups of steps ``[c chunk_len, (c + 1) chunk_len)``;
+    its carry starts as the last state's gradient (``dlast``) brought back through the later
+    chunks by their pass-1 results (``_scan_bwd_local_kernel``)."""
     pid_d = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
+    c = tl.program_id(2)
     d, j, t = _grid(pid_d, one, LN, BLOCK_D, T)  # [LN, BLOCK_D, 1] x2, [1, 1, T]: a group
     d_ok = d < dim
     d2 = tl.reshape(d, [LN, BLOCK_D])
@@ -324,14 +451,30 @@ def _scan_bwd_kernel(u_ptr, dt_ptr, z_ptr, bcs_ptr, at_ptr, dskip_ptr, bias_ptr,
     dy_b = dy_ptr + b * s_yb
     out_b = b * length * dim  # du, ddelta, dz, y_pre: contiguous [batch, L, dim]
     ck_b = ck_ptr + b * (n_groups - 1) * N * dim  # [batch, groups - 1, N, dim]
-    state_b = b * NP * dim + d2  # carry, da: [batch, NP, dim]
+    state_b = (c * batch + b) * NP * dim + d2  # carry, da: [chunks, batch, NP, dim]
     bcs_b = bcs_ptr + b * n_groups * 2 * NP * T  # [batch, groups, 2, NP, T]: B, C by state
     dbc_b = dbc_ptr + (pid_d * batch + b) * n_groups * T * 2 * NP  # [tiles, batch, G T, 2, NP]
     dd_acc = tl.zeros([LN, BLOCK_D], tl.float32)
     dbias_acc = tl.zeros([LN, BLOCK_D], tl.float32)
 
-    g = n_groups - 1
-    while g >= 0:
+    k = 0
+    while k < NR:  # the carry entering chunk c from its end
+        n = k * LN + j2
+        n_ok = d2_ok & (n < N)
+        a2 = tl.load(at_ptr + n * dim + d2, mask=n_ok, other=0.0) * _LOG2E
+        grad = tl.load(dlast_ptr + (b * NP + n) * dim + d2, mask=d2_ok, other=0.0)
+        cc = n_chunks - 1
+        while cc > c:
+            s = tl.load(sdt_ptr + (b * n_chunks + cc) * dim + d2, mask=d2_ok, other=0.0)
+            off = ((b * n_chunks + cc) * N + n) * dim + d2
+            grad = tl.exp2(s * a2) * grad + tl.load(gloc_ptr + off, mask=n_ok, other=0.0)
+            cc -= 1
+        tl.store(carry_ptr + state_b + n * dim, grad, mask=d2_ok)
+        k += 1
+
+    g_first = c * (chunk_len // T)
+    g = tl.minimum(n_groups, g_first + chunk_len // T) - 1
+    while g >= g_first:
         row, mask, u, dt, x = _group_inputs(
             u_b, dt_b, order_ptr, g * T + t + d * 0, d, d_ok, bias, length, s_ul, s_dl,
             HAS_BIAS, SOFTPLUS, HAS_ORDER, ROW64, FAST)  # fmt: skip
@@ -430,9 +573,9 @@ def _scan_bwd_kernel(u_ptr, dt_ptr, z_ptr, bcs_ptr, at_ptr, dskip_ptr, bias_ptr,
             tl.store(dz_ptr + out_b + row * dim + d, dz.to(dz_ptr.dtype.element_ty), mask=lane0)
         g -= 1
     if HAS_D:
-        tl.store(dd_ptr + b * dim + d2, dd_acc, mask=d2_ok & (j2 == 0))
+        tl.store(dd_ptr + (c * batch + b) * dim + d2, dd_acc, mask=d2_ok & (j2 == 0))
     if HAS_BIAS:
-        tl.store(dbias_ptr + b * dim + d2, dbias_acc, mask=d2_ok & (j2 == 0))
+        tl.store(dbias_ptr + (c * batch + b) * dim + d2, dbias_acc, mask=d2_ok & (j2 == 0))
 
 
 @triton.jit

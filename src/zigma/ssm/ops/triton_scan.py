@@ -20,6 +20,7 @@ import triton
 from zigma.ssm.ops._checks import check_scan_inputs, check_scan_tokens_inputs
 from zigma.ssm.ops._triton_scan_kernels import (
     _scan_bwd_kernel,
+    _scan_bwd_local_kernel,
     _scan_fwd_kernel,
     reduce_scatter_ptx,
 )
@@ -47,6 +48,14 @@ class ScanConfig:
         bwd_warps: warps per backward program.
         fwd_block_d: channels per forward program (default above).
         bwd_block_d: channels per backward program.
+        chunk: scan steps per chunk (a multiple of ``group``); None picks one per call.
+            A program walks one chunk of one channel tile; more chunks keep more programs in
+            flight (what small batches need: a program's steps are sequential and wait on
+            their loads) at the price of a first pass over every chunk but the last, which
+            finds the state (or gradient) that each chunk hands to the next.
+        warps_per_sm: with ``chunk=None``, the fewest chunks (at least ``min_chunk`` steps
+            long) that put this many warps per SM in flight; 0 never splits.
+        min_chunk: the shortest chunk the automatic choice makes.
     """
 
     group: int = 16
@@ -56,6 +65,9 @@ class ScanConfig:
     bwd_warps: int = 1
     fwd_block_d: int | None = None
     bwd_block_d: int | None = None
+    chunk: int | None = None
+    warps_per_sm: int = 16
+    min_chunk: int = 128
 
     def __post_init__(self) -> None:
         for name in ("group", "fwd_lanes", "fwd_warps", "bwd_lanes", "bwd_warps"):
@@ -66,6 +78,16 @@ class ScanConfig:
             value = getattr(self, name)
             if value is not None and (value < 1 or value & (value - 1)):
                 raise ValueError(f"ScanConfig.{name} must be a power of two or None, got {value}")
+        if self.chunk is not None and (self.chunk < 1 or self.chunk % self.group):
+            raise ValueError(
+                f"ScanConfig.chunk must be a positive multiple of group={self.group}, "
+                f"got {self.chunk}"
+            )
+        if self.warps_per_sm < 0 or self.min_chunk < 1:
+            raise ValueError(
+                f"ScanConfig needs warps_per_sm >= 0 and min_chunk >= 1, got "
+                f"{self.warps_per_sm} and {self.min_chunk}"
+            )
 
 
 # Module-level so tests (and tuning) can shrink the tiles: the interpreter is slow per step.
@@ -78,6 +100,26 @@ def _n_groups(length: int, group: int) -> int:
 
 def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@functools.cache
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _chunking(length: int, programs: int, warps: int, device: torch.device) -> tuple[int, int]:
+    """``(chunk_len, n_chunks)`` of a launch of ``programs`` programs of ``warps`` warps per
+    chunk (``CONFIG.chunk``, or the automatic choice on CUDA; one chunk otherwise)."""
+    cfg = CONFIG
+    whole = triton.cdiv(length, cfg.group) * cfg.group  # chunks are whole groups
+    chunk = cfg.chunk or whole
+    if cfg.chunk is None and device.type == "cuda" and cfg.warps_per_sm:
+        wanted = _sm_count(device) * cfg.warps_per_sm // warps
+        n = min(triton.cdiv(wanted, programs), length // cfg.min_chunk)
+        if n > 1:
+            chunk = triton.cdiv(triton.cdiv(length, n), cfg.group) * cfg.group
+    chunk = min(chunk, whole)
+    return chunk, triton.cdiv(length, chunk)
 
 
 def _tiling(n_state: int, lanes: int, warps: int, block_d: int | None) -> dict[str, int]:
@@ -142,16 +184,27 @@ def _fwd(u, delta, A, B, C, D, z, delta_bias, order, delta_softplus, group, save
     # Pre-gate output, for dz in the backward (empty without z).
     y_pre, ck = _saved_like(u, n_state, group, save and z is not None, save)
     last = torch.empty(batch, dim, n_state, dtype=torch.float32, device=u.device)
-    grid = (triton.cdiv(dim, tiling["BLOCK_D"]), batch)
-    _scan_fwd_kernel[grid](
+    n_tiles = triton.cdiv(dim, tiling["BLOCK_D"])
+    chunk, n_chunks = _chunking(length, n_tiles * batch, cfg.fwd_warps, u.device)
+    # Pass-1 results: each chunk's end state from a zero start and its sum of delta.
+    hloc = u.new_empty(batch, n_chunks, n_state, dim, dtype=torch.float32)
+    sdt = u.new_empty(batch, n_chunks, dim, dtype=torch.float32)
+    args = (
         u, delta, z if z is not None else u, bc, A, D if D is not None else A,
         delta_bias if delta_bias is not None else A, order if order is not None else A,
-        y, y_pre if y_pre.numel() else y, last, ck, length, dim, n_groups, 1,
+        y, y_pre if y_pre.numel() else y, last, ck, hloc, sdt,
+        length, dim, n_groups, chunk, n_chunks, 1,
         *_bl_strides(u), *_bl_strides(delta), *_bl_strides(z), *_bl_strides(bc),
+    )  # fmt: skip
+    meta = dict(
         N=n_state, T=group, **tiling,
         **_flags(D, z, delta_bias, order, delta_softplus, _row_elems(length, u, delta, z, bc)),
         SAVE=save, num_warps=cfg.fwd_warps,
     )  # fmt: skip
+    if n_chunks > 1:  # the last chunk's end state is nobody's start
+        _scan_fwd_kernel[(n_tiles, batch, n_chunks - 1)](*args, **{**meta, "SAVE": False},
+                                                         LOCAL=True)  # fmt: skip
+    _scan_fwd_kernel[(n_tiles, batch, n_chunks)](*args, **meta, LOCAL=False)
     return y, last, ck, y_pre
 
 
@@ -211,23 +264,39 @@ def _bwd(dy, dlast, u, delta, A, B, C, D, z, delta_bias, order, ck, y_pre, delta
     steps = n_groups * group
     # (Every entry with a real state is written: no zero fill.)
     dbc_part = torch.empty(n_tiles, batch, steps, 2, n_pad, dtype=torch.float32, device=dev)
-    # Per state and channel: the gradient carried into earlier groups, and dA (batch partial).
-    carry = torch.zeros(batch, n_pad, dim, dtype=torch.float32, device=dev)
+    chunk, n_chunks = _chunking(length, n_tiles * batch, cfg.bwd_warps, dev)
+    flags = _flags(D, z, delta_bias, order, delta_softplus, _row_elems(length, u, delta, z, dy))
+    # Pass 1 (chunks 1 ..): the gradient each chunk sends to the state before it, from a zero
+    # carry, and its sum of delta.
+    gloc = torch.empty(batch, n_chunks, n_state, dim, dtype=torch.float32, device=dev)
+    sdt = torch.empty(batch, n_chunks, dim, dtype=torch.float32, device=dev)
+    if n_chunks > 1:
+        local = _tiling(n_state, cfg.fwd_lanes, cfg.fwd_warps, cfg.fwd_block_d)
+        bc = _pack_bc(B, C, local["NP"], local["LN"])
+        _scan_bwd_local_kernel[(triton.cdiv(dim, local["BLOCK_D"]), batch, n_chunks - 1)](
+            delta, z if z is not None else u, bc, A, delta_bias if delta_bias is not None else A,
+            order if order is not None else A, dy, gloc, sdt, length, dim, chunk, n_chunks, 1,
+            *_bl_strides(delta), *_bl_strides(z), *_bl_strides(bc), *_bl_strides(dy),
+            N=n_state, **local, **{k: v for k, v in flags.items() if k != "HAS_D"},
+            num_warps=cfg.fwd_warps,
+        )  # fmt: skip
+    # Per chunk, state and channel: the gradient carried into earlier groups, and dA.
+    dlast_p = torch.zeros(batch, n_pad, dim, dtype=torch.float32, device=dev)
     if dlast is not None:
-        carry[:, :n_state] = dlast.transpose(1, 2)
-    da_part = torch.zeros(batch, n_pad, dim, dtype=torch.float32, device=dev)
-    dd_part = torch.empty(batch, dim, dtype=torch.float32, device=dev)
-    dbias_part = torch.empty(batch, dim, dtype=torch.float32, device=dev)
+        dlast_p[:, :n_state] = dlast.transpose(1, 2)
+    carry = torch.empty(n_chunks, batch, n_pad, dim, dtype=torch.float32, device=dev)
+    da_part = torch.zeros(n_chunks * batch, n_pad, dim, dtype=torch.float32, device=dev)
+    dd_part = torch.empty(n_chunks * batch, dim, dtype=torch.float32, device=dev)
+    dbias_part = torch.empty(n_chunks * batch, dim, dtype=torch.float32, device=dev)
     rs_ptx, rs_cons, rs_keep = _reduce_scatter(2 * group, lanes)
-    _scan_bwd_kernel[(n_tiles, batch)](
+    _scan_bwd_kernel[(n_tiles, batch, n_chunks)](
         u, delta, z if z is not None else u, bcs, A.t().contiguous(), D if D is not None else A,
         delta_bias if delta_bias is not None else A, order if order is not None else A,
-        ck, y_pre if z is not None else u, dy, carry,
+        ck, y_pre if z is not None else u, dy, dlast_p, gloc, sdt, carry,
         du, ddelta, dz if z is not None else du, dbc_part, da_part, dd_part, dbias_part,
-        length, dim, n_groups, batch, 1,
+        length, dim, n_groups, batch, chunk, n_chunks, 1,
         *_bl_strides(u), *_bl_strides(delta), *_bl_strides(z), *_bl_strides(dy),
-        N=n_state, T=group, LOG_T=group.bit_length() - 1, **tiling,
-        **_flags(D, z, delta_bias, order, delta_softplus, _row_elems(length, u, delta, z, dy)),
+        N=n_state, T=group, LOG_T=group.bit_length() - 1, **tiling, **flags,
         RS=rs, RS_PTX=rs_ptx, RS_CONS=rs_cons, RS_KEEP=rs_keep,
         LOG_KEEP=rs_keep.bit_length() - 1, num_warps=cfg.bwd_warps,
     )  # fmt: skip
