@@ -744,9 +744,8 @@ def tile_case(ctx: Context, batch: int, side: int) -> tuple[list[dict], list[str
             rows.append(row)
             want = got if i == 0 else want
             if row.get("ok") is False:
-                failures.append(
-                    f"tiles B={batch} L={length} {kind} {row['config']}: rel err {row['rel_err']:.2e}"
-                )
+                where = f"tiles B={batch} L={length} {kind} {row['config']}"
+                failures.append(f"{where}: rel err {row['rel_err']:.2e}")
             free_memory()
     best = {}
     for kind in ("fwd", "bwd"):
