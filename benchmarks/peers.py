@@ -33,7 +33,7 @@ import torch
 from _harness import error_text, free_memory, git_commit, md_table, ratio, verdict
 from zigma.bench.runner import DTYPES, time_ms
 from zigma.bench.suites import TINY_DEPTH, TINY_WIDTH, tiny_overrides
-from zigma.models import count_parameters, create_model
+from zigma.models import GraphedForward, count_parameters, create_model
 from zigma.ssm.ops import resolve_backend
 
 REPO = Path(__file__).resolve().parents[1]
@@ -143,6 +143,10 @@ def time_case(model: Model, side: int, args: argparse.Namespace, row: dict) -> N
     row["fps"] = 1e3 / row["ms"]
     if device.type == "cuda":
         row["peak_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+    if args.cuda_graphs:  # the same forward replayed as one CUDA graph (launch cost gone)
+        graphed = GraphedForward(net, x, t, y, dtype=dtype)
+        row["graph_ms"] = time_ms(lambda: graphed(x, t, y), str(device), 1, args.repeats)
+        row["graph_fps"] = 1e3 / row["graph_ms"]
 
 
 def measure(model: Model, side: int, args: argparse.Namespace) -> dict:
@@ -172,6 +176,9 @@ def comparisons(rows: list[dict]) -> list[dict]:
             target = abs(r - 1) <= TOLERANCE if theirs == DIT and key == "ms" else None
             pair = dict(side=side, ours=mine, official=theirs, measure=key)
             out.append({**pair, "ratio": r, "within": verdict(target)})
+            if "graph_ms" in a and "graph_ms" in b:
+                g = "graph_" + key
+                out.append({**pair, "measure": g, "ratio": ratio(a[g], b[g]), "within": ""})
     return out
 
 
@@ -183,6 +190,7 @@ ROW_COLUMNS = [
     ("ms", "forward ms", ".2f"),
     ("fps", "images/s", ".1f"),
     ("peak_mib", "peak MiB", ".0f"),
+    ("graph_ms", "graphed ms", ".2f"),
     ("status", "status", ""),
 ]
 RATIO_COLUMNS = [
@@ -217,6 +225,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
     p.add_argument("--backend", help="scan backend for ZigMa (default: its 'auto' choice)")
     p.add_argument("--tiny", action="store_true", help="shrink every model (CPU smoke run)")
+    p.add_argument(
+        "--cuda-graphs", action="store_true", help="also time each forward as one CUDA graph"
+    )
     p.add_argument("--out", type=Path, required=True, help="folder for peers.json and peers.md")
     p.add_argument("--commit", help="commit to report where the tree has no git metadata")
     args = p.parse_args(argv)
@@ -224,6 +235,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.sides = [int(s) for s in args.sides.split(",") if s.strip()]
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("no CUDA device: pass --device cpu (with --tiny)")
+    if args.cuda_graphs and args.device != "cuda":
+        p.error("--cuda-graphs needs --device cuda")
     return args
 
 

@@ -122,20 +122,20 @@ class Sizes:
     fwd_tiles: tuple[dict, ...] = (
         {},
         {"warps_per_sm": 0},
-        {"warps_per_sm": 32},
+        {"warps_per_sm": 64},
         {"fwd_lanes": 2},
-        {"fwd_lanes": 4},
-        {"warps_per_sm": 8},
-        {"fwd_lanes": 2, "fwd_warps": 2},
+        {"warps_per_sm": 16},
+        {"fwd_lanes": 2, "warps_per_sm": 64},
+        {"fwd_warps": 2},
     )
     bwd_tiles: tuple[dict, ...] = (
         {},
         {"warps_per_sm": 0},
-        {"warps_per_sm": 32},
+        {"warps_per_sm": 64},
         {"bwd_lanes": 2},
+        {"warps_per_sm": 16},
+        {"bwd_warps": 2},
         {"bwd_lanes": 2, "bwd_warps": 2},
-        {"warps_per_sm": 8},
-        {"bwd_lanes": 4},
     )
     chunked_budget_s: float = 40.0  # skip a chunked scan case predicted to take longer
     flush_mb: int = 256  # overwritten before each timed call, so inputs come from HBM
@@ -762,6 +762,28 @@ def tile_case(ctx: Context, batch: int, side: int) -> tuple[list[dict], list[str
     return rows, failures, best
 
 
+def kernel_resources() -> list[str]:
+    """Registers and spills of every compiled variant of the scan kernels (none under the
+    interpreter). Reads Triton's kernel cache, an internal: a failure only loses the note."""
+    from zigma.ssm.ops import _triton_scan_kernels as k
+
+    lines = []
+    for name in ("_scan_fwd_kernel", "_scan_bwd_local_kernel", "_scan_bwd_kernel"):
+        try:
+            caches = getattr(k, name).device_caches.values()
+            seen = sorted({
+                (c.metadata.num_warps, c.n_regs, c.n_spills)
+                for cache in caches for c in cache[0].values()
+            })  # fmt: skip
+        except Exception as exc:  # a lost note, never a failure
+            lines.append(f"{name}: resources unknown ({error_text(exc)})")
+            continue
+        if seen:
+            text = ", ".join(f"{w} warps: {r} regs, {sp} spills" for w, r, sp in seen)
+            lines.append(f"{name} variants: {text}")
+    return lines
+
+
 def section_tiles(ctx: Context) -> dict:
     from zigma.ssm.ops import triton_scan
 
@@ -772,6 +794,7 @@ def section_tiles(ctx: Context) -> dict:
         failures += case_failures
         notes.append(f"Best at B={batch}, L={side * side}: " + "; ".join(
             f"{kind} {b}" for kind, b in best.items()))  # fmt: skip
+    notes += kernel_resources()
     notes.insert(
         0,
         f"D={ctx.sizes.dim}, zigzag; overrides of the base {triton_scan.CONFIG}. fwd: the "

@@ -273,6 +273,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if torch.device(device).type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"--device {device}: CUDA is not available")
     tiny = args.tiny if args.tiny is not None else torch.device(device).type == "cpu"
+    if args.cuda_graphs and torch.device(device).type != "cuda":
+        raise UsageError("--cuda-graphs needs a CUDA device")
     width = args.width if args.width is not None else (TINY_WIDTH if tiny else None)
     depth = args.depth if args.depth is not None else (TINY_DEPTH if tiny else None)
     if args.study == "orders":
@@ -303,6 +305,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         repeats=args.repeats if args.repeats is not None else (20 if cuda else 3),
         train=args.train,
         backend=args.backend,
+        cuda_graph=args.cuda_graphs,
     )
     size = "tiny " if tiny else ""
     print(
@@ -458,6 +461,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="bench", metavar="DIR", help="output folder (default bench)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.add_argument("--backend", default=None, help="scan backend, e.g. chunked or triton")
+    p.add_argument(
+        "--cuda-graphs",
+        action="store_true",
+        help="time the forward replayed as one CUDA graph (no launch overhead)",
+    )
     p.add_argument(
         "--tiny",
         action=argparse.BooleanOptionalAction,

@@ -92,6 +92,7 @@ def test_oom_is_a_row_not_a_crash():
         (["--tokens", "0"], "--tokens must be positive"),
         (["--models", "DiT-B/1", "--study", "orders"], "the order study needs a ZigMa preset"),
         (["--repeats", "0"], "--repeats"),
+        (["--cuda-graphs"], "--cuda-graphs needs a CUDA device"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(tmp_path, capsys, argv, message):
@@ -100,3 +101,31 @@ def test_bad_input_is_one_line_exit_2(tmp_path, capsys, argv, message):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message.lower() in err.lower()
     assert not out.exists()
+
+
+def test_cuda_graph_forward_needs_cuda_inputs():
+    from zigma.models import GraphedForward
+
+    model = create_model("ZigMa-S/2", hidden_size=32, depth=2, input_size=8)
+    x, t = torch.randn(1, 4, 8, 8), torch.rand(1)
+    with pytest.raises(ValueError, match="CUDA graphs need CUDA inputs"):
+        GraphedForward(model, x, t)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_graph_forward_matches_eager():
+    from zigma.models import GraphedForward
+
+    model = create_model("ZigMa-S/2", depth=2, input_size=16, num_classes=10).cuda().eval()
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(2, 4, 16, 16, device="cuda", generator=g)
+    t, y = torch.rand(2, device="cuda", generator=g), torch.tensor([1, 3], device="cuda")
+    graphed = GraphedForward(model, x, t, y, dtype=torch.bfloat16)
+    for _ in range(2):  # new inputs are copied in; the output buffer is rewritten
+        x, t = torch.randn_like(x), torch.rand_like(t)
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+            want = model(x, t, y)
+        torch.testing.assert_close(graphed(x, t, y), want, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="captured for"):
+        graphed(x[:1], t[:1], y[:1])

@@ -66,7 +66,7 @@ class ScanConfig:
     fwd_block_d: int | None = None
     bwd_block_d: int | None = None
     chunk: int | None = None
-    warps_per_sm: int = 16
+    warps_per_sm: int = 32
     min_chunk: int = 128
 
     def __post_init__(self) -> None:

@@ -1,0 +1,87 @@
+"""A denoiser's forward replayed as one CUDA graph.
+
+At batch 1 a ZigMa-B forward is about a thousand small kernels; below ~16k tokens launching
+them from Python takes longer than running them (H200: 27 ms eager at 1024 and 4096 tokens
+alike). A graph records the launches once and replays them in one call. Shapes, dtypes and
+the device are fixed at capture; the inputs are copied into the graph's own buffers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+
+class GraphedForward:
+    """``model(x, t, y)`` under ``torch.no_grad()`` (and bf16/fp16 autocast if ``dtype`` is
+    given), captured for the shapes of the example inputs.
+
+    Calling it copies ``x, t, y`` into the captured input buffers and replays the graph. The
+    returned tensor is the graph's output buffer: the next call overwrites it (clone it to
+    keep it). The model's weights are read in place, so weight updates are seen; a change of
+    shapes, dtype or device needs a new capture.
+
+    Args:
+        model: the denoiser (``DiffusionBackbone`` or any ``model(x, t, y)``), on a CUDA
+            device, in the mode it should run in (``eval()`` for sampling).
+        x, t, y: example inputs (``y`` None for unconditional models).
+        dtype: autocast dtype, or None to run in the weights' dtype.
+        warmup: eager calls on a side stream before the capture (Triton compiles, cuBLAS
+            picks its kernels, caches fill).
+
+    Raises:
+        ValueError: if the inputs are not CUDA tensors.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module | Callable,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        y: torch.Tensor | None = None,
+        dtype: torch.dtype | None = None,
+        warmup: int = 2,
+    ) -> None:
+        if x.device.type != "cuda" or t.device != x.device:
+            raise ValueError(f"CUDA graphs need CUDA inputs, got x on {x.device}, t on {t.device}")
+        self.model, self.dtype = model, dtype
+        self.inputs = [x.clone(), t.clone(), None if y is None else y.clone()]
+        side = torch.cuda.Stream(x.device)
+        side.wait_stream(torch.cuda.current_stream(x.device))
+        with torch.cuda.stream(side):
+            for _ in range(warmup):
+                self._run()
+        torch.cuda.current_stream(x.device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.output = self._run()
+
+    def _run(self) -> torch.Tensor:
+        # Autocast's cache of cast weights must stay off: a graph would keep reading cast copies
+        # that the cache frees when the autocast region ends.
+        cast = (
+            torch.autocast("cuda", dtype=self.dtype, cache_enabled=False)
+            if self.dtype not in (None, torch.float32)
+            else contextlib.nullcontext()
+        )
+        with torch.no_grad(), cast:
+            return self.model(*self.inputs)
+
+    def __call__(
+        self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        for name, buf, new in zip("xty", self.inputs, (x, t, y), strict=True):
+            if (buf is None) != (new is None) or (
+                buf is not None and (new.shape != buf.shape or new.device != buf.device)
+            ):
+                want = None if buf is None else tuple(buf.shape)
+                got = None if new is None else tuple(new.shape)
+                raise ValueError(f"{name} is {got} but the graph was captured for {want}")
+        for buf, new in zip(self.inputs, (x, t, y), strict=True):
+            if buf is not None:
+                buf.copy_(new)
+        self.graph.replay()
+        return self.output
