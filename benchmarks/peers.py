@@ -144,7 +144,11 @@ def time_case(model: Model, side: int, args: argparse.Namespace, row: dict) -> N
     if device.type == "cuda":
         row["peak_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
     if args.cuda_graphs:  # the same forward replayed as one CUDA graph (launch cost gone)
-        graphed = GraphedForward(net, x, t, y, dtype=dtype)
+        try:
+            graphed = GraphedForward(net, x, t, y, dtype=dtype)
+        except RuntimeError as exc:  # e.g. a host-to-device copy inside the forward
+            row["graph_error"] = error_text(exc)
+            return
         row["graph_ms"] = time_ms(lambda: graphed(x, t, y), str(device), 1, args.repeats)
         row["graph_fps"] = 1e3 / row["graph_ms"]
 
@@ -208,6 +212,8 @@ def render(report: dict) -> str:
     head = [f"# benchmarks/peers.py{' (--tiny)' if env['tiny'] else ''}", ""]
     head += [f"- {k}: {env[k]}" for k in env if k not in ("notes", "tiny")]
     head += [f"- note: {note}" for note in env["notes"]]
+    failed = {r["model"]: r["graph_error"] for r in report["rows"] if "graph_error" in r}
+    head += [f"- note: {m} cannot be captured as a CUDA graph: {e}" for m, e in failed.items()]
     rows = [{**r, "params": r.get("params", 0) / 1e6 or None} for r in report["rows"]]
     tables = [md_table(rows, ROW_COLUMNS), md_table(report["ratios"], RATIO_COLUMNS)]
     return "\n".join(head) + "\n\n" + "\n\n".join(tables)

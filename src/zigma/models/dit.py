@@ -14,7 +14,16 @@ import torch
 from torch import nn
 
 from zigma.models.backbone import BackboneConfig, DiffusionBackbone, require
-from zigma.models.layers import AdaLN, Attention, FinalLayer, Mlp, make_norm, modulate, zero_
+from zigma.models.layers import (
+    AdaLN,
+    Attention,
+    FinalLayer,
+    Mlp,
+    gated_residual,
+    make_norm,
+    modulate,
+    zero_,
+)
 
 
 @dataclass
@@ -56,8 +65,8 @@ class DiTBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:  # x [B, L, D], c [B, D]
         shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN(c)
-        x = x + gate1.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift1, scale1))
-        return x + gate2.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift2, scale2))
+        x = gated_residual(x, gate1, self.attn(modulate(self.norm1(x), shift1, scale1)))
+        return gated_residual(x, gate2, self.mlp(modulate(self.norm2(x), shift2, scale2)))
 
 
 class DiT(DiffusionBackbone):

@@ -16,8 +16,14 @@ from torch import nn
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """adaLN: ``x * (1 + scale) + shift`` with per-sample shift/scale [B, D] over x [B, L, D]."""
-    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+    """adaLN: ``x * (1 + scale) + shift`` with per-sample shift/scale [B, D] over x [B, L, D]
+    (one fused kernel over x, not a multiply then an add)."""
+    return torch.addcmul(shift.unsqueeze(1), x, 1 + scale.unsqueeze(1))
+
+
+def gated_residual(x: torch.Tensor, gate: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """``x + gate * h`` with a per-sample gate [B, D] over [B, L, D], as one kernel."""
+    return torch.addcmul(x, gate.unsqueeze(1), h)
 
 
 def make_norm(kind: str, dim: int, eps: float = 1e-6) -> nn.Module:

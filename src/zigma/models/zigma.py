@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from zigma.models.backbone import BackboneConfig, DiffusionBackbone, require
-from zigma.models.layers import AdaLN, FinalLayer, make_norm, modulate, zero_
+from zigma.models.layers import AdaLN, FinalLayer, gated_residual, make_norm, modulate, zero_
 from zigma.scan import inverse_orders, scan_orders
 from zigma.ssm import Mamba, ParallelMamba
 
@@ -108,7 +108,7 @@ class ZigMaBlock(nn.Module):
     def forward(self, x, c, order=None, inverse=None):  # x [B, L, D], c [B, D]
         shift, scale, gate = self.adaLN(c)
         h = self.mixer(modulate(self.norm(x), shift, scale), order, inverse)
-        return x + gate.unsqueeze(1) * h
+        return gated_residual(x, gate, h)
 
 
 class ZigMa(DiffusionBackbone):
