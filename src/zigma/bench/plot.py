@@ -27,8 +27,19 @@ def _y_ticks(hi: float, count: int = 5) -> list[float]:
     return [i * step for i in range(math.ceil(hi / step - 1e-9) + 1)]
 
 
+def _log_ticks(lo: float, hi: float) -> list[float]:
+    """1-2-5 ticks per decade covering [lo, hi] (both > 0)."""
+    first, last = math.floor(math.log10(lo)), math.ceil(math.log10(hi))
+    ticks = [m * 10.0**e for e in range(first, last + 1) for m in (1, 2, 5)]
+    below = [t for t in ticks if t <= lo]
+    above = [t for t in ticks if t >= hi]
+    return [t for t in ticks if below[-1] <= t <= above[0]]
+
+
 def _label(v: float) -> str:
-    return f"{v:.3g}" if abs(v) < 1e4 else f"{v:.2g}"
+    if float(v).is_integer() and abs(v) < 1e6:
+        return str(int(v))  # token counts read better as 38416 than 3.8e+04
+    return f"{v:.3g}"
 
 
 def line_plot(
@@ -39,9 +50,11 @@ def line_plot(
     xlabel: str,
     ylabel: str,
     log_x: bool = False,
+    log_y: bool = False,
     size: tuple[int, int] = (820, 500),
 ) -> Path:
-    """Write one line per series (label -> [(x, y), ...], points with y None left out)."""
+    """Write one line per series (label -> [(x, y), ...], points with y None left out);
+    ``log_y`` (positive values only) for quantities spanning decades."""
     series = {k: sorted((x, y) for x, y in v if y is not None) for k, v in series.items()}
     series = {k: v for k, v in series.items() if v}
     xs = sorted({x for pts in series.values() for x, _ in pts}) or [1.0]
@@ -58,12 +71,16 @@ def line_plot(
     x_lo, x_hi = fx(xs[0]), fx(xs[-1])
     if x_hi == x_lo:
         x_lo, x_hi = x_lo - 1, x_hi + 1
-    y_ticks = _y_ticks(max(ys) * 1.05)
-    y_hi = y_ticks[-1]
+    log_y = log_y and min(ys) > 0
+    y_ticks = _log_ticks(min(ys), max(ys)) if log_y else _y_ticks(max(ys) * 1.05)
+    fy = math.log10 if log_y else (lambda v: v)
+    y_lo, y_hi = fy(y_ticks[0]) if log_y else 0.0, fy(y_ticks[-1])
+    if y_hi == y_lo:
+        y_hi = y_lo + 1
 
     def px(x: float, y: float) -> tuple[float, float]:
         u = left + (fx(x) - x_lo) / (x_hi - x_lo) * (width - left - right)
-        v = height - bottom - y / y_hi * (height - top - bottom)
+        v = height - bottom - (fy(y) - y_lo) / (y_hi - y_lo) * (height - top - bottom)
         return u, v
 
     for y in y_ticks:
@@ -72,7 +89,7 @@ def line_plot(
         text = _label(y)
         draw.text((left - 8 - draw.textlength(text, font=font), v - 6), text, fill=_TEXT, font=font)
     for x in xs:
-        u, _ = px(x, 0)
+        u, _ = px(x, y_ticks[0])
         draw.line([(u, height - bottom), (u, height - bottom + 5)], fill=_AXIS)
         text = _label(x)
         draw.text((u - draw.textlength(text, font=font) / 2, height - bottom + 8), text,

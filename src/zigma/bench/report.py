@@ -109,6 +109,10 @@ def write_plots(rows: Sequence[BenchRow], out_dir: str | os.PathLike) -> list[Pa
                 continue  # e.g. memory on CPU
             title = f"{suite} study: {ylabel} vs {x}, batch {part[0].batch}, {dtype}"
             path = out_dir / f"{suite}_{name}.png"
-            written.append(line_plot(series, path, title=title, xlabel=xlabel, ylabel=ylabel,
-                                     log_x=log_x))  # fmt: skip
+            # Times and rates span decades over the token sweep: log scale, or the large
+            # sizes flatten the small ones.
+            log_y = suite == "tokens"
+            written.append(line_plot(series, path, title=title, xlabel=xlabel,
+                                     ylabel=ylabel + (" (log scale)" if log_y else ""),
+                                     log_x=log_x, log_y=log_y))  # fmt: skip
     return written
