@@ -121,14 +121,12 @@ class Sizes:
     # Tile candidates as ScanConfig overrides; the first is the base config itself.
     fwd_tiles: tuple[dict, ...] = (
         {},
-        {"fwd_prefetch": 2},
-        {"fwd_prefetch": 4},
-        {"fwd_prefetch": 4, "warps_per_sm": 16},
-        {"fwd_prefetch": 8},
-        {"warps_per_sm": 0, "fwd_prefetch": 4},
+        {"warps_per_sm": 0},
         {"warps_per_sm": 64},
-        {"warps_per_sm": 16},
         {"fwd_lanes": 2},
+        {"warps_per_sm": 16},
+        {"fwd_lanes": 2, "warps_per_sm": 64},
+        {"fwd_warps": 2},
     )
     bwd_tiles: tuple[dict, ...] = (
         {},
@@ -152,7 +150,7 @@ QUICK = dataclasses.replace(
     train_reps=4,
     chunked_scan_reps=1,
     chunked_train_reps=1,
-    fwd_tiles=FULL.fwd_tiles[:5],
+    fwd_tiles=FULL.fwd_tiles[:4],
     bwd_tiles=FULL.bwd_tiles[:4],
 )
 SMOKE = Sizes(
@@ -175,7 +173,7 @@ SMOKE = Sizes(
     train_reps=1,
     chunked_scan_reps=1,
     chunked_train_reps=1,
-    fwd_tiles=({}, {"fwd_lanes": 1}, {"chunk": 8}, {"fwd_prefetch": 3}),
+    fwd_tiles=({}, {"fwd_lanes": 1}, {"chunk": 8}),
     bwd_tiles=({}, {"bwd_lanes": 1}, {"chunk": 8}),
     copy_mb=1,
 )

@@ -212,17 +212,6 @@ def test_chunked_low_precision_batch_1(monkeypatch):
     _compare(_inputs(batch=1, dtype=torch.bfloat16, seed=9), _order("zigzag"), torch.bfloat16)
 
 
-@pytest.mark.parametrize(("prefetch", "chunk", "block_d"), [(1, None, 32), (3, 8, 32), (2, 4, 64)])
-def test_shuffled_b_c_and_prefetch(monkeypatch, prefetch, chunk, block_d):
-    # N = 16 and 32-channel warps: each lane loads one of a row's 32 B/C entries and the step
-    # takes them from the lanes (emulated here); dim 40 leaves a tile with padded channels,
-    # whose lanes must still load. Inputs of `prefetch` steps are in flight.
-    cfg = ScanConfig(group=4, fwd_lanes=1, fwd_block_d=block_d, bwd_lanes=2, bwd_block_d=8,
-                     chunk=chunk, fwd_prefetch=prefetch)  # fmt: skip
-    monkeypatch.setattr(triton_scan, "CONFIG", cfg)
-    _compare(_inputs(n_state=16, dim=40, seed=prefetch), _order("zigzag"), torch.float32)
-
-
 def test_automatic_chunks(monkeypatch):
     # Split only on CUDA and only until the launch has warps_per_sm warps per SM; chunks are
     # whole groups and at least min_chunk steps.

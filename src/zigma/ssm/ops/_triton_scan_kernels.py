@@ -161,61 +161,6 @@ def _step_row(order_ptr, m, end, length, HAS_ORDER: tl.constexpr, ROW64: tl.cons
     return row, ok
 
 
-@triton.jit
-def _lane_id(d, BLOCK_D: tl.constexpr, FAST: tl.constexpr):
-    """Each element's lane in its warp (``d``: the channel index tensor; the interpreter runs
-    warps as consecutive 32-element slices of the tile)."""
-    if FAST:
-        lane = tl.inline_asm_elementwise(
-            "mov.u32 $0, %laneid;", "=r,r", [d], dtype=tl.int32, is_pure=True, pack=1
-        )
-    else:
-        lane = (d % BLOCK_D) % 32
-    return lane
-
-
-@triton.jit
-def _from_lane(v, src: tl.constexpr, BLOCK_D: tl.constexpr, FAST: tl.constexpr):
-    """The value ``v`` holds in lane ``src`` of each warp, for every element of the warp (a
-    warp shuffle; the interpreter's emulation picks element ``src`` of each 32-slice)."""
-    if FAST:
-        lane = tl.full(v.shape, src, tl.int32)
-        out = tl.inline_asm_elementwise(
-            "shfl.sync.idx.b32 $0, $1, $2, 0x1f, 0xffffffff;", "=r,r,r", [v, lane],
-            dtype=tl.float32, is_pure=True, pack=1,
-        )  # fmt: skip
-    else:
-        w = tl.reshape(v, [BLOCK_D // 32, 32])
-        pick = tl.sum(tl.where(tl.arange(0, 32)[None, :] == src, w, 0.0), axis=1)
-        out = tl.reshape(tl.broadcast_to(pick[:, None], [BLOCK_D // 32, 32]), v.shape)
-    return out
-
-
-@triton.jit
-def _fwd_stage(u_b, dt_b, z_b, bc_b, row, ok, d, d_ok, lane, s_ul, s_dl, s_zl, s_bcl,
-               NP: tl.constexpr, NR: tl.constexpr, GATE: tl.constexpr, LOCAL: tl.constexpr,
-               VEC: tl.constexpr, SHUF: tl.constexpr):  # fmt: skip
-    """Issue the loads of one forward step at token ``row``: ``(row, ok, u, delta, z, B, C)``
-    (z and C only where the pass uses them). B and C: NR-tuples of this lane group's states,
-    or with SHUF one value per lane, entry ``lane`` of the row (B then C: 2 NP = 32), which
-    the step takes from the lanes by shuffles: 1 register per step in flight instead of 32."""
-    mask = d_ok & ok
-    u = tl.load(u_b + row * s_ul + d, mask=mask, other=0.0)
-    x = tl.load(dt_b + row * s_dl + d, mask=mask, other=0.0)
-    zz = u
-    if GATE:
-        zz = tl.load(z_b + row * s_zl + d, mask=mask, other=0.0)
-    if SHUF:  # every lane loads, padded channels too: other lanes need their entry
-        bt = (tl.load(bc_b + row * s_bcl + lane),)
-        ct = bt
-    else:
-        bt = _load_states(bc_b + row * s_bcl, NR, VEC)
-        ct = bt
-        if not LOCAL:
-            ct = _load_states(bc_b + row * s_bcl + NP, NR, VEC)
-    return row, ok, u, x, zz, bt, ct
-
-
 @triton.jit(do_not_specialize=["one"])
 def _scan_fwd_kernel(u_ptr, dt_ptr, z_ptr, bc_ptr, a_ptr, dskip_ptr, bias_ptr, order_ptr,
                      y_ptr, ypre_ptr, last_ptr, ck_ptr, hloc_ptr, sdt_ptr,
@@ -225,10 +170,9 @@ def _scan_fwd_kernel(u_ptr, dt_ptr, z_ptr, bc_ptr, a_ptr, dskip_ptr, bias_ptr, o
                      BLOCK_D: tl.constexpr, T: tl.constexpr,
                      HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
                      SOFTPLUS: tl.constexpr, HAS_ORDER: tl.constexpr, ROW64: tl.constexpr,
-                     FAST: tl.constexpr, SAVE: tl.constexpr, LOCAL: tl.constexpr,
-                     P: tl.constexpr):  # fmt: skip
-    """One scan step per iteration (a small loop body), the inputs loaded P iterations ahead
-    and the rows P + 1 ahead. With SAVE (a backward will follow), the state
+                     FAST: tl.constexpr, SAVE: tl.constexpr, LOCAL: tl.constexpr):  # fmt: skip
+    """One scan step per iteration (a small loop body), the next step's inputs loaded one
+    iteration ahead and its row two ahead. With SAVE (a backward will follow), the state
     after every T steps and the pre-gate output are saved.
 
     The steps are split into chunks of ``chunk_len``, one program per chunk (program id 2),
@@ -277,27 +221,34 @@ def _scan_fwd_kernel(u_ptr, dt_ptr, z_ptr, bc_ptr, a_ptr, dskip_ptr, bias_ptr, o
 
     m = c * chunk_len
     end = tl.minimum(length, m + chunk_len)
+    row, ok = _step_row(order_ptr, m, end, length, HAS_ORDER, ROW64)
+    mask = d_ok & ok
+    u = tl.load(u_b + row * s_ul + d, mask=mask, other=0.0)
+    x = tl.load(dt_b + row * s_dl + d, mask=mask, other=0.0)
+    zz = u
+    if GATE:
+        zz = tl.load(z_b + row * s_zl + d, mask=mask, other=0.0)
     # Vector loads through inline PTX keep the default layout, which differs from the loads'
     # one when LN > 1 (a layout conversion per step): plain loads there.
     VEC: tl.constexpr = FAST and LN == 1
-    SHUF: tl.constexpr = LN == 1 and 2 * NP == 32 and BLOCK_D % 32 == 0
-    lane = _lane_id(d, BLOCK_D, FAST)
-    # The inputs of steps m .. m + P - 1 are in flight (``ahead``) and the row of step m + P
-    # is known: a load has P loop bodies to arrive before its step needs it.
-    ahead = ()
-    for i in tl.static_range(P):
-        r, o = _step_row(order_ptr, m + i, end, length, HAS_ORDER, ROW64)
-        ahead = ahead + (_fwd_stage(u_b, dt_b, z_b, bc_b, r, o, d, d_ok, lane, s_ul, s_dl, s_zl,
-                                    s_bcl, NP, NR, GATE, LOCAL, VEC, SHUF),)  # fmt: skip
-    row_p, ok_p = _step_row(order_ptr, m + P, end, length, HAS_ORDER, ROW64)
+    bt = _load_states(bc_b + row * s_bcl, NR, VEC)
+    ct = bt
+    if not LOCAL:
+        ct = _load_states(bc_b + row * s_bcl + NP, NR, VEC)
+    row_1, ok_1 = _step_row(order_ptr, m + 1, end, length, HAS_ORDER, ROW64)
     while m < end:  # a while loop: range() over a runtime bound breaks the interpreter
-        row, ok, u, x, zz, bt, ct = ahead[0]
-        rest = ()
-        for i in tl.static_range(1, P):
-            rest = rest + (ahead[i],)
-        ahead = rest + (_fwd_stage(u_b, dt_b, z_b, bc_b, row_p, ok_p, d, d_ok, lane, s_ul, s_dl,
-                                   s_zl, s_bcl, NP, NR, GATE, LOCAL, VEC, SHUF),)  # fmt: skip
-        row_p, ok_p = _step_row(order_ptr, m + P + 1, end, length, HAS_ORDER, ROW64)
+        # Prefetch step m + 1 and the row of step m + 2.
+        mask_1 = d_ok & ok_1
+        u_1 = tl.load(u_b + row_1 * s_ul + d, mask=mask_1, other=0.0)
+        x_1 = tl.load(dt_b + row_1 * s_dl + d, mask=mask_1, other=0.0)
+        zz_1 = u_1
+        if GATE:
+            zz_1 = tl.load(z_b + row_1 * s_zl + d, mask=mask_1, other=0.0)
+        bt_1 = _load_states(bc_b + row_1 * s_bcl, NR, VEC)
+        ct_1 = bt_1
+        if not LOCAL:
+            ct_1 = _load_states(bc_b + row_1 * s_bcl + NP, NR, VEC)
+        row_2, ok_2 = _step_row(order_ptr, m + 2, end, length, HAS_ORDER, ROW64)
         # Step m.
         mask = d_ok & ok  # recomputed, not carried: keeps the loop free of layout conversions
         uf = u.to(tl.float32)
@@ -310,24 +261,14 @@ def _scan_fwd_kernel(u_ptr, dt_ptr, z_ptr, bc_ptr, a_ptr, dskip_ptr, bias_ptr, o
             dt_sum += dt
             h_new = ()
             for k in tl.static_range(NR):
-                if SHUF:  # noqa: SIM108 (a static branch: bt[k] does not exist with SHUF)
-                    bk = _from_lane(bt[0], k, BLOCK_D, FAST)
-                else:
-                    bk = bt[k]
-                h_new = h_new + (tl.exp2(dt * a2[k]) * h[k] + dtu * bk,)
+                h_new = h_new + (tl.exp2(dt * a2[k]) * h[k] + dtu * bt[k],)
             h = h_new
         else:
             y = tl.zeros([LN, BLOCK_D], tl.float32)
             h_new = ()
             for k in tl.static_range(NR):
-                if SHUF:
-                    bk = _from_lane(bt[0], k, BLOCK_D, FAST)
-                    ck = _from_lane(bt[0], NP + k, BLOCK_D, FAST)
-                else:
-                    bk = bt[k]
-                    ck = ct[k]
-                hk = tl.exp2(dt * a2[k]) * h[k] + dtu * bk
-                y += hk * ck
+                hk = tl.exp2(dt * a2[k]) * h[k] + dtu * bt[k]
+                y += hk * ct[k]
                 h_new = h_new + (hk,)
             h = h_new
             if LN > 1:
@@ -346,6 +287,8 @@ def _scan_fwd_kernel(u_ptr, dt_ptr, z_ptr, bc_ptr, a_ptr, dskip_ptr, bias_ptr, o
                     for k in tl.static_range(NR):
                         n = k * LN + j
                         tl.store(ck_b + ((m // T) * N + n) * dim + d, h[k], mask=d_ok & (n < N))
+        row, ok, u, x, zz, bt, ct = row_1, ok_1, u_1, x_1, zz_1, bt_1, ct_1
+        row_1, ok_1 = row_2, ok_2
         m += 1
     if LOCAL:
         tl.store(sdt_ptr + (b * n_chunks + c) * dim + d, dt_sum, mask=d_ok & (j == 0))

@@ -47,8 +47,6 @@ class ScanConfig:
         bwd_lanes: lanes sharing a channel's states in the backward.
         bwd_warps: warps per backward program.
         fwd_block_d: channels per forward program (default above).
-        fwd_prefetch: forward steps whose loads are in flight ahead of the step computed (more
-            hides more latency, at NR + 3 registers each).
         bwd_block_d: channels per backward program.
         chunk: scan steps per chunk (a multiple of ``group``); None picks one per call.
             A program walks one chunk of one channel tile; more chunks keep more programs in
@@ -67,7 +65,6 @@ class ScanConfig:
     bwd_warps: int = 1
     fwd_block_d: int | None = None
     bwd_block_d: int | None = None
-    fwd_prefetch: int = 1
     chunk: int | None = None
     warps_per_sm: int = 32
     min_chunk: int = 128
@@ -86,8 +83,6 @@ class ScanConfig:
                 f"ScanConfig.chunk must be a positive multiple of group={self.group}, "
                 f"got {self.chunk}"
             )
-        if self.fwd_prefetch < 1:
-            raise ValueError(f"ScanConfig.fwd_prefetch must be >= 1, got {self.fwd_prefetch}")
         if self.warps_per_sm < 0 or self.min_chunk < 1:
             raise ValueError(
                 f"ScanConfig needs warps_per_sm >= 0 and min_chunk >= 1, got "
@@ -204,7 +199,7 @@ def _fwd(u, delta, A, B, C, D, z, delta_bias, order, delta_softplus, group, save
     meta = dict(
         N=n_state, T=group, **tiling,
         **_flags(D, z, delta_bias, order, delta_softplus, _row_elems(length, u, delta, z, bc)),
-        SAVE=save, P=cfg.fwd_prefetch, num_warps=cfg.fwd_warps,
+        SAVE=save, num_warps=cfg.fwd_warps,
     )  # fmt: skip
     if n_chunks > 1:  # the last chunk's end state is nobody's start
         _scan_fwd_kernel[(n_tiles, batch, n_chunks - 1)](*args, **{**meta, "SAVE": False},
