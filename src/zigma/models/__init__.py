@@ -3,7 +3,7 @@ Mamba as ZigMa options) on shared layers, presets and save/load."""
 
 from zigma.models.backbone import BackboneConfig, DiffusionBackbone
 from zigma.models.dit import DiT, DiTBlock, DiTConfig
-from zigma.models.graphs import GraphedForward
+from zigma.models.graphs import GraphCache, GraphedForward
 from zigma.models.io import MODEL_CLASSES, from_pretrained, read_config, save_pretrained
 from zigma.models.registry import PRESETS, create_model, list_models, preset_config
 from zigma.models.summary import FlopCount, count_flops, count_parameters, summarize
@@ -20,6 +20,7 @@ __all__ = [
     "DiTConfig",
     "DiffusionBackbone",
     "FlopCount",
+    "GraphCache",
     "GraphedForward",
     "UViT",
     "UViTBlock",

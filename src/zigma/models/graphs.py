@@ -85,3 +85,29 @@ class GraphedForward:
                 buf.copy_(new)
         self.graph.replay()
         return self.output
+
+
+class GraphCache:
+    """``model(x, t, y)`` through CUDA graphs: one ``GraphedForward`` per set of input shapes
+    (a sampler calls the model with the same shapes at every step; a last, smaller batch gets
+    its own graph). Returns a copy of the output, so callers may keep it across calls.
+
+    Args:
+        model: the denoiser, on a CUDA device, in eval mode.
+        dtype: autocast dtype, or None for the weights' dtype.
+    """
+
+    def __init__(self, model: nn.Module | Callable, dtype: torch.dtype | None = None) -> None:
+        self.model, self.dtype = model, dtype
+        self.graphs: dict[tuple, GraphedForward] = {}
+
+    def __call__(
+        self, x: torch.Tensor, t: torch.Tensor | float, y: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        t = torch.as_tensor(t, device=x.device)
+        key = (tuple(x.shape), x.dtype, tuple(t.shape), t.dtype,
+               None if y is None else (tuple(y.shape), y.dtype))  # fmt: skip
+        graphed = self.graphs.get(key)
+        if graphed is None:
+            graphed = self.graphs[key] = GraphedForward(self.model, x, t, y, dtype=self.dtype)
+        return graphed(x, t, y).clone()
