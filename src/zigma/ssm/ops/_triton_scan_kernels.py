@@ -161,6 +161,47 @@ def _step_row(order_ptr, m, end, length, HAS_ORDER: tl.constexpr, ROW64: tl.cons
     return row, ok
 
 
+@triton.jit
+def _row_loads(pa, sa, pb, sb, pc, sc, bc, s_bcl, row, ok, d, d_ok, NP: tl.constexpr,
+               NR: tl.constexpr, HAS_C: tl.constexpr, TWO: tl.constexpr,
+               VEC: tl.constexpr):  # fmt: skip
+    """The loads of one scan step at token ``row``: the rows of ``a``, ``b`` and (HAS_C)
+    ``c`` at channels ``d``, and this lane group's NR states of ``bc`` (and, with TWO, of the
+    NP entries after them). Missing ones repeat the first of their kind."""
+    mask = d_ok & ok
+    a = tl.load(pa + row * sa + d, mask=mask, other=0.0)
+    b = tl.load(pb + row * sb + d, mask=mask, other=0.0)
+    c = a
+    if HAS_C:
+        c = tl.load(pc + row * sc + d, mask=mask, other=0.0)
+    first = _load_states(bc + row * s_bcl, NR, VEC)
+    second = first
+    if TWO:
+        second = _load_states(bc + row * s_bcl + NP, NR, VEC)
+    return a, b, c, first, second
+
+
+@triton.jit
+def _channel_tile(pid_d, one, a_ptr, bias_ptr, dim, N: tl.constexpr, LN: tl.constexpr,
+                  NR: tl.constexpr, BLOCK_D: tl.constexpr, HAS_BIAS: tl.constexpr):  # fmt: skip
+    """A step-at-a-time program's ``[LN, BLOCK_D]`` channel and lane-group indices, channel
+    mask, its states' ``A log2(e)`` (NR-tuple), NR zero states and delta's bias."""
+    d, j, _ = _grid(pid_d, one, LN, BLOCK_D, 1)
+    d = tl.reshape(d, [LN, BLOCK_D])
+    j = tl.reshape(j, [LN, BLOCK_D])
+    d_ok = d < dim
+    a2 = ()
+    zero = ()
+    for k in tl.static_range(NR):
+        n = k * LN + j  # thread (j, d) holds states j, j + LN, ...
+        a2 = a2 + (tl.load(a_ptr + d * N + n, mask=d_ok & (n < N), other=0.0) * _LOG2E,)
+        zero = zero + (tl.zeros([LN, BLOCK_D], tl.float32),)
+    bias = tl.zeros([LN, BLOCK_D], tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + d, mask=d_ok, other=0.0)
+    return d, j, d_ok, a2, zero, bias
+
+
 @triton.jit(do_not_specialize=["one"])
 def _scan_fwd_kernel(u_ptr, dt_ptr, z_ptr, bc_ptr, a_ptr, dskip_ptr, bias_ptr, order_ptr,
                      y_ptr, ypre_ptr, last_ptr, ck_ptr, hloc_ptr, sdt_ptr,
@@ -181,19 +222,10 @@ def _scan_fwd_kernel(u_ptr, dt_ptr, z_ptr, bc_ptr, a_ptr, dskip_ptr, bias_ptr, o
     (``sdt``). Otherwise it first composes the earlier chunks' pass-1 results into its start
     state: a state decays by ``exp(A sum(delta))`` across a chunk, whatever the inputs.
     """
-    pid_d = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     c = tl.program_id(2)
-    d, j, _ = _grid(pid_d, one, LN, BLOCK_D, 1)
-    d = tl.reshape(d, [LN, BLOCK_D])
-    j = tl.reshape(j, [LN, BLOCK_D])
-    d_ok = d < dim
-    a2 = ()
-    h = ()
-    for k in tl.static_range(NR):
-        n = k * LN + j  # thread (j, d) holds states j, j + LN, ...
-        a2 = a2 + (tl.load(a_ptr + d * N + n, mask=d_ok & (n < N), other=0.0) * _LOG2E,)
-        h = h + (tl.zeros([LN, BLOCK_D], tl.float32),)
+    d, j, d_ok, a2, h, bias = _channel_tile(tl.program_id(0), one, a_ptr, bias_ptr, dim, N, LN,
+                                            NR, BLOCK_D, HAS_BIAS)  # fmt: skip
     if not LOCAL:
         cc = 0
         while cc < c:  # the state entering chunk c, from chunks 0 .. c - 1
@@ -206,9 +238,6 @@ def _scan_fwd_kernel(u_ptr, dt_ptr, z_ptr, bc_ptr, a_ptr, dskip_ptr, bias_ptr, o
                 h_in = h_in + (tl.exp2(s * a2[k]) * h[k] + hl,)
             h = h_in
             cc += 1
-    bias = tl.zeros([LN, BLOCK_D], tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + d, mask=d_ok, other=0.0)
     if HAS_D:
         dskip = tl.load(dskip_ptr + d, mask=d_ok, other=0.0)
     u_b, dt_b, z_b = u_ptr + b * s_ub, dt_ptr + b * s_db, z_ptr + b * s_zb
@@ -221,33 +250,18 @@ def _scan_fwd_kernel(u_ptr, dt_ptr, z_ptr, bc_ptr, a_ptr, dskip_ptr, bias_ptr, o
 
     m = c * chunk_len
     end = tl.minimum(length, m + chunk_len)
-    row, ok = _step_row(order_ptr, m, end, length, HAS_ORDER, ROW64)
-    mask = d_ok & ok
-    u = tl.load(u_b + row * s_ul + d, mask=mask, other=0.0)
-    x = tl.load(dt_b + row * s_dl + d, mask=mask, other=0.0)
-    zz = u
-    if GATE:
-        zz = tl.load(z_b + row * s_zl + d, mask=mask, other=0.0)
     # Vector loads through inline PTX keep the default layout, which differs from the loads'
     # one when LN > 1 (a layout conversion per step): plain loads there.
     VEC: tl.constexpr = FAST and LN == 1
-    bt = _load_states(bc_b + row * s_bcl, NR, VEC)
-    ct = bt
-    if not LOCAL:
-        ct = _load_states(bc_b + row * s_bcl + NP, NR, VEC)
+    row, ok = _step_row(order_ptr, m, end, length, HAS_ORDER, ROW64)
+    u, x, zz, bt, ct = _row_loads(u_b, s_ul, dt_b, s_dl, z_b, s_zl, bc_b, s_bcl, row, ok, d,
+                                  d_ok, NP, NR, GATE, not LOCAL, VEC)  # fmt: skip
     row_1, ok_1 = _step_row(order_ptr, m + 1, end, length, HAS_ORDER, ROW64)
     while m < end:  # a while loop: range() over a runtime bound breaks the interpreter
         # Prefetch step m + 1 and the row of step m + 2.
-        mask_1 = d_ok & ok_1
-        u_1 = tl.load(u_b + row_1 * s_ul + d, mask=mask_1, other=0.0)
-        x_1 = tl.load(dt_b + row_1 * s_dl + d, mask=mask_1, other=0.0)
-        zz_1 = u_1
-        if GATE:
-            zz_1 = tl.load(z_b + row_1 * s_zl + d, mask=mask_1, other=0.0)
-        bt_1 = _load_states(bc_b + row_1 * s_bcl, NR, VEC)
-        ct_1 = bt_1
-        if not LOCAL:
-            ct_1 = _load_states(bc_b + row_1 * s_bcl + NP, NR, VEC)
+        u_1, x_1, zz_1, bt_1, ct_1 = _row_loads(u_b, s_ul, dt_b, s_dl, z_b, s_zl, bc_b, s_bcl,
+                                                row_1, ok_1, d, d_ok, NP, NR, GATE, not LOCAL,
+                                                VEC)  # fmt: skip
         row_2, ok_2 = _step_row(order_ptr, m + 2, end, length, HAS_ORDER, ROW64)
         # Step m.
         mask = d_ok & ok  # recomputed, not carried: keeps the loop free of layout conversions
@@ -316,22 +330,10 @@ def _scan_bwd_local_kernel(dt_ptr, z_ptr, bc_ptr, a_ptr, bias_ptr, order_ptr, dy
     to the state before it from its own outputs (``gloc``), and its sum of delta (``sdt``).
     Walks the chunk's steps back from a zero carry: ``dh_m = C_m dy_m + carry``, then
     ``carry = exp(delta_m A) dh_m``; the forward's one-step-ahead loads, in reverse."""
-    pid_d = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     c = tl.program_id(2) + 1
-    d, j, _ = _grid(pid_d, one, LN, BLOCK_D, 1)
-    d = tl.reshape(d, [LN, BLOCK_D])
-    j = tl.reshape(j, [LN, BLOCK_D])
-    d_ok = d < dim
-    a2 = ()
-    g = ()
-    for k in tl.static_range(NR):
-        n = k * LN + j
-        a2 = a2 + (tl.load(a_ptr + d * N + n, mask=d_ok & (n < N), other=0.0) * _LOG2E,)
-        g = g + (tl.zeros([LN, BLOCK_D], tl.float32),)
-    bias = tl.zeros([LN, BLOCK_D], tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + d, mask=d_ok, other=0.0)
+    d, j, d_ok, a2, g, bias = _channel_tile(tl.program_id(0), one, a_ptr, bias_ptr, dim, N, LN,
+                                            NR, BLOCK_D, HAS_BIAS)  # fmt: skip
     dt_b, z_b, dy_b = dt_ptr + b * s_db, z_ptr + b * s_zb, dy_ptr + b * s_yb
     bc_b = bc_ptr + b * s_bcb + j * NR + NP  # C of this lane group's states
     VEC: tl.constexpr = FAST and LN == 1
@@ -341,23 +343,14 @@ def _scan_bwd_local_kernel(dt_ptr, z_ptr, bc_ptr, a_ptr, bias_ptr, order_ptr, dy
     end = tl.minimum(length, start + chunk_len)
     m = end - 1
     row, ok = _step_row(order_ptr, m, end, length, HAS_ORDER, ROW64)
-    mask = d_ok & ok
-    x = tl.load(dt_b + row * s_dl + d, mask=mask, other=0.0)
-    dy = tl.load(dy_b + row * s_yl + d, mask=mask, other=0.0)
-    zz = dy
-    if HAS_Z:
-        zz = tl.load(z_b + row * s_zl + d, mask=mask, other=0.0)
-    ct = _load_states(bc_b + row * s_bcl, NR, VEC)
+    x, dy, zz, ct, _ = _row_loads(dt_b, s_dl, dy_b, s_yl, z_b, s_zl, bc_b, s_bcl, row, ok, d,
+                                  d_ok, NP, NR, HAS_Z, False, VEC)  # fmt: skip
     row_1, ok_1 = _step_row(order_ptr, m - 1, end, length, HAS_ORDER, ROW64)
     while m >= start:
         ok_1 = ok_1 & (m - 1 >= start)
-        mask_1 = d_ok & ok_1
-        x_1 = tl.load(dt_b + row_1 * s_dl + d, mask=mask_1, other=0.0)
-        dy_1 = tl.load(dy_b + row_1 * s_yl + d, mask=mask_1, other=0.0)
-        zz_1 = dy_1
-        if HAS_Z:
-            zz_1 = tl.load(z_b + row_1 * s_zl + d, mask=mask_1, other=0.0)
-        ct_1 = _load_states(bc_b + row_1 * s_bcl, NR, VEC)
+        x_1, dy_1, zz_1, ct_1, _ = _row_loads(dt_b, s_dl, dy_b, s_yl, z_b, s_zl, bc_b, s_bcl,
+                                              row_1, ok_1, d, d_ok, NP, NR, HAS_Z, False,
+                                              VEC)  # fmt: skip
         row_2, ok_2 = _step_row(order_ptr, tl.maximum(m - 2, 0), end, length, HAS_ORDER, ROW64)
         mask = d_ok & ok
         dt = x.to(tl.float32) + bias
