@@ -308,6 +308,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         train=args.train,
         backend=args.backend,
         cuda_graph=args.cuda_graphs,
+        recompute_scans=args.recompute_scans,
     )
     size = "tiny " if tiny else ""
     print(
@@ -472,6 +473,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--cuda-graphs",
         action="store_true",
         help="time the forward replayed as one CUDA graph (no launch overhead)",
+    )
+    p.add_argument(
+        "--recompute-scans",
+        action="store_true",
+        help="Mamba models keep less for the backward and rerun their scans (with --train)",
     )
     p.add_argument(
         "--tiny",

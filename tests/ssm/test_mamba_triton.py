@@ -112,3 +112,23 @@ def test_triton_fast_path_compiles_without_graph_breaks():
     order = _order("zigzag")
     compiled = torch.compile(fast, backend="aot_eager", fullgraph=True)
     torch.testing.assert_close(compiled(x, order=order), fast(x, order=order), rtol=0, atol=0)
+
+
+@needs_triton_scan
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_triton_recomputed_branches_same_gradients(bidirectional):
+    # recompute_branches reruns conv, projections and both scan kernels in the backward.
+    _, plain = _pair(bidirectional, torch.float32)
+    _, lean = _pair(bidirectional, torch.float32)
+    lean.recompute_branches = True
+    order = _order("zigzag")
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, LENGTH, D_MODEL, generator=g).to(DEVICE)
+    out = []
+    for model in (plain, lean):
+        xi = x.clone().requires_grad_()
+        y = model(xi, order=order)
+        y.square().sum().backward()
+        out.append([y.detach(), xi.grad, *(p.grad for p in model.parameters())])
+    for a, b in zip(*out, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-7)

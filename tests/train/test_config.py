@@ -70,6 +70,12 @@ def test_model_preset_name_trains_on_shapes():
     assert (m.hidden_size, m.depth, m.in_channels, m.num_classes) == (384, 24, 3, 8)
 
 
+def test_recompute_scans_needs_a_mamba_model():
+    assert build_config("demo", overrides=["recompute_scans=true"]).recompute_scans
+    with pytest.raises(ConfigError, match="recompute_scans applies to Mamba models"):
+        build_config("DiT-S/2", overrides=["recompute_scans=true"])
+
+
 def test_unknown_preset_suggests():
     with pytest.raises(ConfigError, match="did you mean 'demo'"):
         preset_dict("dmeo")

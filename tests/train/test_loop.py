@@ -151,6 +151,18 @@ def test_unconditional_model_and_grad_checkpointing(tmp_path):
     assert from_pretrained(tmp_path / "model").config.num_classes == 0
 
 
+def test_recompute_scans_trains_the_same_weights(tmp_path):
+    seen = []
+    train(tiny(steps=2), tmp_path / "a")
+    train(tiny("recompute_scans=true", steps=2), tmp_path / "b",
+          model_hook=lambda m: seen.append(m.recompute_scans))  # fmt: skip
+    assert seen == [True]
+    a = from_pretrained(tmp_path / "a" / "model").state_dict()
+    b = from_pretrained(tmp_path / "b" / "model").state_dict()
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
 def test_cpu_threads_apply_during_the_run_only(tmp_path):
     seen = []
     before = torch.get_num_threads()

@@ -32,6 +32,7 @@ class BenchSettings:
     train: bool = False  # also time forward + backward + AdamW step
     backend: str | None = None  # scan backend for models that have one; None: the default
     cuda_graph: bool = False  # time the forward replayed as one CUDA graph (CUDA only)
+    recompute_scans: bool = False  # Mamba models: rerun scan branches in the backward
 
 
 @dataclass
@@ -130,6 +131,8 @@ def _measure(case: BenchCase, s: BenchSettings, row: BenchRow, build) -> None:
     model = build(case).to(s.device)
     if s.backend and hasattr(model, "set_scan_backend"):
         model.set_scan_backend(s.backend)
+    if s.recompute_scans and hasattr(model, "recompute_scans"):
+        model.recompute_scans = True
     row.params = count_parameters(model)
     cfg = model.config
     x = torch.randn(s.batch, cfg.in_channels, case.side, case.side, device=s.device)

@@ -174,6 +174,19 @@ class ZigMa(DiffusionBackbone):
         for block in self.blocks:
             block.mixer.backend = backend
 
+    @property
+    def recompute_scans(self) -> bool:
+        """Whether training keeps only each scan branch's inputs and reruns the branch (conv,
+        projections, scan) in the backward: about half a Mamba layer's activation memory for
+        a second scan forward. A lighter form of ``grad_checkpointing``, which reruns whole
+        blocks; not saved with the weights."""
+        return self.blocks[0].mixer.recompute_branches if len(self.blocks) else False
+
+    @recompute_scans.setter
+    def recompute_scans(self, on: bool) -> None:
+        for block in self.blocks:
+            block.mixer.recompute_branches = bool(on)
+
     # -- forward ------------------------------------------------------------------------------
     def forward(
         self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None

@@ -9,11 +9,13 @@ the conv and scan kernels (no gather/scatter).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from zigma.ssm.ops import resolve_backend, selective_scan
 from zigma.ssm.ops._checks import check_index
@@ -108,6 +110,8 @@ class Mamba(nn.Module):
         self.dt_min, self.dt_max = dt_min, dt_max
         self.dt_init_floor, self.dt_scale = dt_init_floor, dt_scale
         self.bidirectional = bidirectional
+        # Training memory switch (not saved with the weights): see ``_run_branch``.
+        self.recompute_branches = False
         self.backend = backend
         factory = {"device": device, "dtype": dtype}
         self._param_dtype = torch.float64 if dtype == torch.float64 else torch.float32
@@ -188,6 +192,16 @@ class Mamba(nn.Module):
         n = torch.arange(1, self.d_state + 1, dtype=A_log.dtype, device=A_log.device)
         A_log.copy_(torch.log(n).expand_as(A_log))
         D.fill_(1.0)
+
+    def _run_branch(self, branch: Callable[..., torch.Tensor], *args) -> torch.Tensor:
+        """``branch(*args)`` (conv, projections, scan, gate of one direction). With
+        ``recompute_branches`` and grad enabled, only the branch's inputs are kept for the
+        backward, which reruns the branch: the conv output, delta, the scan's checkpoints and
+        pre-gate output (about 15 KB per token at d_inner 1536) are not held between the
+        passes, for a second branch forward in the backward."""
+        if self.recompute_branches and torch.is_grad_enabled():
+            return checkpoint(branch, *args, use_reentrant=False)
+        return branch(*args)
 
     def _scan_branch(
         self,
@@ -290,11 +304,13 @@ class Mamba(nn.Module):
         """Triton path: everything stays in token order; the kernels index through ``order``."""
         xz = self.in_proj(x)  # [b, L, 2 d_inner], raster order
         xs, z = xz.chunk(2, dim=-1)  # views; backward concatenates dxs and dz once
-        y = self._scan_branch_tokens(xs, z, order, *self._branches()[0])  # [b, L, d_inner]
+        branches = self._branches()
+        y = self._run_branch(self._scan_branch_tokens, xs, z, order, *branches[0])  # [b, L, d]
         if self.bidirectional:
             if order is None:
                 order = torch.arange(x.shape[1], device=x.device)
-            y = y + self._scan_branch_tokens(xs, z, order.flip(0), *self._branches()[1])
+            flipped = order.flip(0)
+            y = y + self._run_branch(self._scan_branch_tokens, xs, z, flipped, *branches[1])
         return self.out_proj(y)  # [b, L, d_model]
 
     def _forward_gathered(
@@ -309,9 +325,10 @@ class Mamba(nn.Module):
 
         xz = self.in_proj(x)  # [b, L, 2 d_inner]
         xs, z = rearrange(xz, "b l (two d) -> two b d l", two=2)  # [b, d_inner, L] each
-        y = self._scan_branch(xs, z, *self._branches()[0])  # [b, d_inner, L]
+        branches = self._branches()
+        y = self._run_branch(self._scan_branch, xs, z, *branches[0])  # [b, d_inner, L]
         if self.bidirectional:
-            y_b = self._scan_branch(xs.flip(-1), z.flip(-1), *self._branches()[1])
+            y_b = self._run_branch(self._scan_branch, xs.flip(-1), z.flip(-1), *branches[1])
             y = y + y_b.flip(-1)  # [b, d_inner, L]
         out = self.out_proj(rearrange(y, "b d l -> b l d"))  # [b, L, d_model]
         if order is not None:
@@ -408,7 +425,7 @@ class ParallelMamba(Mamba):
         if resolve_backend(self.backend, x.device) == "triton":
             xs, z = xz.chunk(2, dim=-1)  # the kernels read rows in each order
             y = sum(
-                self._scan_branch_tokens(xs, z, order, *branch)
+                self._run_branch(self._scan_branch_tokens, xs, z, order, *branch)
                 for order, branch in zip(orders, self._branches(), strict=True)
             )  # [b, L, d_inner]
         else:
@@ -417,6 +434,7 @@ class ParallelMamba(Mamba):
             y = 0
             for order, inverse, branch in zip(orders, inverses, self._branches(), strict=True):
                 xs, z = rearrange(xz[:, order], "b l (two d) -> two b d l", two=2)
-                y = y + self._scan_branch(xs, z, *branch)[..., inverse]  # [b, d_inner, L] raster
+                y_k = self._run_branch(self._scan_branch, xs, z, *branch)  # [b, d_inner, L]
+                y = y + y_k[..., inverse]  # raster order
             y = rearrange(y, "b d l -> b l d")
         return self.out_proj(y / k)  # [b, L, d_model]

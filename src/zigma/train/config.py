@@ -158,6 +158,7 @@ class TrainConfig:
     precision: Precision = "fp32"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     grad_checkpointing: bool = False
+    recompute_scans: bool = False  # ZigMa: rerun each scan branch in the backward (less memory)
     compile: bool = False
     num_workers: int = 0
     cpu_threads: int | None = None  # torch intra-op threads during the run; None: torch's default
@@ -201,7 +202,12 @@ class TrainConfig:
             raise ConfigError(f"cpu_threads must be >= 1 or null, got {self.cpu_threads}")
         if self.cfg_scale < 0:
             raise ConfigError(f"cfg_scale must be >= 0, got {self.cfg_scale}")
-        self.model_config()  # an unknown preset or an impossible model fails here, early
+        model = self.model_config()  # an unknown preset or an impossible model fails here, early
+        if self.recompute_scans and not isinstance(model, ZigMaConfig):
+            raise ConfigError(
+                f"recompute_scans applies to Mamba models (ZigMa, Sweep, Vim), not "
+                f"{self.model.preset}"
+            )
 
     def model_config(self, num_classes: int | None = None) -> BackboneConfig:
         """The model config (ZigMaConfig, DiTConfig, ...) this run trains: the preset, the

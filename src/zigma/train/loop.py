@@ -113,6 +113,8 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, env: D.DistEnv, model_hook
     torch.manual_seed(derive_seed(cfg.seed, SEED_INIT))  # the same init on every rank
     model = create_model(cfg.model.preset, **dataclasses.asdict(mcfg)).to(env.device)
     model.grad_checkpointing = cfg.grad_checkpointing
+    if cfg.recompute_scans:  # the config checked that the model has Mamba layers
+        model.recompute_scans = True
     ema = EMA(model, cfg.ema.decay, cfg.ema.warmup)
     opt = build_optimizer(model, o, env.device)
     scaler = torch.amp.GradScaler(env.device.type, enabled=cfg.precision == "fp16")
