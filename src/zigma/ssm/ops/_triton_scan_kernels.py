@@ -115,36 +115,6 @@ def _load_states(ptr, NR: tl.constexpr, FAST: tl.constexpr):
 
 
 @triton.jit
-def _group_inputs(u_b, dt_b, order_ptr, m, d, d_ok, bias, length, s_ul, s_dl,
-                  HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_ORDER: tl.constexpr,
-                  ROW64: tl.constexpr, FAST: tl.constexpr):  # fmt: skip
-    """Rows, masks, u, delta (processed) and raw delta of the scan steps ``m`` of a group.
-
-    Steps past the end, padded channels and rows outside ``[0, length)`` (a malformed order)
-    get delta = 0: decay 1 and no drive, an identity step. Rows are always valid rows.
-    """
-    ok = m < length
-    if HAS_ORDER:
-        row = tl.load(order_ptr + m, mask=ok, other=0)
-        ok = ok & (row >= 0) & (row < length)
-        row = tl.where(ok, row, 0)
-    else:
-        row = tl.where(ok, m, 0)
-    if ROW64:  # offsets within a batch row may pass 2**31
-        row = row.to(tl.int64)
-    mask = d_ok & ok
-    u = tl.load(u_b + row * s_ul + d, mask=mask, other=0.0).to(tl.float32)
-    x = tl.load(dt_b + row * s_dl + d, mask=mask, other=0.0).to(tl.float32)
-    if HAS_BIAS:
-        x += bias
-    dt = x
-    if SOFTPLUS:
-        dt = _softplus(x, FAST)
-    dt = tl.where(mask, dt, 0.0)
-    return row, mask, u, dt, x
-
-
-@triton.jit
 def _step_row(order_ptr, m, end, length, HAS_ORDER: tl.constexpr, ROW64: tl.constexpr):
     """Token row of scan step ``m`` (always a valid row) and whether the step is real: steps
     at or past ``end`` and rows outside ``[0, length)`` (a malformed order) are identity
@@ -159,6 +129,28 @@ def _step_row(order_ptr, m, end, length, HAS_ORDER: tl.constexpr, ROW64: tl.cons
     if ROW64:  # offsets within a batch row may pass 2**31
         row = row.to(tl.int64)
     return row, ok
+
+
+@triton.jit
+def _group_inputs(u_b, dt_b, order_ptr, m, d, d_ok, bias, length, s_ul, s_dl,
+                  HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_ORDER: tl.constexpr,
+                  ROW64: tl.constexpr, FAST: tl.constexpr):  # fmt: skip
+    """Rows, masks, u, delta (processed) and raw delta of the scan steps ``m`` of a group.
+
+    Steps past the end, padded channels and rows outside ``[0, length)`` (a malformed order)
+    get delta = 0: decay 1 and no drive, an identity step. Rows are always valid rows.
+    """
+    row, ok = _step_row(order_ptr, m, length, length, HAS_ORDER, ROW64)
+    mask = d_ok & ok
+    u = tl.load(u_b + row * s_ul + d, mask=mask, other=0.0).to(tl.float32)
+    x = tl.load(dt_b + row * s_dl + d, mask=mask, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        x += bias
+    dt = x
+    if SOFTPLUS:
+        dt = _softplus(x, FAST)
+    dt = tl.where(mask, dt, 0.0)
+    return row, mask, u, dt, x
 
 
 @triton.jit
