@@ -11,9 +11,31 @@ import sys
 import time
 from pathlib import Path
 
+# Exit codes (README, "Exit codes"): scripts and job schedulers branch on these.
+EXIT_FAILED = 1  # not the user's input: disk full, I/O error (and a bug's traceback)
+EXIT_USAGE = 2  # bad input: arguments, config, files; also a diverged training run
+EXIT_PREEMPTED = 75  # SIGTERM / SIGUSR1: checkpoint written; relaunch the same command
+EXIT_INTERRUPTED = 130  # Ctrl-C
+# OSErrors that come from the paths the user gave, not from the machine
+_USER_ERRNOS = {"EACCES", "EPERM", "ENOENT", "ENOTDIR", "EISDIR", "EEXIST", "EROFS", "ENAMETOOLONG"}
+_USER_OSERRORS = (
+    FileNotFoundError,
+    FileExistsError,
+    NotADirectoryError,
+    IsADirectoryError,
+    PermissionError,
+)
+_MAX_MESSAGE = 600
+
 
 class UsageError(Exception):
     """Bad input from the user: printed as one line, exit code 2."""
+
+
+def one_line(message: object) -> str:
+    """A message as one bounded line, whatever text (or repr of user data) it holds."""
+    text = " ".join(str(message).split())
+    return text if len(text) <= _MAX_MESSAGE else text[: _MAX_MESSAGE - 3] + "..."
 
 
 def _parse_overrides(items: list[str]) -> dict:
@@ -492,13 +514,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import errno
+
+    from zigma.artifacts import describe_os_error
+
     parser = build_parser()
     args = parser.parse_args(argv)
+
+    def fail(message: object, code: int) -> int:
+        print(f"zigma {args.command}: error: {one_line(message)}", file=sys.stderr)
+        return code
+
     try:
         return args.func(args)
-    except (UsageError, ValueError, FileNotFoundError, NotADirectoryError) as e:
-        print(f"zigma {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt as e:
+        # a KeyboardInterrupt subclass raised by the trainer says where the run stopped
+        detail = f": {one_line(e)}" if str(e) else ""
+        print(f"zigma {args.command}: interrupted{detail}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (UsageError, ValueError) as e:
+        return fail(e, EXIT_USAGE)
+    except OSError as e:
+        user = isinstance(e, _USER_OSERRORS) or errno.errorcode.get(e.errno or 0) in _USER_ERRNOS
+        return fail(describe_os_error(e), EXIT_USAGE if user else EXIT_FAILED)
+    except RecursionError:
+        return fail("the input is nested too deeply", EXIT_USAGE)
+    except MemoryError:
+        return fail("out of memory; try a smaller --batch-size or model", EXIT_FAILED)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,30 @@ class ConfigError(ValueError):
     """A configuration value or key is invalid; the message names the field."""
 
 
+def short_repr(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters: error messages must stay one short line
+    whatever the user passed (a YAML alias bomb expands to gigabytes when printed)."""
+    if isinstance(value, (dict, list, tuple, set)) and _too_big(value, limit):
+        return f"<{type(value).__name__} of {len(value)} items>"
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _too_big(value: Any, budget: int) -> bool:
+    """Whether printing ``value`` would exceed ``budget`` items, without walking it all."""
+    stack, seen = [value], 0
+    while stack:
+        v = stack.pop()
+        seen += 1
+        if seen > budget:
+            return True
+        if isinstance(v, dict):
+            stack.extend(v.values())
+        elif isinstance(v, (list, tuple, set)):
+            stack.extend(v)
+    return False
+
+
 def _suggest(name: str, choices: typing.Iterable[str]) -> str:
     close = difflib.get_close_matches(name, list(choices), n=3, cutoff=0.5)
     return f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""

@@ -13,12 +13,11 @@ from pathlib import Path
 
 import torch
 
+from zigma.artifacts import TRANSPORT_NAME, latest_checkpoint
 from zigma.config import ConfigError, from_dict
 from zigma.data import save_image_grid
 from zigma.models import GraphCache, from_pretrained
 from zigma.transport import SAMPLERS, TransportConfig, as_velocity, class_guided, sample
-
-TRANSPORT_NAME = "transport.json"
 
 
 @dataclass
@@ -33,17 +32,6 @@ def _transport_from(data: dict, where: Path) -> TransportConfig:
         return from_dict(TransportConfig, data)
     except ConfigError as e:
         raise ValueError(f"{where}: {e}") from e
-
-
-def _checkpoint_dir(path: Path) -> Path | None:
-    """A run folder's newest complete checkpoint, or None."""
-    latest = path / "checkpoints" / "LATEST"
-    if not latest.is_file():
-        return None
-    ckpt = path / "checkpoints" / latest.read_text().strip()
-    if not (ckpt / "model.json").is_file():
-        raise ValueError(f"{latest} names {ckpt.name}, which is not a complete checkpoint")
-    return ckpt
 
 
 def load_for_sampling(path: str | os.PathLike, map_location="cpu") -> Sampleable:
@@ -77,7 +65,7 @@ def load_for_sampling(path: str | os.PathLike, map_location="cpu") -> Sampleable
         return Sampleable(model.eval(), _transport_from(data, tfile), path)
     if (path / "model" / "config.json").is_file():
         return load_for_sampling(path / "model", map_location)
-    ckpt = _checkpoint_dir(path)
+    ckpt = latest_checkpoint(path)  # refuses a LATEST that leads out of the run folder
     if ckpt is not None:
         return load_for_sampling(ckpt, map_location)
     raise FileNotFoundError(

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -16,13 +15,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 import zigma
+from zigma.artifacts import CONFIG_NAME, WEIGHTS_NAME, atomic_write
 from zigma.config import ConfigError, from_dict, to_dict
 from zigma.models.dit import DiT, DiTConfig
 from zigma.models.uvit import UViT, UViTConfig
 from zigma.models.zigma import ZigMa, ZigMaConfig
-
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
 
 # class name in config.json -> (model class, its config dataclass)
 MODEL_CLASSES: dict[str, tuple[type[torch.nn.Module], type]] = {
@@ -30,19 +27,6 @@ MODEL_CLASSES: dict[str, tuple[type[torch.nn.Module], type]] = {
     "DiT": (DiT, DiTConfig),
     "UViT": (UViT, UViTConfig),
 }
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Write through a temp file in the same folder and rename, so a crash never leaves a
-    half-written file where a good one was."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def model_class_name(model: torch.nn.Module) -> str:
@@ -65,10 +49,10 @@ def save_pretrained(model: torch.nn.Module, directory: str | os.PathLike) -> Pat
     }
     text = json.dumps(meta, indent=2, sort_keys=True) + "\n"
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    _atomic_write(
+    atomic_write(
         directory / WEIGHTS_NAME, lambda p: save_file(state, p, metadata={"zigma_config": text})
     )
-    _atomic_write(directory / CONFIG_NAME, lambda p: Path(p).write_text(text))
+    atomic_write(directory / CONFIG_NAME, lambda p: Path(p).write_text(text))
     return directory
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,12 +21,17 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 import zigma
-from zigma.models.io import _atomic_write, model_class_name
+from zigma import artifacts
+from zigma.artifacts import (
+    LATEST,
+    ArtifactError,
+    checkpoint_name,
+    list_checkpoints,
+)
+from zigma.models.io import model_class_name
 
 FORMAT = "zigma-train-checkpoint"
 VERSION = 1
-LATEST = "LATEST"
-_NAME = re.compile(r"^step_(\d{7,})$")
 FILES = (
     "config.json",
     "model.json",
@@ -40,12 +44,8 @@ FILES = (
 )
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ArtifactError):
     """A checkpoint is missing, incomplete, corrupt or not a zigma training checkpoint."""
-
-
-def checkpoint_name(step: int) -> str:
-    return f"step_{step:07d}"
 
 
 def model_json(model: torch.nn.Module) -> str:
@@ -199,17 +199,9 @@ def save_checkpoint(
         shutil.rmtree(old)
     else:
         tmp.rename(final)
-    _atomic_write(ckpt_root / LATEST, lambda p: Path(p).write_text(name + "\n"))
+    artifacts.write_latest(ckpt_root, name)
     prune_checkpoints(ckpt_root, keep_last)
     return final
-
-
-def list_checkpoints(ckpt_root: Path) -> list[Path]:
-    """Complete checkpoint folders, oldest first."""
-    if not ckpt_root.is_dir():
-        return []
-    found = [p for p in ckpt_root.iterdir() if p.is_dir() and _NAME.match(p.name)]
-    return sorted(found, key=lambda p: int(_NAME.match(p.name).group(1)))  # type: ignore[union-attr]
 
 
 def prune_checkpoints(ckpt_root: Path, keep_last: int) -> list[Path]:
@@ -245,19 +237,19 @@ class Checkpoint:
 
 
 def latest_checkpoint(run_dir: str | os.PathLike) -> Path:
-    """The folder ``run_dir/checkpoints/LATEST`` names.
+    """The folder ``run_dir/checkpoints/LATEST`` names (``artifacts.latest_checkpoint``).
 
     Raises:
-        CheckpointError: no LATEST, or it names a missing folder.
+        CheckpointError: no LATEST, or it does not name a checkpoint folder of this run.
     """
-    root = Path(run_dir) / "checkpoints"
-    pointer = root / LATEST
-    if not pointer.is_file():
+    try:
+        found = artifacts.latest_checkpoint(run_dir)
+    except ArtifactError as e:
+        raise CheckpointError(str(e)) from None
+    if found is None:
+        pointer = Path(run_dir) / artifacts.CHECKPOINTS / LATEST
         raise CheckpointError(f"no checkpoint to resume in {run_dir} ({pointer} not found)")
-    name = pointer.read_text().strip()
-    if not _NAME.match(name) or not (root / name).is_dir():
-        raise CheckpointError(f"{pointer} names {name!r}, which is not a checkpoint folder")
-    return root / name
+    return found
 
 
 def _read_json(path: Path) -> Any:

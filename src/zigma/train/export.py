@@ -15,14 +15,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from zigma.artifacts import TRANSPORT_NAME, write_text_atomic
 from zigma.config import to_dict
 from zigma.data import derive_seed
 from zigma.models import ZigMaConfig, save_pretrained
-from zigma.models.io import _atomic_write
 from zigma.train.config import TrainConfig
 from zigma.transport import as_velocity, class_guided, sample
 
-TRANSPORT_NAME = "transport.json"
 _SEED_SAMPLES = 3  # the sample noise is the same at every step, so grids are comparable
 
 
@@ -80,5 +79,5 @@ def export_model(ema_model: nn.Module, model: nn.Module, cfg: TrainConfig, direc
                 p.data = p.data.half()
     save_pretrained(to_save, directory)
     text = json.dumps(to_dict(cfg.transport), indent=2, sort_keys=True) + "\n"
-    _atomic_write(directory / TRANSPORT_NAME, lambda p: Path(p).write_text(text))
+    write_text_atomic(directory / TRANSPORT_NAME, text)
     return directory
