@@ -1,0 +1,66 @@
+"""Every model family reproduces the outputs recorded in tests/models/golden/ (record.py): the
+same weights and inputs give the same outputs, in eval and in training mode (label dropout), and
+the shipped pretrained model samples the same images.
+
+Bit-exact on a machine like the recording one (same CPU model and torch); elsewhere CPU matrix
+kernels may round differently, so other machines get a tight tolerance instead.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from golden.record import cpu_name
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from zigma.evaluate import generate, load_for_sampling
+from zigma.models import create_model
+
+GOLDEN = Path(__file__).resolve().parent / "golden" / "outputs.safetensors"
+ROOT = Path(__file__).resolve().parents[2]
+
+with safe_open(str(GOLDEN), "pt") as f:
+    INFO = f.metadata()
+CASES = json.loads(INFO["cases"])
+TENSORS = load_file(GOLDEN)
+SAME_MACHINE = INFO["cpu"] == cpu_name() and INFO["torch"] == torch.__version__
+
+
+def check(got: torch.Tensor, want: torch.Tensor) -> None:
+    if SAME_MACHINE:
+        assert torch.equal(got, want), (got - want).abs().max()
+    else:
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def _case(name: str) -> dict[str, torch.Tensor]:
+    prefix = f"{name}/"
+    return {k[len(prefix) :]: v for k, v in TENSORS.items() if k.startswith(prefix)}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_outputs_match_the_recording(name):
+    case = _case(name)
+    weights = {k[len("weights/") :]: v for k, v in case.items() if k.startswith("weights/")}
+    model = create_model(CASES[name]["preset"], **CASES[name]["overrides"])
+    model.load_state_dict(weights, strict=True)
+    cond = {"y": case["y"]} if "y" in case else {}
+    model.eval()
+    with torch.no_grad():
+        check(model(case["x"], case["t"], **cond), case["out_eval"])
+    model.train()
+    torch.manual_seed(7)
+    with torch.no_grad():
+        check(model(case["x"], case["t"], **cond), case["out_train"])
+
+
+def test_pretrained_model_samples_the_recorded_images():
+    loaded = load_for_sampling(ROOT / "pretrained" / "shapes-cpu")
+    images = generate(
+        loaded, 8, seed=0, sampler="heun", steps=6, cfg_scale=3.0, labels=torch.arange(8)
+    )
+    check(images, TENSORS["pretrained/samples"])
