@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from golden.record import cpu_name
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from zigma.bench import device_name
 from zigma.evaluate import generate, load_for_sampling
 from zigma.models import create_model
 
@@ -27,7 +27,7 @@ with safe_open(str(GOLDEN), "pt") as f:
     INFO = f.metadata()
 CASES = json.loads(INFO["cases"])
 TENSORS = load_file(GOLDEN)
-SAME_MACHINE = INFO["cpu"] == cpu_name() and INFO["torch"] == torch.__version__
+SAME_MACHINE = INFO["cpu"] == device_name("cpu") and INFO["torch"] == torch.__version__
 
 
 def check(got: torch.Tensor, want: torch.Tensor) -> None:

@@ -1,7 +1,7 @@
 """``zigma bench``: speed, peak memory and FLOPs of the backbones versus token count, and the
 order-receptive-field study (zigzag-K versus K-direction parallel Mamba)."""
 
-from zigma.bench.report import format_table, write_csv, write_json, write_plots
+from zigma.bench.report import device_name, format_table, write_csv, write_json, write_plots
 from zigma.bench.runner import BenchRow, BenchSettings, build_model, run_case, run_suite
 from zigma.bench.suites import BenchCase, order_study, tiny_overrides, token_sweep
 
@@ -10,6 +10,7 @@ __all__ = [
     "BenchRow",
     "BenchSettings",
     "build_model",
+    "device_name",
     "format_table",
     "order_study",
     "run_case",

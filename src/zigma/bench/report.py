@@ -53,16 +53,24 @@ def write_csv(rows: Sequence[BenchRow], path: str | os.PathLike) -> Path:
     return path
 
 
+def device_name(device: str | torch.device = "cpu") -> str:
+    """The card's name for a CUDA device, else the CPU's model name (what results depend on)."""
+    if torch.device(device).type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def write_json(rows: Sequence[BenchRow], settings: BenchSettings, path: str | os.PathLike) -> Path:
-    device = settings.device
     env = {
         "torch": torch.__version__,
         "python": platform.python_version(),
-        "device_name": (
-            torch.cuda.get_device_name(device)
-            if torch.device(device).type == "cuda"
-            else platform.processor() or platform.machine()
-        ),
+        "device_name": device_name(settings.device),
     }
     doc = {
         "settings": dataclasses.asdict(settings),

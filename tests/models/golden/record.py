@@ -19,6 +19,7 @@ from safetensors.torch import save_file
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[2] / "src"))
 
+from zigma.bench import device_name  # noqa: E402
 from zigma.evaluate import generate, load_for_sampling  # noqa: E402
 from zigma.models import create_model  # noqa: E402
 
@@ -39,16 +40,6 @@ CASES = {
     "uvit-uncond": ("U-ViT-S/2", {"num_heads": 4, "final_conv": False}),
 }
 BATCH = 3
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def forward(model, x, t, y):
@@ -97,7 +88,7 @@ def main() -> None:
     info = {
         "cases": json.dumps(meta, sort_keys=True),
         "torch": torch.__version__,
-        "cpu": cpu_name(),
+        "cpu": device_name("cpu"),
         "machine": platform.machine(),
     }
     save_file(tensors, HERE / "outputs.safetensors", metadata=info)
