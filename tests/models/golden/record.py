@@ -78,7 +78,9 @@ def main() -> None:
             tensors[f"{name}/y"] = y
         tensors[f"{name}/out_eval"] = out_eval.contiguous()
         tensors[f"{name}/out_train"] = out_train.contiguous()
-        meta[name] = {"preset": preset, "overrides": overrides}
+        # the optimizer's parameter order (checkpoints store optimizer state by position)
+        order = [n for n, _ in model.named_parameters()]
+        meta[name] = {"preset": preset, "overrides": overrides, "parameter_order": order}
     # the shipped model, sampled as `zigma sample --ckpt pretrained/shapes-cpu --cfg 3` does
     loaded = load_for_sampling(HERE.parents[2] / "pretrained" / "shapes-cpu")
     labels = torch.arange(8)
