@@ -29,7 +29,7 @@ def test_round_trip_is_exact(tmp_path, scan):
     assert sd1.keys() == sd2.keys()
     assert all(torch.equal(sd1[k], sd2[k]) for k in sd1)
     x, t, y = torch.randn(2, 3, 8, 8), torch.rand(2), torch.tensor([0, 3])
-    assert torch.equal(model(x, t, y), loaded(x, t, y))
+    assert torch.equal(model(x, t, y=y), loaded(x, t, y=y))
 
 
 def test_files_are_json_and_safetensors(tmp_path):
@@ -51,7 +51,7 @@ def test_random_orders_come_from_the_file(tmp_path):
     loaded = from_pretrained(tmp_path)
     assert torch.equal(loaded.scan_orders, model.scan_orders)
     x, t, y = torch.randn(1, 3, 8, 8), torch.rand(1), torch.tensor([1])
-    assert torch.equal(model(x, t, y), loaded.eval()(x, t, y))
+    assert torch.equal(model(x, t, y=y), loaded.eval()(x, t, y=y))
 
 
 def test_errors(tmp_path):

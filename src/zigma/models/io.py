@@ -17,23 +17,12 @@ from safetensors.torch import load_file, save_file
 import zigma
 from zigma.artifacts import CONFIG_NAME, WEIGHTS_NAME, atomic_write
 from zigma.config import ConfigError, from_dict, to_dict
-from zigma.models.dit import DiT, DiTConfig
-from zigma.models.uvit import UViT, UViTConfig
-from zigma.models.zigma import ZigMa, ZigMaConfig
-
-# class name in config.json -> (model class, its config dataclass)
-MODEL_CLASSES: dict[str, tuple[type[torch.nn.Module], type]] = {
-    "ZigMa": (ZigMa, ZigMaConfig),
-    "DiT": (DiT, DiTConfig),
-    "UViT": (UViT, UViTConfig),
-}
+from zigma.models.registry import FAMILIES, family_of
 
 
 def model_class_name(model: torch.nn.Module) -> str:
-    for name, (cls, _) in MODEL_CLASSES.items():
-        if type(model) is cls:
-            return name
-    raise TypeError(f"{type(model).__name__} is not a registered zigma model class")
+    """The name ``config.json`` stores for the model's family."""
+    return family_of(model).name
 
 
 def save_pretrained(model: torch.nn.Module, directory: str | os.PathLike) -> Path:
@@ -69,11 +58,12 @@ def read_config(directory: str | os.PathLike, config_name: str = CONFIG_NAME):
         raise ValueError(
             f"{path} is not a zigma model config (expected keys class, zigma_version, config)"
         )
-    if meta["class"] not in MODEL_CLASSES:
+    if meta["class"] not in FAMILIES:
         raise ValueError(
-            f"{path}: unknown model class {meta['class']!r}; known: {', '.join(MODEL_CLASSES)}"
+            f"{path}: unknown model class {meta['class']!r}; known: {', '.join(FAMILIES)}"
         )
-    cls, cfg_cls = MODEL_CLASSES[meta["class"]]
+    family = FAMILIES[meta["class"]]
+    cls, cfg_cls = family.model_class, family.config_class
     try:
         config = from_dict(cfg_cls, meta["config"])
     except ConfigError as e:

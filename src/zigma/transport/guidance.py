@@ -106,6 +106,28 @@ def cfg_velocity(
     return guided
 
 
+def guided(
+    model_fn: ModelFn,
+    cond: Mapping[str, Any],
+    null: Mapping[str, Any],
+    scale: float = 1.0,
+    interval: tuple[float, float] | None = None,
+) -> tuple[ModelFn, dict[str, Any]]:
+    """``(model_fn, model_kwargs)`` to hand to ``sample`` for a model with conditions ``cond``.
+
+    With ``scale != 1`` every condition is guided against its null value in ``null`` (the
+    model's ``null_conditions(cond)``: the null class, the null text, ...) through
+    ``cfg_velocity``; with no conditions ``model_fn`` is returned unchanged.
+    """
+    if not cond:
+        if scale != 1.0:
+            raise ValueError("classifier-free guidance needs a conditional model")
+        return model_fn, {}
+    if scale == 1.0:
+        return model_fn, dict(cond)
+    return cfg_velocity(model_fn, scale, cond, null, interval), {}
+
+
 def class_guided(
     model_fn: ModelFn,
     labels: torch.Tensor | None,
