@@ -34,7 +34,7 @@ class TransportConfig:
         prediction: the network output: "velocity" (eq. 12), "score" (eq. 11) or "noise" (ε).
         loss_weight: for score/noise only: None (unweighted), "velocity" ((λ_t/σ_t)², so the
             loss equals the velocity error of the implied velocity) or "likelihood" (λ_t/σ_t²,
-            i.e. λ_t·‖ŝ − s‖², the maximum-likelihood weighting); λ_t is ``Path.score_coef``.
+            i.e. λ_t·‖ŝ − s‖², the maximum-likelihood weighting); λ_t is ``Interpolant.score_coef``.
             A velocity model takes None or "velocity" (both mean unweighted).
         train_eps, sample_eps: None resolves to SiT's defaults (the official code's):
             linear/gvp + velocity: 0 and 0, since v = α̇ x_* + σ̇ ε is regular on [0, 1];
