@@ -52,7 +52,8 @@ class DataConfig:
         crop: "center" or "random" square crop ("folder" only).
         label_mode: "auto", "folders" or "none": how a folder gets labels (ImageFolderDataset).
         min_size: folder images smaller than this (either side) are skipped.
-        verify: full integrity check of every folder image while indexing.
+        verify: check every folder image's data while indexing (truncated and corrupt files
+            are skipped up front; see ``check_image``); false reads headers only.
     """
 
     name: DatasetName = "shapes"
