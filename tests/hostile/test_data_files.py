@@ -77,6 +77,12 @@ def unreadable(d):
     (d / "x.png").chmod(0)
 
 
+def unreadable_folder(d):
+    (d / "sub").mkdir()
+    (d / "sub" / "x.png").write_bytes(encoded("PNG"))
+    (d / "sub").chmod(0)
+
+
 def sparse(path, size):
     with open(path, "wb") as f:
         f.truncate(size)  # 100 MB of zeros without a newline, instantly
@@ -98,6 +104,7 @@ SKIPPED = [
     ("dangling-symlink", lambda d: os.symlink("gone.png", d / "x.png"), 4, "unreadable"),
     ("fifo", lambda d: os.mkfifo(d / "x.png"), 4, "not a regular file"),  # would block
     ("chmod-000", unreadable, 4, "unreadable"),
+    ("chmod-000-folder", unreadable_folder, 4, "unreadable folder"),
     ("1x1", write("x.png", encoded("PNG", noise(1, 1))), 4, "too small"),
     ("png-header-bomb-20000", write("x.png", png_header_bomb(20000, 20000)), 4, "too large"),
     ("png-header-bomb-10000", write("x.png", png_header_bomb(10000, 10000)), 4, "too large"),
@@ -128,7 +135,7 @@ def train_on(cli, d, out, *extra, steps=0):
 
 @pytest.mark.parametrize("make, used, reason", **table(SKIPPED))
 def test_unusable_images_are_skipped_and_counted(cli, tmp_path, caplog, make, used, reason):
-    if make is unreadable and as_root():
+    if make in (unreadable, unreadable_folder) and as_root():
         pytest.skip("root reads a chmod 000 file anyway")
     d = folder_with(tmp_path, make)
     with caplog.at_level(logging.INFO, logger="zigma.data.folder"):

@@ -41,17 +41,9 @@ _IDX_DTYPES = {
 
 MNIST_CLASSES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 FASHION_MNIST_CLASSES = (
-    "t-shirt",
-    "trouser",
-    "pullover",
-    "dress",
-    "coat",
-    "sandal",
-    "shirt",
-    "sneaker",
-    "bag",
+    "t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
     "ankle boot",
-)
+)  # fmt: skip
 
 Split = Literal["train", "test"]
 _SPLIT_PREFIX = {"train": "train", "test": "t10k"}
