@@ -26,6 +26,7 @@ from zigma.models import (
     list_models,
     preset_config,
 )
+from zigma.train.config_file import read_config_file
 from zigma.train.presets import TRAIN_PRESETS
 from zigma.transport import TransportConfig
 
@@ -271,37 +272,6 @@ def preset_dict(name: str) -> dict[str, Any]:
         f"unknown preset {name!r}{_suggest(name, choices)}; training presets: "
         f"{', '.join(TRAIN_PRESETS)}; or any model preset (`zigma models`)"
     )
-
-
-def read_config_file(path: str | Path) -> dict[str, Any]:
-    """A (partial) TrainConfig as a dict from a .json, .yaml or .yml file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file {path} not found")
-    text = path.read_text()
-    if path.suffix in (".yaml", ".yml"):
-        try:
-            import yaml
-        except ImportError as e:
-            raise ConfigError(
-                f"reading {path} needs PyYAML (pip install pyyaml); or use a .json file"
-            ) from e
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path} is not valid YAML: {e}") from e
-    elif path.suffix == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path} is not valid JSON: {e}") from e
-    else:
-        raise ConfigError(f"config file {path} must end in .json, .yaml or .yml")
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a mapping of config keys")
-    return data
 
 
 def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:

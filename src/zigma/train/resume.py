@@ -118,8 +118,10 @@ def prepare(cfg: TrainConfig, out: Path, resume: bool, env: D.DistEnv):
         )
     dataset = build_dataset(cfg.data, "train")
     if len(dataset) < cfg.batch_size:
+        skipped = getattr(dataset, "skip_summary", None)  # an image folder says what it left out
         raise ConfigError(
             f"the dataset has {len(dataset)} images, fewer than one batch of {cfg.batch_size}"
+            + (f" ({skipped})" if skipped else "")
         )
     return cfg.resolved(getattr(dataset, "num_classes", 0)), dataset, ckpt
 
