@@ -127,7 +127,7 @@ def test_cli_sample(model_dir, tmp_path, capsys):
         ([], "give --out"),
         (["--out", "x.png", "--class", "9"], "class must be in 0..2"),
         (["--out", "x.png", "--sampler", "eulr"], "sampler must be one of"),
-        (["--out", "x.png", "--scale", "0"], "--scale must be in 1..16"),
+        (["--out", "x.png", "--scale", "0"], "argument --scale: must be in 1..16"),
         (["--out", "x.png", "--device", "cpu", "--cuda-graphs"], "--cuda-graphs needs a CUDA"),
     ],
 )
