@@ -47,7 +47,7 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {one_line(message)}\n")
 
 
-def _int_arg(low: int, high: int = 2**63 - 1, what: str = ""):
+def _int_arg(low: int, high: int = 2**63 - 1):
     """An argparse type: an integer in low..high (the message says which range)."""
 
     def parse(text: str) -> int:
@@ -57,7 +57,7 @@ def _int_arg(low: int, high: int = 2**63 - 1, what: str = ""):
             raise argparse.ArgumentTypeError(f"expected an integer, got {text[:40]!r}") from None
         if not low <= value <= high:
             limit = f"in {low}..{high}" if high < 2**63 - 1 else f">= {low}"
-            raise argparse.ArgumentTypeError(f"must be {limit}{what}, got {value}")
+            raise argparse.ArgumentTypeError(f"must be {limit}, got {value}")
         return value
 
     return parse
