@@ -10,7 +10,7 @@ import torch
 from zigma.models import create_model
 from zigma.train import get_lr, param_groups
 from zigma.train.distributed import DistEnv
-from zigma.train.optim import guarded_step
+from zigma.train.optim import StepGuard, guarded_step
 
 ENV = DistEnv(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
 
@@ -74,8 +74,9 @@ def test_clipping_happens_before_the_step():
 
     loss = _loss(model, 1e4)
     before = [p.detach().clone() for p in model.parameters()]
-    loss, gnorm = guarded_step(loss, model, opt, scaler, clip, ENV)
-    assert math.isfinite(loss) and gnorm == pytest.approx(norm, rel=1e-5)
+    res = guarded_step(loss, model, opt, scaler, clip, ENV, StepGuard(opt))
+    assert res.skipped is None and math.isfinite(res.loss)
+    assert res.grad_norm == pytest.approx(norm, rel=1e-5)
     for p, p0, g in zip(model.parameters(), before, clipped, strict=True):
         st = opt.state[p]
         # the optimizer saw the clipped gradient: m = (1 - b1) g, v = (1 - b2) g^2
@@ -98,7 +99,7 @@ def test_no_clip_leaves_gradients_alone():
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     ref = _model()
     _loss(ref, 1e4).backward()
-    guarded_step(_loss(model, 1e4), model, opt, scaler, None, ENV)
+    guarded_step(_loss(model, 1e4), model, opt, scaler, None, ENV, StepGuard(opt))
     for p, r in zip(model.parameters(), ref.parameters(), strict=True):
         torch.testing.assert_close(opt.state[p]["exp_avg"], 0.1 * r.grad, rtol=1e-4, atol=1e-12)
 
@@ -109,7 +110,7 @@ def test_nonfinite_loss_skips_the_step():
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     loss = _loss(model, 1.0) * math.nan
     before = [p.detach().clone() for p in model.parameters()]
-    loss, gnorm = guarded_step(loss, model, opt, scaler, 2.0, ENV)
-    assert math.isnan(loss) and math.isnan(gnorm)
+    res = guarded_step(loss, model, opt, scaler, 2.0, ENV, StepGuard(opt))
+    assert math.isnan(res.loss) and math.isnan(res.grad_norm) and res.skipped == "non-finite loss"
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
     assert not opt.state and all(p.grad is None for p in model.parameters())

@@ -5,7 +5,6 @@ process, across epoch boundaries and with label dropout drawing from the global 
 from __future__ import annotations
 
 import json
-import logging
 
 import pytest
 import torch
@@ -53,18 +52,20 @@ def uninterrupted(tmp_path_factory):
     return out
 
 
-def test_resume_in_process_is_bit_identical(tmp_path, uninterrupted, caplog):
+def test_resume_in_process_is_bit_identical(tmp_path, uninterrupted):
     out = tmp_path / "run"
     train(tiny(*COMMON, "ckpt_every=13", steps=11), out)  # stops at 11, mid-epoch, off-grid
     assert load_checkpoint(out / "checkpoints" / "step_0000011").step == 11
     # a disagreeing command line: steps and intervals apply, the rest is the checkpoint's
-    given = tiny(*COMMON, "ckpt_every=13", "optim.lr=0.5", "model.depth=5", steps=STEPS)
-    with caplog.at_level(logging.WARNING, logger="zigma.train"):
-        train(given, out, resume=True)
-    assert "optim.lr=0.5" in caplog.text and "model.depth=5" in caplog.text
+    given = tiny(*COMMON, "ckpt_every=13", "optim.eps=0.5", "model.depth=5", steps=STEPS)
+    train(given, out, resume=True)
+    log = (out / "log.txt").read_text()
+    assert "the checkpoint's config wins; ignoring" in log
+    assert "optim.eps=0.5 (checkpoint: 1e-08)" in log and "model.depth=5 (checkpoint: 2)" in log
+    assert "resuming with steps=26 (checkpoint: 11)" in log
     _assert_identical(uninterrupted, out)
-    assert json.loads((out / "config.json").read_text())["optim"]["lr"] == 2e-3
-    assert "resumed" in (out / "log.txt").read_text()
+    assert json.loads((out / "config.json").read_text())["optim"]["eps"] == 1e-8
+    assert "resumed" in log
 
 
 def test_resume_in_a_fresh_process_is_bit_identical(tmp_path, uninterrupted):

@@ -8,6 +8,7 @@ nothing; here the global norm is clipped on the unscaled gradients before the up
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -74,6 +75,75 @@ def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
+class TrainingDiverged(RuntimeError):
+    """Training cannot go on: ``max_nonfinite`` skipped steps in a row, or weights that are
+    not finite. Nothing from the bad steps is saved; the newest checkpoint is intact."""
+
+
+# Updates are proven to stay below half the float32 maximum, leaving room for rounding.
+_LIMIT = torch.finfo(torch.float32).max / 2
+
+
+class StepGuard:
+    """Proves an AdamW update finite before it is applied, and checks the result after.
+
+    Skipping a bad step needs the weights and optimizer state as they were before it; keeping
+    a copy (3x the weights) every step costs as much memory again as AdamW itself. Instead,
+    from max |w|, |m|, v of the current state (one fused max over weights and moments after
+    each step) and the clipped gradient norm G >= max |g|, AdamW's update is bounded:
+    v' <= max(v, G^2), and |w'| <= |w| |1 - lr wd| + lr / (1 - b1) * max(|m|, G) / eps, since
+    m' / (1 - b1^t) averages gradients and the denominator is at least eps. A step whose bound
+    reaches the float32 range is skipped before anything changes. The check after the step
+    can then only fail if the optimizer breaks its own arithmetic; it stops the run instead.
+    """
+
+    def __init__(self, opt: torch.optim.Optimizer) -> None:
+        for group in opt.param_groups:
+            if not {"lr", "weight_decay", "betas", "eps"} <= group.keys():
+                raise ValueError("StepGuard bounds AdamW updates; this optimizer is not AdamW")
+        self.opt = opt
+        self.weights_max = self.avg_max = self.sq_max = 0.0
+        self.measure()
+
+    def _tensors(self) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+        params = [p for g in self.opt.param_groups for p in g["params"]]
+        states = [self.opt.state.get(p, {}) for p in params]
+        avgs = [s["exp_avg"] for s in states if "exp_avg" in s]
+        sqs = [s["exp_avg_sq"] for s in states if "exp_avg_sq" in s]
+        return [p.detach() for p in params], avgs, sqs
+
+    def measure(self) -> bool:
+        """Refresh the maxima from the current state; False if anything is not finite."""
+        maxima = []
+        for tensors in self._tensors():  # weights, first moments, second moments
+            if tensors:
+                maxima.append(torch.stack(torch._foreach_norm(tensors, math.inf)).max().float())
+            else:  # no optimizer state before the first step
+                maxima.append(torch.zeros((), device=maxima[0].device))
+        self.weights_max, self.avg_max, self.sq_max = torch.stack(maxima).tolist()  # one sync
+        return all(map(math.isfinite, (self.weights_max, self.avg_max, self.sq_max)))
+
+    def update_is_safe(self, grad_bound: float) -> bool:
+        """Whether the next ``opt.step()`` provably leaves weights and moments finite, given
+        that no gradient entry exceeds ``grad_bound`` in absolute value."""
+        if not grad_bound**2 < _LIMIT or not self.sq_max < _LIMIT:
+            return False
+        for g in self.opt.param_groups:
+            lr, wd, eps, beta1 = float(g["lr"]), g["weight_decay"], g["eps"], g["betas"][0]
+            step = lr / (1 - beta1) * max(self.avg_max, grad_bound) / eps
+            if not self.weights_max * abs(1 - lr * wd) + step < _LIMIT:
+                return False
+        return True
+
+
+@dataclass
+class StepResult:
+    loss: float  # averaged over the ranks; NaN when the step was skipped
+    grad_norm: float  # before clipping; NaN when the loss was already non-finite
+    skipped: str | None  # why the step was skipped, for the log; None when it was taken
+    stop: bool  # some rank was asked to stop (SIGTERM / SIGUSR1) before this step
+
+
 def guarded_step(
     loss: torch.Tensor,
     model: nn.Module,
@@ -81,38 +151,59 @@ def guarded_step(
     scaler: torch.amp.GradScaler,
     clip: float | None,
     env: D.DistEnv,
-) -> tuple[float, float]:
-    """Backward, clip and step, unless some rank's loss or the gradient is non-finite.
+    guard: StepGuard,
+    stop: bool = False,
+) -> StepResult:
+    """Backward, clip and step, unless some rank's loss, the gradient or the update would
+    be non-finite; ``stop`` (this rank's stop request) rides on the same all-reduce.
 
     ``model`` is the raw module (DDP has already averaged its gradients in backward), so the
-    clipped norm is the global one and identical on every rank.
+    clipped norm and the guard's decision are the same on every rank.
 
-    Returns:
-        (loss averaged over the ranks, gradient norm before clipping); the loss is NaN when
-        the step was skipped. Under fp16 a step the GradScaler skips for overflowing
-        gradients is normal loss scaling, not a skipped step.
+    Under fp16 a step the GradScaler skips for overflowing gradients is normal loss scaling,
+    not a skipped step.
+
+    Raises:
+        TrainingDiverged: the step left non-finite weights although its update was bounded
+            (only an optimizer that breaks AdamW's arithmetic can do that).
     """
     finite = bool(torch.isfinite(loss))
     stats = torch.tensor(
-        [loss.item() if finite else 0.0, 0.0 if finite else 1.0],
+        [loss.item() if finite else 0.0, 0.0 if finite else 1.0, float(stop)],
         dtype=torch.float64,
         device=loss.device,
     )
     # one all-reduce decides for everyone: a rank that skipped backward alone would hang DDP
     D.all_reduce_sum(stats, env)
-    if stats[1].item() > 0:
+    mean_loss, bad_ranks, stop_ranks = stats.tolist()
+    stop = stop_ranks > 0
+    if bad_ranks > 0:
         opt.zero_grad(set_to_none=True)
-        return math.nan, math.nan
+        return StepResult(math.nan, math.nan, "non-finite loss", stop)
     scaler.scale(loss).backward()
     scaler.unscale_(opt)
     gnorm = float(nn.utils.clip_grad_norm_(model.parameters(), clip or math.inf))
-    stepped = True
+    # clipping scales the gradient to norm <= clip, and the norm bounds every entry
+    bound = min(gnorm, clip) if clip else gnorm
+    skipped = None
+    if not math.isfinite(gnorm) and not scaler.is_enabled():
+        skipped = "non-finite gradient"
+    elif math.isfinite(gnorm) and not guard.update_is_safe(bound):
+        skipped = "an update that could overflow the weights or optimizer state"
+    if skipped is None:
+        if scaler.is_enabled():
+            scaler.step(opt)  # skips by itself on inf gradients, then lowers the scale
+        else:
+            opt.step()
+        if not guard.measure():
+            opt.zero_grad(set_to_none=True)
+            raise TrainingDiverged(
+                "the optimizer step left non-finite weights or moments although its update "
+                "was bounded; nothing from this step was saved"
+            )
     if scaler.is_enabled():
-        scaler.step(opt)  # skips by itself on inf gradients, then lowers the scale
         scaler.update()
-    elif math.isfinite(gnorm):
-        opt.step()
-    else:
-        stepped = False
     opt.zero_grad(set_to_none=True)
-    return (stats[0].item() / env.world_size if stepped else math.nan), gnorm
+    if skipped is not None:
+        return StepResult(math.nan, gnorm, skipped, stop)
+    return StepResult(mean_loss / env.world_size, gnorm, None, stop)
