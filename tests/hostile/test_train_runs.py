@@ -8,6 +8,9 @@ that leave files check that nothing already written changed.
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import shutil
 import typing
 
 import pytest
@@ -15,7 +18,7 @@ import pytest
 from zigma.train import EMAConfig, OptimConfig, TrainConfig
 from zigma.transport import TransportConfig
 
-from .conftest import assert_one_line_error
+from .conftest import assert_one_line_error, snapshot
 
 # Every numeric field of the run configs: values just outside its range, and the ends of the
 # range that must be accepted. A field missing here fails test_the_table_covers_every_field.
@@ -87,3 +90,146 @@ def test_the_ends_of_each_range_are_accepted(key, value):
 
     cfg = build_config("demo", overrides=[f"{key}={value}"])
     assert cfg is not None
+
+
+# ---------------------------------------------------------------- run folders
+
+TINY = [
+    "model.hidden_size=32",
+    "model.depth=2",
+    "data.num_samples=256",
+    "batch_size=8",
+    "log_every=5",
+    "sample_every=0",
+    "optim.warmup_steps=0",
+    "optim.decay=constant",
+    "ema.decay=0.9",
+]
+
+
+def tiny(*overrides: str, steps: int = 4):
+    from zigma.train import build_config
+
+    return build_config("demo", overrides=[*TINY, *overrides], steps=steps)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A finished 4-step run with checkpoints at steps 2 and 4 (copy it before changing it)."""
+    from zigma.train import train
+
+    out = tmp_path_factory.mktemp("finished") / "run"
+    train(tiny("ckpt_every=2"), out)
+    return out
+
+
+@pytest.fixture
+def run_copy(finished, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(finished, out, symlinks=True)
+    return out
+
+
+def _early_attempt(out):
+    """What a run killed (or failed) before its first checkpoint leaves behind."""
+    (out / "checkpoints" / ".tmp-step_0000010.4242").mkdir(parents=True)
+    (out / "checkpoints" / ".tmp-step_0000010.4242" / "model.safetensors").write_bytes(b"\0" * 9)
+    (out / "samples").mkdir()
+    (out / "samples" / "step_0000005.png").write_bytes(b"png")
+    (out / "config.json").write_text("{}")
+    (out / "log.txt").write_text("12:00:00 versions ...\n")
+    (out / "metrics.jsonl").write_text('{"step": 5, "loss": 1.0}\n{"step": 10, "lo')
+    (out / "loss.png").write_bytes(b"png")
+    (out / ".lock").write_text("pid 4242 on gone\n")
+    (out / ".config.json.x1y2z3.tmp").write_text("{")
+
+
+@pytest.mark.parametrize("resume", [[], ["--resume"]], ids=["plain", "resume"])
+def test_a_run_stopped_before_its_first_checkpoint_restarts_in_place(cli, tmp_path, resume):
+    out = tmp_path / "run"
+    _early_attempt(out)
+    res = cli("train", "--preset", "demo", "--out", out, *TINY, "--steps", "3", *resume)
+    assert res.code == 0, res.err
+    assert (out / "checkpoints" / "LATEST").read_text() == "step_0000003\n"
+    leftovers = [p.name for p in out.rglob("*") if p.name.startswith(".") and p.name != ".lock"]
+    assert leftovers == []  # the orphaned temp files are gone
+    assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").open()] == [3]
+    log = (out / "log.txt").read_text()
+    assert log.startswith("12:00:00 versions") and "no checkpoint in" in log  # appended
+
+
+FOREIGN = {
+    "a-file": lambda out: (out / "thesis.tex").write_text("mine"),
+    "a-folder": lambda out: (out / "data").mkdir(),
+    "in-checkpoints": lambda out: (
+        (out / "checkpoints").mkdir() or (out / "checkpoints" / "notes.txt").write_text("x")
+    ),
+    "a-model-without-checkpoint": lambda out: (out / "model").mkdir(),
+    "a-symlinked-samples": lambda out: (out / "samples").symlink_to(out.parent),
+}
+
+
+@pytest.mark.parametrize("make", FOREIGN.values(), ids=FOREIGN.keys())
+@pytest.mark.parametrize("resume", [[], ["--resume"]], ids=["plain", "resume"])
+def test_someone_elses_files_are_never_written_over(cli, tmp_path, make, resume):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text("{}")
+    make(out)
+    before = snapshot(out)
+    res = cli("train", "--preset", "demo", "--out", out, *TINY, *resume)
+    assert_one_line_error(res, "train", "not a zigma run's")
+    assert snapshot(out) == before
+
+
+def test_a_finished_run_is_not_restarted_by_the_plain_command(cli, run_copy):
+    before = snapshot(run_copy)
+    res = cli("train", "--preset", "demo", "--out", run_copy, *TINY)
+    assert_one_line_error(res, "train", "already holds a run (checkpoint step_0000004)")
+    assert "--resume" in res.err and snapshot(run_copy) == before
+
+
+def test_the_caller_names_how_to_continue(run_copy):
+    from zigma.train import RunDirError, train
+
+    with pytest.raises(RunDirError, match="run `zigma demo --out NEW`"):
+        train(tiny(), run_copy, resume_hint="run `zigma demo --out NEW`")
+
+
+def test_a_locked_folder_is_refused_at_once(cli, run_copy):
+    from zigma.artifacts import RunLock
+
+    with RunLock(run_copy):
+        before = snapshot(run_copy)
+        res = cli("train", "--out", run_copy, "--resume", "--steps", "6")
+        assert_one_line_error(res, "train", f"is in use by pid {os.getpid()}")
+        assert snapshot(run_copy) == before
+    res = cli("train", "--out", run_copy, "--resume", "--steps", "6")
+    assert res.code == 0, res.err
+
+
+def test_resume_without_a_preset_takes_an_early_attempts_config(cli, tmp_path):
+    out = tmp_path / "run"
+    res = cli("train", "--preset", "demo", "--out", out, *TINY, "ckpt_every=0", "--steps", "2")
+    assert res.code == 0, res.err
+
+    shutil.rmtree(out / "checkpoints")
+    shutil.rmtree(out / "model")  # as if killed before its only checkpoint
+    res = cli("train", "--out", out, "--resume")
+    assert res.code == 0, res.err
+    assert (out / "checkpoints" / "LATEST").read_text() == "step_0000002\n"
+
+
+def test_exported_files_follow_the_umask_and_orphans_go(run_copy):
+    from zigma.train import train
+
+    (run_copy / "checkpoints" / ".LATEST.abc123.tmp").write_text("step_0000002\n")
+    (run_copy / "model" / ".config.json.k_9x.tmp").write_text("{")
+    old = os.umask(0o022)
+    try:
+        train(tiny(steps=6), run_copy, resume=True)
+    finally:
+        os.umask(old)
+    for name in ("config.json", "model/config.json", "model/transport.json", "checkpoints/LATEST"):
+        assert (run_copy / name).stat().st_mode & 0o777 == 0o644, name
+    assert not list(run_copy.rglob(".*.tmp"))
