@@ -233,3 +233,132 @@ def test_exported_files_follow_the_umask_and_orphans_go(run_copy):
     for name in ("config.json", "model/config.json", "model/transport.json", "checkpoints/LATEST"):
         assert (run_copy / name).stat().st_mode & 0o777 == 0o644, name
     assert not list(run_copy.rglob(".*.tmp"))
+
+
+# ---------------------------------------------------------------- damaged checkpoints and logs
+
+
+def _edit_state(**changes):
+    def edit(ckpt):
+        state = json.loads((ckpt / "state.json").read_text())
+        for key, value in changes.items():
+            node, *path = key.split("/")
+            target = state
+            for part in [node, *path][:-1]:
+                target = target[int(part)] if isinstance(target, list) else target[part]
+            last = [node, *path][-1]
+            if isinstance(target, list):
+                target[int(last)] = value
+            else:
+                target[last] = value
+        (ckpt / "state.json").write_text(json.dumps(state))
+
+    return edit
+
+
+def _edit_tensors(file, **changes):
+    def edit(ckpt):
+        from safetensors.torch import load_file, save_file
+
+        tensors = load_file(ckpt / file)
+        for key, fn in changes.items():
+            name = next(k for k in tensors if key in k)
+            tensors[name] = fn(tensors[name])
+        save_file(tensors, ckpt / file)
+
+    return edit
+
+
+def _nan(t):
+    return t.clone().fill_(float("nan"))
+
+
+DAMAGE = {
+    "world-size-1e9": (_edit_state(world_size=10**9), "world_size must be an integer in [1, 1]"),
+    "world-size-0": (_edit_state(world_size=0), "world_size"),
+    "step-beyond-history": (_edit_state(step=10**15), "step must be an integer in [0, 4]"),
+    "counters-beyond-step": (
+        _edit_state(**{"counters/ema_updates": 10**12}),
+        "ema_updates must be an integer in [0, 4]",
+    ),
+    "counters-missing": (_edit_state(counters=None), "lacks its counters"),
+    "rng-numpy-garbage": (
+        _edit_state(**{"rng/0/numpy": ["MT19937", [1, 2], 0, 0, 0.0]}),
+        "RNG state of rank 0 cannot be restored",
+    ),
+    "rng-python-garbage": (
+        _edit_state(**{"rng/0/python": [3, [1, 2], None]}),
+        "RNG state of rank 0 cannot be restored",
+    ),
+    "rng-not-a-mapping": (
+        _edit_state(**{"rng/0": 7}),
+        "RNG state of rank 0 cannot be restored",
+    ),
+    "rng-torch-garbage": (
+        _edit_tensors("rng.safetensors", torch_cpu=lambda t: t[:10].clone()),
+        "RNG state of rank 0 cannot be restored",
+    ),
+    "noise-generator-garbage": (
+        _edit_tensors("rng.safetensors", noise_generator=lambda t: t[:3].clone()),
+        "the noise generator or loss scaler state cannot be restored",
+    ),
+    "optimizer-moment-shape": (
+        _edit_tensors("optimizer.safetensors", exp_avg=lambda t: t.flatten()[:1].clone()),
+        "exp_avg of shape (1,)",
+    ),
+    "optimizer-moment-nan": (
+        _edit_tensors("optimizer.safetensors", exp_avg_sq=_nan),
+        "non-finite weights or optimizer state",
+    ),
+    "optimizer-step-count": (
+        _edit_tensors("optimizer.safetensors", step=lambda t: t + 1e9),
+        "optimizer step count",
+    ),
+    "optimizer-meta-garbage": (
+        _edit_state(optimizer={"param_groups": 3, "scalars": []}),
+        "malformed optimizer state",
+    ),
+    "weights-nan": (
+        _edit_tensors("model.safetensors", final_layer=_nan),
+        "non-finite weights or optimizer state",
+    ),
+    "ema-nan": (_edit_tensors("ema.safetensors", final_layer=_nan), "non-finite weights"),
+    "state-huge": (
+        lambda c: (c / "state.json").write_bytes(b" " * (17 << 20)),
+        "more than the 16777216",
+    ),
+}
+
+
+@pytest.mark.parametrize("damage, match", DAMAGE.values(), ids=DAMAGE.keys())
+def test_a_damaged_checkpoint_is_refused_in_one_line(cli, run_copy, damage, match):
+    damage(run_copy / "checkpoints" / "step_0000004")
+    before = snapshot(run_copy)
+    res = cli("train", "--out", run_copy, "--resume", "--steps", "6")
+    assert_one_line_error(res, "train", match)
+    assert snapshot(run_copy) == before
+
+
+def test_a_torn_metrics_line_is_skipped_with_a_warning(cli, run_copy):
+    metrics = run_copy / "metrics.jsonl"
+    metrics.write_text(metrics.read_text() + '{"step": 5, "loss": 0.\xff\n[1, 2]\n{"step": 6, "lo')
+    res = cli("train", "--out", run_copy, "--resume", "--steps", "6")
+    assert res.code == 0, res.err
+    # the off-grid final record at step 4 goes too: the resumed run logs 5 and 6 instead
+    assert [json.loads(line)["step"] for line in metrics.open()] == [5, 6]
+    assert "metrics.jsonl: skipped 3 unreadable line(s)" in (run_copy / "log.txt").read_text()
+
+
+def test_a_symlinked_checkpoint_folder_is_never_pruned_or_followed(cli, run_copy, tmp_path):
+    keep = tmp_path / "elsewhere"
+    keep.mkdir()
+    (keep / "precious.bin").write_bytes(b"1")
+    (run_copy / "checkpoints" / "step_0000001").symlink_to(keep)
+    (run_copy / "checkpoints" / "step_0000006").symlink_to(keep)  # where the next one goes
+    res = cli("train", "--out", run_copy, "--resume", "--steps", "6", "keep_last_checkpoints=1")
+    assert res.code == 0, res.err
+    assert (keep / "precious.bin").read_bytes() == b"1" and len(list(keep.iterdir())) == 1
+    names = sorted(p.name for p in (run_copy / "checkpoints").iterdir())
+    assert names == ["LATEST", "step_0000001", "step_0000006"]
+    assert (run_copy / "checkpoints" / "step_0000006").is_dir()
+    assert not (run_copy / "checkpoints" / "step_0000006").is_symlink()

@@ -262,6 +262,16 @@ def _progress(ckpt: Checkpoint) -> Progress:
     )
 
 
+def _restore_rng(ckpt: Checkpoint, env: D.DistEnv) -> None:
+    try:
+        restore_rng(ckpt.rng_tensors[env.rank], ckpt.state["rng"][env.rank], env.device)
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
+        raise CheckpointError(
+            f"{ckpt.path}: the RNG state of rank {env.rank} cannot be restored: "
+            f"{short_repr(str(e), 200)}"
+        ) from None
+
+
 def restore(
     ckpt: Checkpoint,
     env: D.DistEnv,
@@ -278,31 +288,38 @@ def restore(
         CheckpointError: anything that does not fit the model, or RNG / optimizer states
             torch, numpy or Python refuse, or non-finite weights or moments.
     """
+    refused = (RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError)
     try:
         model.load_state_dict(ckpt.model)
         ema.load_state_dict(ckpt.ema)
         opt.load_state_dict(ckpt.optimizer)
         _check_optimizer_state(opt, ckpt.step)
+    except refused as e:
+        raise CheckpointError(
+            f"{ckpt.path} does not match its config: {short_repr(str(e), 200)}"
+        ) from None
+    try:
         noise_gen.set_state(ckpt.shared_rng["noise_generator"])
         saved_scaler = ckpt.state.get("grad_scaler")
         if saved_scaler and scaler.is_enabled():  # fp16 now; empty if it was not fp16 then
             scaler.load_state_dict(saved_scaler)
-        prog = _progress(ckpt)
-        saved_world = ckpt.state["world_size"]
-        if saved_world == env.world_size and ckpt.rng_tensors[env.rank] is not None:
-            restore_rng(ckpt.rng_tensors[env.rank], ckpt.state["rng"][env.rank], env.device)
-        else:  # batches, noise and times still continue exactly; label-dropout draws do not
-            logger.warning(
-                "resuming on %d ranks a run saved on %d: per-rank RNG reseeded, so the run is "
-                "not bit-identical to an uninterrupted one",
-                env.world_size,
-                saved_world,
-            )
-            seed_local(seed, env.rank, ckpt.step)
-    except (RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
+    except refused as e:
         raise CheckpointError(
-            f"{ckpt.path} does not match its config: {short_repr(str(e), 200)}"
+            f"{ckpt.path}: the noise generator or loss scaler state cannot be restored: "
+            f"{short_repr(str(e), 200)}"
         ) from None
+    prog = _progress(ckpt)
+    saved_world = ckpt.state["world_size"]
+    if saved_world == env.world_size and ckpt.rng_tensors[env.rank] is not None:
+        _restore_rng(ckpt, env)
+    else:  # batches, noise and times still continue exactly; label-dropout draws do not
+        logger.warning(
+            "resuming on %d ranks a run saved on %d: per-rank RNG reseeded, so the run is "
+            "not bit-identical to an uninterrupted one",
+            env.world_size,
+            saved_world,
+        )
+        seed_local(seed, env.rank, ckpt.step)
     if not StepGuard(opt).measure() or not all(
         torch.isfinite(v).all() for v in ema.state_dict().values() if v.is_floating_point()
     ):
