@@ -11,6 +11,7 @@ import dataclasses
 import json
 import os
 import shutil
+import subprocess
 import typing
 
 import pytest
@@ -362,3 +363,58 @@ def test_a_symlinked_checkpoint_folder_is_never_pruned_or_followed(cli, run_copy
     assert names == ["LATEST", "step_0000001", "step_0000006"]
     assert (run_copy / "checkpoints" / "step_0000006").is_dir()
     assert not (run_copy / "checkpoints" / "step_0000006").is_symlink()
+
+
+# ---------------------------------------------------------------- full disks
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 400 KiB tmpfs: room for a run's logs, not for its first checkpoint (about 0.7 MiB)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip("mounting a tmpfs needs root")
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(disk)], capture_output=True
+    )
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.decode().strip()}")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_a_checkpoint_that_does_not_fit_fails_in_one_line_before_writing(cli, small_disk):
+    out = small_disk / "run"
+    res = cli("train", "--preset", "demo", "--out", out, *TINY, "--steps", "2")
+    line = assert_one_line_error(res, "train", "no space for checkpoint step_0000002", code=1)
+    assert "MiB free on that disk" in line and str(out / "checkpoints") in line
+    assert [p.name for p in (out / "checkpoints").iterdir()] == []  # nothing half-written
+
+
+def test_a_disk_that_fills_during_the_write_leaves_no_partial_checkpoint(
+    cli, run_copy, monkeypatch
+):
+    import errno
+
+    from zigma.train import checkpoint
+
+    real = checkpoint.save_file
+    written = []
+
+    def fills_up(tensors, path, *args, **kwargs):
+        if written:  # the second file finds the disk full halfway through
+            with open(path, "wb") as f:
+                f.write(b"\0" * 100)
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        written.append(path)
+        return real(tensors, path, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "save_file", fills_up)
+    before = snapshot(run_copy / "checkpoints")
+    res = cli("train", "--out", run_copy, "--resume", "--steps", "6")
+    assert_one_line_error(res, "train", "no space for checkpoint step_0000006", code=1)
+    assert snapshot(run_copy / "checkpoints") == before  # LATEST and step 4 untouched
+    monkeypatch.undo()
+    res = cli("train", "--out", run_copy, "--resume", "--steps", "6")
+    assert res.code == 0, res.err

@@ -152,12 +152,8 @@ def _mib(n: float) -> str:
 
 def _disk_full(final: Path, need: int) -> OSError:
     """The one-line error of a checkpoint that does not fit (the CLI adds the free space)."""
-    return OSError(
-        errno.ENOSPC,
-        f"no space left for checkpoint {final.name} (about {_mib(need)}); free some space "
-        "and resume",
-        str(final.parent),
-    )
+    text = f"no space for checkpoint {final.name} (about {_mib(need)})"
+    return OSError(errno.ENOSPC, text, str(final.parent))
 
 
 def _write_files(folder: Path, files: dict[str, Any]) -> None:
