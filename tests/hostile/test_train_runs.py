@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import shutil
 import subprocess
 import typing
 
 import pytest
+import torch
 
 from zigma.train import EMAConfig, OptimConfig, TrainConfig
 from zigma.transport import TransportConfig
@@ -418,3 +420,60 @@ def test_a_disk_that_fills_during_the_write_leaves_no_partial_checkpoint(
     monkeypatch.undo()
     res = cli("train", "--out", run_copy, "--resume", "--steps", "6")
     assert res.code == 0, res.err
+
+
+# ---------------------------------------------------------------- non-finite updates
+
+
+class GradientScaler:
+    """Multiplies every gradient of chosen training steps (1-based) by a factor, and keeps a
+    copy of one weight before each step, to see which steps changed the model."""
+
+    def __init__(self, factors):
+        self.factors, self.calls, self.weights = factors, 0, []
+
+    def __call__(self, model):
+        model.register_forward_pre_hook(self.before_step)
+        for p in model.parameters():
+            p.register_hook(lambda g: g * self.factors.get(self.calls, 1.0))
+
+    def before_step(self, module, args):
+        if module.training:
+            self.calls += 1
+            self.weights.append(module.final_layer.linear.weight.detach().clone())
+
+
+def test_a_step_that_would_make_weights_non_finite_is_skipped_and_never_exported(tmp_path):
+    from safetensors.torch import load_file
+
+    from zigma.train import load_checkpoint, train
+
+    # legal settings under which AdamW's update m / (sqrt(v) + eps) can overflow: b2 = 0
+    # forgets v at once, eps is tiny, nothing clips; a huge gradient, then a zero one
+    risky = ("optim.betas=[0.9, 0.0]", "optim.eps=1e-30", "optim.grad_clip=null")
+    hook = GradientScaler({3: 1e15, 4: 0.0})
+    summary = train(tiny(*risky, steps=8), tmp_path, model_hook=hook)
+    assert summary.nonfinite_total >= 1
+    w = hook.weights
+    assert torch.equal(w[3], w[2])  # step 3's update was refused: nothing changed
+    exported = load_file(tmp_path / "model" / "model.safetensors")
+    assert all(torch.isfinite(v).all() for v in exported.values())
+    ckpt = load_checkpoint(tmp_path / "checkpoints" / "step_0000008")
+    assert math.isnan(ckpt.history["loss"][2])
+    assert all(torch.isfinite(t).all() for t in ckpt.optimizer["state"][0].values())
+    log = (tmp_path / "log.txt").read_text()
+    assert "step 3 skipped: an update that could overflow the weights" in log
+
+
+def test_an_export_of_non_finite_weights_is_refused(tmp_path):
+    from zigma.models import create_model
+    from zigma.train import TrainingDiverged
+    from zigma.train.export import export_model
+
+    model = create_model("ZigMa-S/2", hidden_size=16, depth=1, input_size=8, in_channels=1)
+    ema = create_model("ZigMa-S/2", hidden_size=16, depth=1, input_size=8, in_channels=1)
+    with torch.no_grad():
+        ema.final_layer.linear.weight[0, 0] = math.inf
+    with pytest.raises(TrainingDiverged, match="EMA weights are not finite"):
+        export_model(ema, model, tiny(), tmp_path / "model")
+    assert not (tmp_path / "model").exists()

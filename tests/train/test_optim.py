@@ -114,3 +114,63 @@ def test_nonfinite_loss_skips_the_step():
     assert math.isnan(res.loss) and math.isnan(res.grad_norm) and res.skipped == "non-finite loss"
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
     assert not opt.state and all(p.grad is None for p in model.parameters())
+
+
+def _state(model, opt):
+    """Weights and every optimizer tensor, copied."""
+    moments = [t.clone() for st in opt.state.values() for t in st.values() if torch.is_tensor(t)]
+    return [p.detach().clone() for p in model.parameters()] + moments
+
+
+def _same(a, b):
+    return len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def test_an_update_that_would_overflow_is_skipped_before_it_changes_anything():
+    # AdamW with b2 = 0 and eps = 1e-30: after a step with a huge gradient m is huge, and a
+    # zero gradient then leaves v = 0, so the update m / (sqrt(v) + eps) overflows float32
+    model = _model()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.0), eps=1e-30)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    _loss(model, 1e15).backward()
+    opt.step()  # taken outside the guard, which would already have refused it
+    opt.zero_grad()
+    guard = StepGuard(opt)
+    assert guard.avg_max > 1e10 and math.isfinite(guard.weights_max)
+    loss = _loss(model, 0.0)
+    before = _state(model, opt)
+    res = guarded_step(loss, model, opt, scaler, None, ENV, guard)
+    assert res.skipped == "an update that could overflow the weights or optimizer state"
+    assert math.isnan(res.loss) and _same(_state(model, opt), before)
+    assert all(p.grad is None for p in model.parameters())
+    # the same step taken without the guard: the weights really do overflow
+    _loss(model, 0.0).backward()
+    opt.step()
+    assert not all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_an_optimizer_that_breaks_its_arithmetic_stops_the_run():
+    from zigma.train import TrainingDiverged
+
+    class Broken(torch.optim.AdamW):
+        def step(self, closure=None):
+            super().step(closure)
+            next(iter(self.param_groups[0]["params"])).data.fill_(math.inf)
+
+    model = _model()
+    opt = Broken(model.parameters(), lr=1e-3)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    with pytest.raises(TrainingDiverged, match="left non-finite weights"):
+        guarded_step(_loss(model, 1.0), model, opt, scaler, 2.0, ENV, StepGuard(opt))
+
+
+def test_the_guard_costs_one_reduction_over_weights_and_moments():
+    model = _model()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    guard = StepGuard(opt)
+    guarded_step(_loss(model, 1.0), model, opt, torch.amp.GradScaler("cpu", enabled=False),
+                 2.0, ENV, guard)  # fmt: skip
+    weights = max(p.abs().max().item() for p in model.parameters())
+    avgs = max(st["exp_avg"].abs().max().item() for st in opt.state.values())
+    sqs = max(st["exp_avg_sq"].max().item() for st in opt.state.values())
+    assert (guard.weights_max, guard.avg_max, guard.sq_max) == (weights, avgs, sqs)
