@@ -164,13 +164,18 @@ def test_an_optimizer_that_breaks_its_arithmetic_stops_the_run():
         guarded_step(_loss(model, 1.0), model, opt, scaler, 2.0, ENV, StepGuard(opt))
 
 
-def test_the_guard_costs_one_reduction_over_weights_and_moments():
+def test_the_guard_measures_the_weights_and_bounds_the_moments():
     model = _model()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
     guard = StepGuard(opt)
-    guarded_step(_loss(model, 1.0), model, opt, torch.amp.GradScaler("cpu", enabled=False),
-                 2.0, ENV, guard)  # fmt: skip
-    weights = max(p.abs().max().item() for p in model.parameters())
-    avgs = max(st["exp_avg"].abs().max().item() for st in opt.state.values())
-    sqs = max(st["exp_avg_sq"].max().item() for st in opt.state.values())
-    assert (guard.weights_max, guard.avg_max, guard.sq_max) == (weights, avgs, sqs)
+    for scale in (1.0, 30.0, 0.1):
+        res = guarded_step(_loss(model, scale), model, opt, scaler, 2.0, ENV, guard)
+        assert res.skipped is None
+        weights = max(p.abs().max().item() for p in model.parameters())
+        avgs = max(st["exp_avg"].abs().max().item() for st in opt.state.values())
+        sqs = max(st["exp_avg_sq"].max().item() for st in opt.state.values())
+        assert guard.weights_max == weights
+        assert avgs <= guard.avg_max <= 2.0 and sqs <= guard.sq_max <= 4.0
+    fresh = StepGuard(opt)  # as after a resume: measured, not carried
+    assert (fresh.weights_max, fresh.avg_max, fresh.sq_max) == (weights, avgs, sqs)
