@@ -12,7 +12,10 @@ import json
 import math
 import os
 import shutil
+import signal
 import subprocess
+import sys
+import time
 import typing
 
 import pytest
@@ -21,7 +24,7 @@ import torch
 from zigma.train import EMAConfig, OptimConfig, TrainConfig
 from zigma.transport import TransportConfig
 
-from .conftest import assert_one_line_error, snapshot
+from .conftest import Result, assert_one_line_error, run_zigma, snapshot, subprocess_env
 
 # Every numeric field of the run configs: values just outside its range, and the ends of the
 # range that must be accepted. A field missing here fails test_the_table_covers_every_field.
@@ -477,3 +480,136 @@ def test_an_export_of_non_finite_weights_is_refused(tmp_path):
     with pytest.raises(TrainingDiverged, match="EMA weights are not finite"):
         export_model(ema, model, tiny(), tmp_path / "model")
     assert not (tmp_path / "model").exists()
+
+
+# ---------------------------------------------------------------- signals, in real processes
+
+STEPS = 60  # ~2 s on one thread: time to signal a run mid-way
+
+
+def _command(out):
+    return ["train", "--preset", "demo", "--out", str(out), "--resume", *TINY, "ckpt_every=50"]
+
+
+def _start(out):
+    out.parent.mkdir(parents=True, exist_ok=True)
+    console = (out.parent / f"{out.name}.stdout").open("w")
+    return subprocess.Popen(
+        [sys.executable, "-m", "zigma", *_command(out), "--steps", str(STEPS)],
+        stdout=console,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=subprocess_env(),
+    )
+
+
+def _wait_until_training(proc, out, timeout=120.0):
+    """Until the run has logged its first steps (its lock is held by then)."""
+    metrics, deadline = out / "metrics.jsonl", time.monotonic() + timeout
+    while not (metrics.is_file() and metrics.stat().st_size):
+        if proc.poll() is not None:
+            raise AssertionError(f"the run ended early: {proc.stderr.read()[-2000:]}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError("the run made no progress")
+        time.sleep(0.02)
+
+
+def _finish(proc, timeout=240.0):
+    try:
+        err = proc.communicate(timeout=timeout)[1]
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    return Result(proc.returncode, "", err)
+
+
+def _final_state(out):
+    from safetensors.torch import load_file
+
+    ckpt = out / "checkpoints" / f"step_{STEPS:07d}"
+    files = {f: load_file(ckpt / f"{f}.safetensors") for f in ("model", "ema", "optimizer")}
+    files["export"] = load_file(out / "model" / "model.safetensors")
+    timing = ("steps_per_s", "samples_per_s")
+    metrics = [
+        {k: v for k, v in json.loads(line).items() if k not in timing}
+        for line in (out / "metrics.jsonl").open()
+    ]
+    return files, metrics
+
+
+def _assert_same_run(a, b):
+    (fa, ma), (fb, mb) = _final_state(a), _final_state(b)
+    for name, tensors in fa.items():
+        assert tensors.keys() == fb[name].keys()
+        assert all(torch.equal(tensors[k], fb[name][k]) for k in tensors), name
+    assert ma == mb
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("uninterrupted") / "run"
+    res = run_zigma(*_command(out), "--steps", str(STEPS))
+    assert res.code == 0, res.err
+    return out
+
+
+def test_sigterm_checkpoints_exits_75_and_the_same_command_finishes_bit_identically(
+    tmp_path, uninterrupted
+):
+    out = tmp_path / "run"
+    proc = _start(out)
+    _wait_until_training(proc, out)
+    proc.send_signal(signal.SIGTERM)
+    res = _finish(proc)
+    assert res.code == 75, res.err
+    lines = res.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("zigma train: preempted: SIGTERM at step")
+    step = int(lines[0].split("at step ")[1].split()[0])
+    assert 0 < step < STEPS
+    assert f"wrote checkpoint step_{step:07d}" in lines[0] and "--resume" in lines[0]
+    assert (out / "checkpoints" / "LATEST").read_text() == f"step_{step:07d}\n"
+    assert not (out / "model").exists()
+    res = run_zigma(*_command(out), "--steps", str(STEPS))  # the scheduler relaunches it
+    assert res.code == 0, res.err
+    _assert_same_run(uninterrupted, out)
+
+
+def test_sigkill_before_the_first_checkpoint_then_the_same_command_finishes(
+    tmp_path, uninterrupted
+):
+    out = tmp_path / "run"
+    proc = _start(out)
+    _wait_until_training(proc, out)
+    proc.kill()
+    proc.communicate()
+    assert not (out / "checkpoints" / "LATEST").exists()
+    res = run_zigma(*_command(out), "--steps", str(STEPS))
+    assert res.code == 0, res.err
+    _assert_same_run(uninterrupted, out)
+
+
+def test_ctrl_c_prints_one_line_and_exits_130(tmp_path):
+    out = tmp_path / "run"
+    proc = _start(out)
+    _wait_until_training(proc, out)
+    proc.send_signal(signal.SIGINT)
+    res = _finish(proc)
+    assert res.code == 130, res.err
+    lines = res.err.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("zigma train: interrupted: stopped at step ")
+    assert f"continue with: zigma train --out {out} --resume" in lines[0]
+
+
+def test_a_second_run_on_the_same_folder_is_refused_while_the_first_runs(tmp_path):
+    out = tmp_path / "run"
+    first = _start(out)
+    try:
+        _wait_until_training(first, out)
+        second = run_zigma(*_command(out), "--steps", str(STEPS))
+        assert_one_line_error(second, "train", f"is in use by pid {first.pid}")
+        assert first.poll() is None  # the first run goes on
+    finally:
+        first.send_signal(signal.SIGTERM)
+        _finish(first)
