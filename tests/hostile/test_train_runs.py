@@ -488,14 +488,14 @@ STEPS = 60  # ~2 s on one thread: time to signal a run mid-way
 
 
 def _command(out):
-    return ["train", "--preset", "demo", "--out", str(out), "--resume", *TINY, "ckpt_every=50"]
+    return ["train", "--preset", "demo", "--out", str(out), "--resume", *TINY, "ckpt_every=0"]
 
 
-def _start(out):
+def _start(out, steps=STEPS):
     out.parent.mkdir(parents=True, exist_ok=True)
     console = (out.parent / f"{out.name}.stdout").open("w")
     return subprocess.Popen(
-        [sys.executable, "-m", "zigma", *_command(out), "--steps", str(STEPS)],
+        [sys.executable, "-m", "zigma", *_command(out), "--steps", str(steps)],
         stdout=console,
         stderr=subprocess.PIPE,
         text=True,
@@ -604,12 +604,12 @@ def test_ctrl_c_prints_one_line_and_exits_130(tmp_path):
 
 def test_a_second_run_on_the_same_folder_is_refused_while_the_first_runs(tmp_path):
     out = tmp_path / "run"
-    first = _start(out)
+    first = _start(out, steps=10**6)  # runs until stopped below
     try:
         _wait_until_training(first, out)
-        second = run_zigma(*_command(out), "--steps", str(STEPS))
+        second = run_zigma(*_command(out), "--steps", str(10**6))
         assert_one_line_error(second, "train", f"is in use by pid {first.pid}")
         assert first.poll() is None  # the first run goes on
     finally:
         first.send_signal(signal.SIGTERM)
-        _finish(first)
+        assert _finish(first).code == 75
