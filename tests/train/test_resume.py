@@ -100,3 +100,30 @@ def test_resume_with_a_cosine_schedule_is_bit_identical(tmp_path):
     lrs = [json.loads(line)["lr"] for line in (full / "metrics.jsonl").read_text().splitlines()]
     # warm-up, then decayed: the last step runs just above the floor 0.1 * 2e-3
     assert lrs[1:] == sorted(lrs[1:], reverse=True) and 2e-4 < lrs[-1] < 2.2e-4
+
+
+def test_resume_applies_a_new_learning_rate_and_precision_and_logs_them(tmp_path):
+    out = tmp_path / "run"
+    train(tiny(*COMMON, steps=4), out)
+    train(tiny(*COMMON, "optim.lr=5e-4", "precision=fp16", "optim.betas=[0.5, 0.5]", steps=8),
+          out, resume=True)  # fmt: skip
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["optim"]["lr"] == 5e-4 and saved["precision"] == "fp16"
+    assert saved["optim"]["betas"] == [0.9, 0.999]  # not resume-mutable: the checkpoint's
+    log = (out / "log.txt").read_text()
+    assert "resuming with precision='fp16' (checkpoint: 'fp32')" in log
+    assert "resuming with optim.lr=0.0005 (checkpoint: 0.002)" in log
+    assert "ignoring optim.betas=[0.5, 0.5]" in log
+    lrs = [json.loads(line)["lr"] for line in (out / "metrics.jsonl").open()]
+    assert lrs[-1] == 5e-4
+
+
+def test_the_help_lists_every_resume_mutable_field(capsys):
+    from zigma.cli import main
+    from zigma.train import RESUME_MUTABLE
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    listed = text.split("the checkpoint's config wins, except ")[1].split(", which take")[0]
+    assert listed.split(", ") == list(RESUME_MUTABLE)
