@@ -1,8 +1,8 @@
 """Training checkpoints as a folder of safetensors + JSON (no pickle), written atomically.
 
-A checkpoint is written to ``checkpoints/.tmp-step_XXXXXXX``, renamed to ``step_XXXXXXX``,
-and only then named in ``checkpoints/LATEST``; a crash at any point leaves the previous
-checkpoint intact and LATEST pointing at a complete folder.
+A checkpoint is written to ``checkpoints/.tmp-step_XXXXXXX.<pid>``, flushed to disk, renamed to
+``step_XXXXXXX`` and only then named in ``checkpoints/LATEST``; a crash or power loss at any
+point leaves the previous checkpoint intact and LATEST pointing at a complete folder.
 """
 
 from __future__ import annotations

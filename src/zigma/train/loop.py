@@ -1,13 +1,14 @@
 """The training loop: ``train(cfg, out_dir, resume=False) -> TrainSummary``, one plain function.
 
-A step: forward under autocast -> the ranks agree the loss is finite (else all skip) ->
-backward -> unscale -> clip the global grad norm -> optimizer step -> EMA. Noise and times are
-drawn for the global batch from one generator shared by every rank, which keeps the rows of its
-data shard, so N processes compute what one process with the same global batch would.
+A step: forward under autocast -> the ranks agree the loss is finite and whether to stop (else
+all skip) -> backward -> unscale -> clip the global grad norm -> a provably finite optimizer
+step (else skip) -> EMA. Noise and times are drawn for the global batch from one generator
+shared by every rank, which keeps the rows of its data shard, so N processes compute what one
+process with the same global batch would.
 
-Run folder: config.json, log.txt, metrics.jsonl, loss.png, samples/step_XXXXXXX.png,
-checkpoints/step_XXXXXXX/ + checkpoints/LATEST, and at the end model/ (the EMA weights as
-``save_pretrained`` writes them, plus transport.json).
+Run folder (locked through .lock while a run uses it): config.json, log.txt, metrics.jsonl,
+loss.png, samples/step_XXXXXXX.png, checkpoints/step_XXXXXXX/ + checkpoints/LATEST, and at the
+end model/ (the EMA weights as ``save_pretrained`` writes them, plus transport.json).
 """
 
 from __future__ import annotations
@@ -115,8 +116,7 @@ def train(
 
     Raises:
         ConfigError, RunDirError, CheckpointError, FileNotFoundError: bad input, before
-            anything is written. RunLockedError (a RunDirError-like ArtifactError): another
-            process holds the run folder.
+            anything is written; also RunLockedError: another process holds the run folder.
         TrainingDiverged: ``max_nonfinite`` skipped steps in a row. No checkpoint is written
             then: the newest periodic one stays the one to resume from.
         TrainingPreempted: a stop signal; the checkpoint of the step reached is written.
