@@ -97,6 +97,11 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     return atomic_write(path, lambda p: Path(p).write_text(text, encoding="utf-8"))
 
 
+def is_temp_name(name: str) -> bool:
+    """Whether ``name`` is one of our writers' temp files or folders."""
+    return bool(_TEMP_NAME.match(name))
+
+
 def remove_temp_files(folder: str | os.PathLike) -> list[Path]:
     """Delete the temp files and folders our writers leave when killed mid-write.
 

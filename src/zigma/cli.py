@@ -333,12 +333,35 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_base_config(out: str) -> dict:
+    """``--resume`` without --preset/--config: the run's own config, from its newest
+    checkpoint, else the config.json an earlier attempt wrote before its first checkpoint."""
+    from zigma.artifacts import CONFIG_NAME, latest_checkpoint, read_json_object
+
+    ckpt = latest_checkpoint(out)
+    if ckpt is not None:
+        return read_json_object(ckpt / "config.json", "checkpoint config")
+    if (Path(out) / CONFIG_NAME).is_file():
+        return read_json_object(Path(out) / CONFIG_NAME, "run config")
+    raise UsageError(
+        f"no checkpoint or config.json in {out} to resume; give --preset NAME or --config FILE "
+        "to start the run"
+    )
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    import json
     import logging
     import os
 
-    from zigma.train import TRAIN_PRESETS, TrainingDiverged, build_config, latest_checkpoint, train
+    from zigma.train import (
+        TRAIN_PRESETS,
+        PeerRefused,
+        TrainingDiverged,
+        TrainingInterrupted,
+        TrainingPreempted,
+        build_config,
+        train,
+    )
 
     if args.list_presets:
         print(f"{'preset':<14} description")
@@ -351,36 +374,42 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     if not args.out:
         raise UsageError("--out DIR is required (the run folder)")
-    try:
-        base = None
-        if args.resume and not (args.preset or args.config):
-            # no preset given: start from the run's own config (the checkpoint's wins anyway)
-            base = json.loads((latest_checkpoint(args.out) / "config.json").read_text())
-        elif not (args.preset or args.config):
-            raise UsageError("give --preset NAME (see --list-presets) or --config FILE")
-        cfg = build_config(
-            args.preset,
-            args.config,
-            args.overrides,
-            base=base,
-            steps=args.steps,
-            ckpt_every=args.ckpt_every,
-        )
-    except (ValueError, FileNotFoundError) as e:
-        raise UsageError(" ".join(str(e).split())) from e
+    base = None
+    if args.resume and not (args.preset or args.config):
+        base = _train_base_config(args.out)
+    elif not (args.preset or args.config):
+        raise UsageError("give --preset NAME (see --list-presets) or --config FILE")
+    cfg = build_config(
+        args.preset,
+        args.config,
+        args.overrides,
+        base=base,
+        steps=args.steps,
+        ckpt_every=args.ckpt_every,
+    )
     rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(
         level=logging.INFO if rank == 0 else logging.WARNING,
         format="%(message)s",
         stream=sys.stdout,
     )
+    hint = "pass --resume to continue it, or choose a new --out"
     try:
-        summary = train(cfg, Path(args.out), resume=args.resume)
+        summary = train(cfg, Path(args.out), resume=args.resume, resume_hint=hint)
+    except TrainingPreempted as e:
+        if rank == 0:
+            print(f"zigma train: preempted: {one_line(e)}", file=sys.stderr)
+        return EXIT_PREEMPTED
+    except TrainingInterrupted:
+        if rank == 0:
+            raise  # main prints the one line
+        return EXIT_INTERRUPTED
+    except PeerRefused:
+        return EXIT_USAGE  # rank 0 prints why
     except TrainingDiverged as e:
-        print(f"zigma train: error: {e}", file=sys.stderr)
-        return 2
-    except (ValueError, FileNotFoundError, NotADirectoryError) as e:
-        raise UsageError(" ".join(str(e).split())) from e
+        if rank == 0:
+            print(f"zigma train: error: {one_line(e)}", file=sys.stderr)
+        return EXIT_USAGE
     if rank == 0:
         print(
             f"trained {summary.steps} steps in {summary.seconds / 60:.1f} min "
@@ -533,6 +562,26 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+class _TrainHelp(argparse.Action):
+    """``zigma train --help``: the description names the resume-mutable fields, read from
+    ``RESUME_MUTABLE`` only when help is asked for (importing the trainer takes seconds)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        from zigma.train.config import RESUME_MUTABLE
+
+        parser.description = (
+            "Config precedence: preset < --config file < key=value overrides < "
+            "--steps/--ckpt-every. With --resume the checkpoint's config wins, except "
+            + ", ".join(RESUME_MUTABLE)
+            + ", which take the command line's values (each change is logged)."
+        )
+        parser.print_help()
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     from zigma import __version__
 
@@ -640,11 +689,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "train",
         help="train a model into a run folder (resumable; DDP under torchrun)",
-        description="Config precedence: preset < --config file < key=value overrides < "
-        "--steps/--ckpt-every. With --resume the checkpoint's config wins, except steps, "
-        "ckpt_every, log_every, sample_every, keep_last_checkpoints, num_workers, cpu_threads "
-        "and the tracker flags.",
+        add_help=False,
+        epilog="Exit codes: 0 done, 1 machine failure (disk full, I/O), 2 bad input or a "
+        "diverged run, 75 preempted by SIGTERM/SIGUSR1 after writing a checkpoint (relaunch "
+        "the same command with --resume), 130 Ctrl-C.",
     )
+    p.add_argument("-h", "--help", action=_TrainHelp, help="show this help message and exit")
     p.add_argument(
         "overrides",
         nargs="*",
@@ -652,12 +702,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="dotted config overrides, e.g. model.hidden_size=256 optim.lr=3e-4",
     )
     p.add_argument("--preset", help="training preset (--list-presets) or a model preset name")
-    p.add_argument("--out", metavar="DIR", help="run folder (new or empty, unless --resume)")
+    p.add_argument("--out", metavar="DIR", help="run folder (new, empty, or an earlier attempt's)")
     p.add_argument("--config", metavar="FILE", help="a full or partial config (.yaml or .json)")
     p.add_argument("--steps", type=int, default=None, help="total optimizer steps")
     p.add_argument("--ckpt-every", type=int, default=None, help="checkpoint interval (steps)")
     p.add_argument(
-        "--resume", action="store_true", help="continue the run in --out from its newest checkpoint"
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its newest checkpoint, or start it if it has "
+        "none yet (relaunch-safe: the same command works after any stop)",
     )
     p.add_argument("--list-presets", action="store_true", help="print the training presets")
     p.set_defaults(func=cmd_train)
