@@ -122,8 +122,7 @@ def test_the_help_lists_every_resume_mutable_field(capsys):
     from zigma.cli import main
     from zigma.train import RESUME_MUTABLE
 
-    with pytest.raises(SystemExit):
-        main(["train", "--help"])
+    assert main(["train", "--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())
     listed = text.split("the checkpoint's config wins, except ")[1].split(", which take")[0]
     assert listed.split(", ") == list(RESUME_MUTABLE)
