@@ -97,6 +97,11 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     return atomic_write(path, lambda p: Path(p).write_text(text, encoding="utf-8"))
 
 
+def is_temp_name(name: str) -> bool:
+    """Whether ``name`` is one of our writers' temp files or folders."""
+    return bool(_TEMP_NAME.match(name))
+
+
 def remove_temp_files(folder: str | os.PathLike) -> list[Path]:
     """Delete the temp files and folders our writers leave when killed mid-write.
 
@@ -138,6 +143,44 @@ def free_space_text(path: str | os.PathLike) -> str:
     except OSError:
         return "free space unknown"
     return f"{free / 2**20:.1f} MiB free on that disk"
+
+
+# ---------------------------------------------------------------- output checks
+
+
+def check_output_file(path: str | os.PathLike, what: str) -> Path:
+    """Raise ``ArtifactError`` unless a file can be written at ``path``: it is absent or a
+    regular file (never a folder or a device), and its folder exists or can be created.
+
+    Commands call this before their work, so a bad output path costs nothing.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ArtifactError(f"{what} {path} is a folder, not a file")
+    if (path.exists() or path.is_symlink()) and not path.is_file():
+        raise ArtifactError(f"{what} {path} exists and is not a regular file")
+    _check_creatable(path.parent, what, path)
+    return path
+
+
+def check_output_dir(path: str | os.PathLike, what: str) -> Path:
+    """Raise ``ArtifactError`` unless ``path`` is a writable folder or can be created as one."""
+    path = Path(path)
+    if (path.exists() or path.is_symlink()) and not path.is_dir():
+        raise ArtifactError(f"{what} {path} is a file, not a folder")
+    _check_creatable(path, what, path)
+    return path
+
+
+def _check_creatable(folder: Path, what: str, target: Path) -> None:
+    """``folder`` exists as a writable folder, or its nearest existing ancestor is one."""
+    probe = folder
+    while not probe.exists() and not probe.is_symlink() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ArtifactError(f"{what} {target}: {probe} is not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ArtifactError(f"{what} {target}: folder {probe} is not writable")
 
 
 # ---------------------------------------------------------------- the run lock

@@ -7,6 +7,8 @@ forward pass), ``scans`` (print and draw scan orders), ``bench`` (speed, memory,
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -38,16 +40,93 @@ def one_line(message: object) -> str:
     return text if len(text) <= _MAX_MESSAGE else text[: _MAX_MESSAGE - 3] + "..."
 
 
-def _parse_overrides(items: list[str]) -> dict:
-    from zigma.config import parse_value
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors as one line (``zigma CMD: error: ...``), no usage block."""
 
-    out = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise UsageError(f"override {item!r} is not of the form key=value")
-        out[key] = parse_value(raw)
-    return out
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {one_line(message)}\n")
+
+
+def _int_arg(low: int, high: int = 2**63 - 1):
+    """An argparse type: an integer in low..high (the message says which range)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text[:40]!r}") from None
+        if not low <= value <= high:
+            limit = f"in {low}..{high}" if high < 2**63 - 1 else f">= {low}"
+            raise argparse.ArgumentTypeError(f"must be {limit}, got {value}")
+        return value
+
+    return parse
+
+
+def _finite_float(low: float):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text[:40]!r}") from None
+        if not math.isfinite(value) or value < low:
+            raise argparse.ArgumentTypeError(f"must be a finite number >= {low}, got {text}")
+        return value
+
+    return parse
+
+
+_SEED = _int_arg(0, 2**63 - 2)  # torch generators take 64 bits; sampling also uses seed + 1
+
+
+def _device(text: str | None) -> str:
+    """The --device to use, checked: cpu, or a CUDA device this machine has."""
+    import torch
+
+    if text is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise UsageError(
+            f"--device {text[:40]!r} is not a device; use cpu, cuda or cuda:N"
+        ) from None
+    if dev.type not in ("cpu", "cuda"):
+        raise UsageError(f"--device {text}: zigma runs on cpu or cuda, not {dev.type}")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {text}: CUDA is not available on this machine")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UsageError(
+                f"--device {text}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
+    return text
+
+
+def _memory_bytes() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not on this system: no check
+        return None
+
+
+def _check_memory(nbytes: int, what: str) -> None:
+    """Refuse work that needs more memory than the machine has, before starting it."""
+    total = _memory_bytes()
+    if total is not None and nbytes > total:
+        raise UsageError(
+            f"{what} need {nbytes / 2**30:.1f} GiB, more than this machine's "
+            f"{total / 2**30:.1f} GiB of memory"
+        )
+
+
+def _check_out_png(path: str | None, flag: str) -> None:
+    from zigma.artifacts import check_output_file
+
+    if path is not None:
+        check_output_file(path, flag)
+        if Path(path).suffix.lower() != ".png":
+            raise UsageError(f"{flag} must be a .png file, got {path}")
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -55,6 +134,8 @@ def cmd_models(args: argparse.Namespace) -> int:
 
     from zigma.models import count_flops, count_parameters, create_model, list_models
 
+    if args.size % 4:
+        raise UsageError(f"--size must be a multiple of 4 (the largest patch), got {args.size}")
     names = list_models()
     wide = max(12, *map(len, names))
     header = (
@@ -85,16 +166,47 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _info_config(name: str, items: list[str]):
+    """The preset's config with ``key=value`` overrides, type-checked like a config file."""
+    from zigma.config import ConfigError, from_dict, parse_value, to_dict
+    from zigma.models import preset_config
+
+    base = preset_config(name)
+    data = to_dict(base)
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"override {item[:60]!r} is not of the form key=value")
+        value = parse_value(raw)
+        if key == "input_size" and isinstance(value, int) and not isinstance(value, bool):
+            value = [value, value]  # a square input, as the presets take it
+        data[key] = value
+    try:
+        return from_dict(type(base), data)
+    except ConfigError as e:
+        raise UsageError(str(e)) from None
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     import torch
 
-    from zigma.models import create_model, summarize
+    from zigma.models import PRESETS, count_parameters, summarize
 
-    overrides = _parse_overrides(args.overrides)
+    cfg = _info_config(args.model, args.overrides)
+    cls = PRESETS[args.model][0]
+    h, w = cfg.grid_size
+    orders = 0 if getattr(cfg, "scan", "sweep") in ("sweep", "bidirectional") else cfg.num_orders
+    _check_memory(16 * orders * h * w, f"the scan orders of a {h}x{w} token grid")
+    try:
+        with torch.device("meta"):  # sizes first: nothing allocated yet
+            params = count_parameters(cls(cfg))
+    except (RuntimeError, MemoryError) as e:
+        raise UsageError(f"{args.model} with these overrides cannot be built: {e}") from None
+    inputs = 4 * args.batch * (cfg.in_channels + cfg.out_channels) * h * w * cfg.patch_size**2
+    _check_memory(4 * params + inputs, f"{params} parameters and the input batch")
     torch.manual_seed(args.seed)
-    model = create_model(args.model, **overrides).eval()
+    model = cls(cfg).eval()
     print(summarize(model, name=args.model, flops=not args.no_flops))
-    cfg = model.config
     x = torch.randn(args.batch, cfg.in_channels, *cfg.input_size)
     t = torch.rand(args.batch)
     y = torch.randint(0, cfg.num_classes, (args.batch,)) if cfg.num_classes else None
@@ -109,10 +221,25 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+_MAX_SCAN_ENTRIES = 1 << 20  # a million printed indices or drawn cells is already unreadable
+
+
 def cmd_scans(args: argparse.Namespace) -> int:
-    from zigma.scan import save_scan_plot, scan_orders
+    from zigma.scan import SCAN_KINDS, save_scan_plot, scan_orders
 
     height, width = args.size, args.width or args.size
+    if args.kind not in SCAN_KINDS:
+        raise UsageError(
+            f"unknown scan kind {args.kind[:40]!r}; choose from {', '.join(SCAN_KINDS)}"
+        )
+    count = 1 if args.kind.startswith("sweep") else (args.num or 8)
+    entries = count * args.frames * height * width
+    if entries > _MAX_SCAN_ENTRIES:
+        raise UsageError(
+            f"{count} order(s) of {args.frames}x{height}x{width} tokens are {entries} indices, "
+            f"more than the {_MAX_SCAN_ENTRIES} zigma scans shows; use a smaller grid or --num"
+        )
+    _check_out_png(args.plot, "--plot")
     orders = scan_orders(args.kind, height, width, args.frames, num=args.num, seed=args.seed)
     if args.print:
         for k, row in enumerate(orders.tolist()):
@@ -131,24 +258,60 @@ def cmd_scans(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_sample(args: argparse.Namespace) -> int:
-    import torch
-
-    from zigma.evaluate import default_labels, generate, load_for_sampling, write_samples
+def _check_sample_outputs(args: argparse.Namespace) -> None:
+    from zigma.artifacts import check_output_dir
 
     if args.out is None and args.out_dir is None:
         raise UsageError("give --out FILE.png (a grid) and/or --out-dir DIR (one PNG per sample)")
-    if args.out is not None and Path(args.out).suffix.lower() != ".png":
-        raise UsageError(f"--out must be a .png file, got {args.out}")
-    if args.num < 1:
-        raise UsageError(f"--num must be >= 1, got {args.num}")
-    if args.scale is not None and not 1 <= args.scale <= 16:
-        raise UsageError(f"--scale must be in 1..16, got {args.scale}")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if args.cuda_graphs and torch.device(device).type != "cuda":
+    _check_out_png(args.out, "--out")
+    if args.out_dir is not None:
+        folder = check_output_dir(args.out_dir, "--out-dir")
+        if folder.is_dir() and any(folder.iterdir()) and not args.overwrite:
+            raise UsageError(
+                f"--out-dir {folder} is not empty; choose an empty or new folder, or pass "
+                "--overwrite to replace the PNGs of the same numbers"
+            )
+
+
+def _sample_bytes(num: int, shape: tuple[int, ...], nrow: int | None, scale: int) -> int:
+    """Memory the samples and their grid take: noise and results in fp32 (about three copies)
+    and the grid as bytes, a few copies while it is enlarged and encoded."""
+    c, h, w = shape
+    cols = nrow or math.ceil(math.sqrt(num))
+    rows = math.ceil(num / cols)
+    grid = (rows * (h + 2) + 2) * (cols * (w + 2) + 2) * 3 * scale**2
+    return 3 * 4 * num * c * h * w + 3 * grid
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from zigma.evaluate import default_labels, generate, load_for_sampling, write_samples
+    from zigma.transport import SAMPLERS
+
+    _check_sample_outputs(args)
+    if args.sampler not in SAMPLERS:
+        raise UsageError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {args.sampler!r}")
+    if args.nrow is not None and args.nrow > args.num:
+        raise UsageError(f"--nrow must be in 1..--num ({args.num}), got {args.nrow}")
+    device = _device(args.device)
+    if args.cuda_graphs and not device.startswith("cuda"):
         raise UsageError("--cuda-graphs needs a CUDA device")
     loaded = load_for_sampling(args.ckpt, map_location=device)
     cfg = loaded.model.config
+    if cfg.in_channels not in (1, 3):
+        raise UsageError(
+            f"{loaded.source} makes {cfg.in_channels}-channel samples; PNGs need 1 or 3 "
+            "(a latent model needs its decoder first)"
+        )
+    if args.cfg != 1.0 and loaded.model.null_class is None:
+        raise UsageError(f"--cfg {args.cfg}: guidance needs a class-conditional model")
+    conditional = cfg.num_classes > 0 and args.class_label is None
+    nrow = args.nrow or (cfg.num_classes if conditional and cfg.num_classes <= 16 else None)
+    shape = (cfg.in_channels, *cfg.input_size)
+    scale = args.scale if args.scale is not None else max(1, 64 // max(shape[1:]))
+    _check_memory(
+        _sample_bytes(args.num, shape, nrow if args.out else None, scale if args.out else 0),
+        f"{args.num} samples of {'x'.join(map(str, shape))}",
+    )
     labels = default_labels(args.num, cfg.num_classes, args.class_label)
     start = time.perf_counter()
     images = generate(
@@ -157,12 +320,6 @@ def cmd_sample(args: argparse.Namespace) -> int:
         progress=sys.stderr.isatty(), cuda_graphs=args.cuda_graphs,
     )  # fmt: skip
     took = time.perf_counter() - start
-    nrow = args.nrow or (
-        cfg.num_classes
-        if labels is not None and args.class_label is None and cfg.num_classes <= 16
-        else None
-    )
-    scale = args.scale if args.scale is not None else max(1, 64 // max(images.shape[-2:]))
     write_samples(images, args.out, args.out_dir, nrow=nrow, scale=scale)
     if args.out:
         print(f"wrote {args.out}")
@@ -176,12 +333,35 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_base_config(out: str) -> dict:
+    """``--resume`` without --preset/--config: the run's own config, from its newest
+    checkpoint, else the config.json an earlier attempt wrote before its first checkpoint."""
+    from zigma.artifacts import CONFIG_NAME, latest_checkpoint, read_json_object
+
+    ckpt = latest_checkpoint(out)
+    if ckpt is not None:
+        return read_json_object(ckpt / "config.json", "checkpoint config")
+    if (Path(out) / CONFIG_NAME).is_file():
+        return read_json_object(Path(out) / CONFIG_NAME, "run config")
+    raise UsageError(
+        f"no checkpoint or config.json in {out} to resume; give --preset NAME or --config FILE "
+        "to start the run"
+    )
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    import json
     import logging
     import os
 
-    from zigma.train import TRAIN_PRESETS, TrainingDiverged, build_config, latest_checkpoint, train
+    from zigma.train import (
+        TRAIN_PRESETS,
+        PeerRefused,
+        TrainingDiverged,
+        TrainingInterrupted,
+        TrainingPreempted,
+        build_config,
+        train,
+    )
 
     if args.list_presets:
         print(f"{'preset':<14} description")
@@ -194,36 +374,42 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     if not args.out:
         raise UsageError("--out DIR is required (the run folder)")
-    try:
-        base = None
-        if args.resume and not (args.preset or args.config):
-            # no preset given: start from the run's own config (the checkpoint's wins anyway)
-            base = json.loads((latest_checkpoint(args.out) / "config.json").read_text())
-        elif not (args.preset or args.config):
-            raise UsageError("give --preset NAME (see --list-presets) or --config FILE")
-        cfg = build_config(
-            args.preset,
-            args.config,
-            args.overrides,
-            base=base,
-            steps=args.steps,
-            ckpt_every=args.ckpt_every,
-        )
-    except (ValueError, FileNotFoundError) as e:
-        raise UsageError(" ".join(str(e).split())) from e
+    base = None
+    if args.resume and not (args.preset or args.config):
+        base = _train_base_config(args.out)
+    elif not (args.preset or args.config):
+        raise UsageError("give --preset NAME (see --list-presets) or --config FILE")
+    cfg = build_config(
+        args.preset,
+        args.config,
+        args.overrides,
+        base=base,
+        steps=args.steps,
+        ckpt_every=args.ckpt_every,
+    )
     rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(
         level=logging.INFO if rank == 0 else logging.WARNING,
         format="%(message)s",
         stream=sys.stdout,
     )
+    hint = "pass --resume to continue it, or choose a new --out"
     try:
-        summary = train(cfg, Path(args.out), resume=args.resume)
+        summary = train(cfg, Path(args.out), resume=args.resume, resume_hint=hint)
+    except TrainingPreempted as e:
+        if rank == 0:
+            print(f"zigma train: preempted: {one_line(e)}", file=sys.stderr)
+        return EXIT_PREEMPTED
+    except TrainingInterrupted:
+        if rank == 0:
+            raise  # main prints the one line
+        return EXIT_INTERRUPTED
+    except PeerRefused:
+        return EXIT_USAGE  # rank 0 prints why
     except TrainingDiverged as e:
-        print(f"zigma train: error: {e}", file=sys.stderr)
-        return 2
-    except (ValueError, FileNotFoundError, NotADirectoryError) as e:
-        raise UsageError(" ".join(str(e).split())) from e
+        if rank == 0:
+            print(f"zigma train: error: {one_line(e)}", file=sys.stderr)
+        return EXIT_USAGE
     if rank == 0:
         print(
             f"trained {summary.steps} steps in {summary.seconds / 60:.1f} min "
@@ -236,10 +422,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     import logging
 
+    from zigma.artifacts import check_output_dir
     from zigma.evaluate import default_labels, generate, load_for_sampling, write_samples
-    from zigma.train import build_config, train
+    from zigma.train import TrainingDiverged, build_config, train
 
     out = Path(args.out or time.strftime("runs/demo-%Y%m%d-%H%M%S"))
+    check_output_dir(out, "--out")
+    if out.is_dir() and any(out.iterdir()):  # the demo always starts a new run
+        raise UsageError(f"run folder {out} is not empty; choose another --out or delete {out}")
     try:
         cfg = build_config("demo", overrides=args.overrides, steps=args.steps)
     except (ValueError, FileNotFoundError) as e:
@@ -247,7 +437,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     print(f"zigma demo: training a small ZigMa on the embedded shapes data into {out}")
     start = time.perf_counter()
-    summary = train(cfg, out)
+    try:
+        summary = train(cfg, out)
+    except TrainingDiverged as e:
+        raise UsageError(str(e)) from None
     loaded = load_for_sampling(out)
     num_classes = loaded.model.config.num_classes
     labels = default_labels(8 * num_classes, num_classes, None)
@@ -267,19 +460,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _int_list(raw: str, what: str) -> list[int]:
+_MAX_BENCH_SIDE = 1024  # a 1024x1024 token grid: a million tokens, beyond any H200 run
+
+
+def _int_list(raw: str, what: str, high: int) -> list[int]:
     try:
         values = [int(v) for v in raw.split(",") if v.strip()]
     except ValueError:
-        raise UsageError(f"{what} must be comma-separated integers, got {raw!r}") from None
-    if not values or any(v < 1 for v in values):
-        raise UsageError(f"{what} must be positive integers, got {raw!r}")
+        raise UsageError(f"{what} must be comma-separated integers, got {raw[:40]!r}") from None
+    if not values or any(not 1 <= v <= high for v in values):
+        raise UsageError(f"{what} must be positive integers up to {high}, got {raw[:40]!r}")
     return values
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    import torch
-
+    from zigma.artifacts import check_output_dir, check_output_file
     from zigma.bench import (
         BenchSettings,
         format_table,
@@ -292,35 +487,41 @@ def cmd_bench(args: argparse.Namespace) -> int:
         write_plots,
     )
     from zigma.bench.suites import PAPER_SIDES, TINY_DEPTH, TINY_SIDES, TINY_WIDTH
+    from zigma.models import preset_config
+    from zigma.ssm import resolve_backend
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {device}: CUDA is not available")
-    tiny = args.tiny if args.tiny is not None else torch.device(device).type == "cpu"
-    if args.cuda_graphs and torch.device(device).type != "cuda":
+    device = _device(args.device)
+    check_output_dir(args.out, "--out")
+    for name in ("bench.csv", "bench.json"):
+        check_output_file(Path(args.out) / name, "--out")
+    if args.backend is not None:
+        try:
+            resolve_backend(args.backend, device)
+        except (ValueError, RuntimeError) as e:
+            raise UsageError(f"--backend: {e}") from None
+    tiny = args.tiny if args.tiny is not None else not device.startswith("cuda")
+    if args.cuda_graphs and not device.startswith("cuda"):
         raise UsageError("--cuda-graphs needs a CUDA device")
     width = args.width if args.width is not None else (TINY_WIDTH if tiny else None)
     depth = args.depth if args.depth is not None else (TINY_DEPTH if tiny else None)
     if args.study == "orders":
-        default_models, default_sides = "ZigMa-B/1", (TINY_SIDES[:1] if tiny else (64,))
+        default_models, default_sides = "ZigMa-B/1", [TINY_SIDES[0] if tiny else 64]
     else:
         default_models = "ZigMa-B/1,DiT-B/1,U-ViT-B/1,Vim-B/1,Sweep-B/1"
-        default_sides = TINY_SIDES if tiny else PAPER_SIDES
+        default_sides = list(TINY_SIDES if tiny else PAPER_SIDES)
     models = [m.strip() for m in (args.models or default_models).split(",") if m.strip()]
     if not models:
         raise UsageError("--models must name at least one preset (see `zigma models`)")
-    sides = _int_list(args.tokens, "--tokens") if args.tokens else list(default_sides)
-    if (args.repeats is not None and args.repeats < 1) or args.batch < 1:
-        raise UsageError("--repeats and --batch must be >= 1")
-    if args.warmup is not None and args.warmup < 0:
-        raise UsageError(f"--warmup must be >= 0, got {args.warmup}")
+    sides = _int_list(args.tokens, "--tokens", _MAX_BENCH_SIDE) if args.tokens else default_sides
     extra = {m: tiny_overrides(m, width, depth) for m in models}
     if args.study == "orders":
-        orders = _int_list(args.orders, "--orders")
+        orders = _int_list(args.orders, "--orders", 8)
         cases = [c for m in models for c in order_study(m, sides, orders, overrides=extra[m])]
     else:
         cases = token_sweep(models, sides, extra)
-    cuda = torch.device(device).type == "cuda"
+    for case in cases:  # every model must build before the first one is timed
+        preset_config(case.preset, **case.overrides)
+    cuda = device.startswith("cuda")
     settings = BenchSettings(
         device=device,
         dtype=args.dtype,
@@ -361,16 +562,43 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+class _TrainHelp(argparse.Action):
+    """``zigma train --help``: the description names the resume-mutable fields, read from
+    ``RESUME_MUTABLE`` only when help is asked for (importing the trainer takes seconds)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        from zigma.train.config import RESUME_MUTABLE
+
+        parser.description = (
+            "Config precedence: preset < --config file < key=value overrides < "
+            "--steps/--ckpt-every. With --resume the checkpoint's config wins, except "
+            + ", ".join(RESUME_MUTABLE)
+            + ", which take the command line's values (each change is logged)."
+        )
+        parser.print_help()
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     from zigma import __version__
 
-    parser = argparse.ArgumentParser(prog="zigma", description="Zigzag-Mamba diffusion models.")
+    parser = _Parser(prog="zigma", description="Zigzag-Mamba diffusion models.")
     parser.add_argument("--version", action="version", version=f"zigma {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("models", help="list the model presets with sizes and parameter counts")
-    p.add_argument("--size", type=int, default=32, help="input height = width (default 32)")
-    p.add_argument("--channels", type=int, default=4, help="input channels (default 4)")
+    p.add_argument(
+        "--size",
+        type=_int_arg(4, 1024),
+        default=32,
+        help="input height = width, a multiple of 4 up to 1024 (default 32)",
+    )
+    p.add_argument(
+        "--channels", type=_int_arg(1, 4096), default=4, help="input channels (default 4)"
+    )
     p.add_argument("--flops", action="store_true", help="also count forward GFLOPs (slower)")
     p.set_defaults(func=cmd_models)
 
@@ -382,8 +610,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="key=value",
         help="config overrides, e.g. input_size=64 num_classes=10 scan=hilbert",
     )
-    p.add_argument("--batch", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch", type=_int_arg(1, 4096), default=2, help="batch of the forward pass")
+    p.add_argument("--seed", type=_SEED, default=0)
     p.add_argument("--no-flops", action="store_true", help="skip the FLOP count")
     p.set_defaults(func=cmd_info)
 
@@ -393,12 +621,16 @@ def build_parser() -> argparse.ArgumentParser:
         default="zigzag",
         help="sweep, zigzag, hilbert, random, sweep3d or zigzag3d (default zigzag)",
     )
-    p.add_argument("--size", type=int, default=8, help="grid height in tokens (default 8)")
-    p.add_argument("--width", type=int, default=None, help="grid width (default: = --size)")
-    p.add_argument("--frames", type=int, default=1, help="frames, for the 3d kinds")
-    p.add_argument("--num", type=int, default=None, help="number of orders (default per kind)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random kind")
-    p.add_argument("--plot", metavar="FILE.png", help="draw the orders to a PNG")
+    p.add_argument("--size", type=_int_arg(1), default=8, help="grid height in tokens (default 8)")
+    p.add_argument("--width", type=_int_arg(1), default=None, help="grid width (default: = --size)")
+    p.add_argument("--frames", type=_int_arg(1), default=1, help="frames, for the 3d kinds")
+    p.add_argument(
+        "--num", type=_int_arg(1), default=None, help="number of orders (default per kind)"
+    )
+    p.add_argument("--seed", type=_SEED, default=0, help="seed of the random kind")
+    p.add_argument(
+        "--plot", metavar="FILE.png", help="draw the orders to a PNG (replaces an existing file)"
+    )
     p.add_argument("--print", action="store_true", help="print each order as token indices")
     p.set_defaults(func=cmd_scans)
     p = sub.add_parser("sample", help="draw samples from a trained model to PNG")
@@ -407,32 +639,45 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="a run folder, a checkpoint folder or an exported model folder",
     )
-    p.add_argument("--out", metavar="FILE.png", help="write a grid of all samples")
-    p.add_argument("--out-dir", metavar="DIR", help="also write one PNG per sample")
+    p.add_argument(
+        "--out", metavar="FILE.png", help="write a grid of all samples (replaces an existing file)"
+    )
+    p.add_argument(
+        "--out-dir",
+        metavar="DIR",
+        help="also write one PNG per sample, 000000.png ...; the folder must be empty or new",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="let --out-dir be a folder that is not empty (same-numbered PNGs are replaced)",
+    )
     p.add_argument(
         "--scale",
-        type=int,
+        type=_int_arg(1, 16),
         default=None,
         help="enlarge the grid's images N times (nearest); default: to at least 64 px",
     )
-    p.add_argument("--num", type=int, default=64, help="number of samples (default 64)")
-    p.add_argument("--seed", type=int, default=0, help="seed; same seed, same images")
+    p.add_argument("--num", type=_int_arg(1), default=64, help="number of samples (default 64)")
+    p.add_argument("--seed", type=_SEED, default=0, help="seed; same seed, same images")
     p.add_argument(
         "--sampler",
         default="heun",
         help="euler, heun, dopri5, sde-euler or sde-heun (default heun)",
     )
-    p.add_argument("--steps", type=int, default=50, help="sampling steps (default 50)")
-    p.add_argument("--cfg", type=float, default=1.0, help="classifier-free guidance scale")
+    p.add_argument("--steps", type=_int_arg(1), default=50, help="sampling steps (default 50)")
+    p.add_argument(
+        "--cfg", type=_finite_float(0.0), default=1.0, help="classifier-free guidance scale"
+    )
     p.add_argument(
         "--class",
         dest="class_label",
-        type=int,
+        type=_int_arg(0),
         default=None,
         help="sample this class only (default: classes in turn)",
     )
-    p.add_argument("--nrow", type=int, default=None, help="images per grid row")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--nrow", type=_int_arg(1), default=None, help="images per grid row")
+    p.add_argument("--batch-size", type=_int_arg(1), default=64, help="samples per model call")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.add_argument(
         "--cuda-graphs",
@@ -444,11 +689,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "train",
         help="train a model into a run folder (resumable; DDP under torchrun)",
-        description="Config precedence: preset < --config file < key=value overrides < "
-        "--steps/--ckpt-every. With --resume the checkpoint's config wins, except steps, "
-        "ckpt_every, log_every, sample_every, keep_last_checkpoints, num_workers, cpu_threads "
-        "and the tracker flags.",
+        add_help=False,
+        epilog="Exit codes: 0 done, 1 machine failure (disk full, I/O), 2 bad input or a "
+        "diverged run, 75 preempted by SIGTERM/SIGUSR1 after writing a checkpoint (relaunch "
+        "the same command with --resume), 130 Ctrl-C.",
     )
+    p.add_argument("-h", "--help", action=_TrainHelp, help="show this help message and exit")
     p.add_argument(
         "overrides",
         nargs="*",
@@ -456,19 +702,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="dotted config overrides, e.g. model.hidden_size=256 optim.lr=3e-4",
     )
     p.add_argument("--preset", help="training preset (--list-presets) or a model preset name")
-    p.add_argument("--out", metavar="DIR", help="run folder (new or empty, unless --resume)")
+    p.add_argument("--out", metavar="DIR", help="run folder (new, empty, or an earlier attempt's)")
     p.add_argument("--config", metavar="FILE", help="a full or partial config (.yaml or .json)")
     p.add_argument("--steps", type=int, default=None, help="total optimizer steps")
     p.add_argument("--ckpt-every", type=int, default=None, help="checkpoint interval (steps)")
     p.add_argument(
-        "--resume", action="store_true", help="continue the run in --out from its newest checkpoint"
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its newest checkpoint, or start it if it has "
+        "none yet (relaunch-safe: the same command works after any stop)",
     )
     p.add_argument("--list-presets", action="store_true", help="print the training presets")
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("demo", help="train a small model on the embedded shapes, sample a grid")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="train config overrides")
-    p.add_argument("--out", metavar="DIR", help="run folder (default runs/demo-<time>)")
-    p.add_argument("--steps", type=int, default=None, help="training steps (default: preset)")
+    p.add_argument(
+        "--out", metavar="DIR", help="run folder, new or empty (default runs/demo-<time>)"
+    )
+    p.add_argument(
+        "--steps", type=_int_arg(1), default=None, help="training steps (default: preset)"
+    )
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser(
         "bench",
@@ -481,14 +734,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tokens", help="comma-separated input sides (default 32,64,96,128,196; CPU: 8,16)"
     )
-    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--batch", type=_int_arg(1), default=1)
     p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16")
     p.add_argument("--train", action="store_true", help="also time forward+backward+AdamW")
     p.add_argument("--study", choices=("tokens", "orders"), default="tokens")
     p.add_argument("--orders", default="1,2,4,8", help="K values of the order study")
-    p.add_argument("--repeats", type=int, default=None, help="timed runs (default 20; CPU 3)")
-    p.add_argument("--warmup", type=int, default=None, help="untimed runs (default 5; CPU 1)")
-    p.add_argument("--out", default="bench", metavar="DIR", help="output folder (default bench)")
+    p.add_argument(
+        "--repeats", type=_int_arg(1), default=None, help="timed runs (default 20; CPU 3)"
+    )
+    p.add_argument(
+        "--warmup", type=_int_arg(0), default=None, help="untimed runs (default 5; CPU 1)"
+    )
+    p.add_argument(
+        "--out",
+        default="bench",
+        metavar="DIR",
+        help="output folder (default bench); its bench.csv, bench.json and plots are replaced",
+    )
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.add_argument("--backend", default=None, help="scan backend, e.g. chunked or triton")
     p.add_argument(
@@ -507,8 +769,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="width 64, depth 3 (default: on for CPU, off for CUDA)",
     )
-    p.add_argument("--width", type=int, default=None, help="override hidden_size")
-    p.add_argument("--depth", type=int, default=None, help="override depth")
+    p.add_argument("--width", type=_int_arg(1, 65536), default=None, help="override hidden_size")
+    p.add_argument("--depth", type=_int_arg(1, 4096), default=None, help="override depth")
     p.set_defaults(func=cmd_bench)
     return parser
 
@@ -519,7 +781,16 @@ def main(argv: list[str] | None = None) -> int:
     from zigma.artifacts import describe_os_error
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args, unknown = parser.parse_known_args(argv)
+    except SystemExit as e:  # --help, --version, or an argument error already printed
+        return e.code if isinstance(e.code, int) else EXIT_USAGE
+    if unknown:  # named after the command, like every other error of its arguments
+        print(
+            f"zigma {args.command}: error: unrecognized arguments: {one_line(' '.join(unknown))}",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
 
     def fail(message: object, code: int) -> int:
         print(f"zigma {args.command}: error: {one_line(message)}", file=sys.stderr)

@@ -29,7 +29,7 @@ def test_info_builds_and_runs(capsys):
     "argv, message",
     [
         (["info", "ZigMa-Q/2"], "unknown model 'ZigMa-Q/2'"),
-        (["info", "ZigMa-S/2", "hiden_size=3"], "unknown ZigMaConfig field 'hiden_size'"),
+        (["info", "ZigMa-S/2", "hiden_size=3"], "unknown ZigMaConfig key 'hiden_size'"),
         (["info", "ZigMa-S/2", "input_size=31"], "not a positive multiple of patch_size 2"),
         (["info", "ZigMa-S/2", "depth"], "not of the form key=value"),
         (["scans", "--kind", "spiral"], "spiral"),

@@ -1,13 +1,14 @@
 import io
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from zigma.data import ImageFolderDataset, check_image
+from zigma.data import DataLoadError, ImageFolderDataset, check_image
 
 
 def noise_image(w, h, seed=0, mode="RGB"):
@@ -47,7 +48,7 @@ def tree(tmp_path):
     (root / "cats" / "notes.md").write_text("ignored: not an image extension")
     bad = {
         "dogs/corrupt.png": "unreadable",
-        "dogs/truncated.png": "unreadable",
+        "dogs/truncated.png": "truncated or corrupt",
         "dogs/empty.png": "empty file",
         "dogs/text.png": "unreadable",
         "cats/tiny.png": "too small",
@@ -56,8 +57,6 @@ def tree(tmp_path):
 
 
 def rel(root, paths):
-    from pathlib import Path
-
     return sorted(Path(p).relative_to(root).as_posix() for p in paths)
 
 
@@ -148,16 +147,69 @@ def test_empty_or_missing_folder(tmp_path):
         ImageFolderDataset(tmp_path / "nope", 8)
 
 
-def test_truncated_jpeg_falls_back_to_next_index(tmp_path):
+def jpeg_bytes(seed, size=64):
     buf = io.BytesIO()
-    noise_image(64, 64, 1).save(buf, "JPEG")
-    (tmp_path / "a_bad.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
-    noise_image(32, 32, 2).save(tmp_path / "b_good.png")
+    noise_image(size, size, seed).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def test_truncated_jpegs_are_skipped_at_indexing_however_many_in_a_row(tmp_path):
+    # an interrupted copy: the old loader gave up after 32 undecodable files in a row
+    for i in range(40):
+        data = jpeg_bytes(i)
+        (tmp_path / f"a{i:02d}.jpg").write_bytes(data[: len(data) * (i + 10) // 60])
+    for i in range(3):
+        noise_image(32, 32, 100 + i).save(tmp_path / f"b{i}.png")
+    (tmp_path / "c_trailer.jpg").write_bytes(jpeg_bytes(7) + b"camera trailer")  # still whole
     ds = ImageFolderDataset(tmp_path, 8)
-    assert len(ds) == 2  # a truncated JPEG passes the header check
-    first = ds[0]["image"]
-    assert torch.equal(first, ds[1]["image"])
-    assert [r.split(":")[0] for p, r in ds.skipped if p.endswith("a_bad.jpg")] == ["unreadable"]
+    assert rel(tmp_path, ds.paths) == ["b0.png", "b1.png", "b2.png", "c_trailer.jpg"]
+    assert len(ds.skipped) == 40 and ds.skip_summary == "skipped 40 files (40 truncated or corrupt)"
+    assert all(r.startswith("truncated or corrupt: ") for _, r in ds.skipped)
+    for i in range(len(ds)):
+        assert ds[i]["image"].shape == (3, 8, 8)
+
+
+def test_files_failing_at_load_time_get_a_deterministic_stand_in(tmp_path):
+    for i in range(6):
+        (tmp_path / f"{i}.jpg").write_bytes(jpeg_bytes(i, 32))
+    ds, again = ImageFolderDataset(tmp_path, 8), ImageFolderDataset(tmp_path, 8)
+    before = [ds[i]["image"] for i in range(6)]
+    for i in (1, 2, 3):  # changed after indexing: e.g. still being copied
+        data = jpeg_bytes(i, 32)
+        (tmp_path / f"{i}.jpg").write_bytes(data[: len(data) // 2])
+    g = [torch.Generator().manual_seed(5) for _ in range(2)]
+    items = [ds.get_item(i, g[0])["image"] for i in range(6)]
+    for i, img in enumerate(items):
+        if i not in (1, 2, 3):
+            assert torch.equal(img, before[i])
+        else:  # some good image, the same one in another process and in any order of calls
+            assert any(torch.equal(img, before[j]) for j in (0, 4, 5))
+            assert torch.equal(img, again.get_item(i, g[1])["image"])
+    assert [ds.get_item(i)["caption"] for i in (3, 2, 1)] == [""] * 3
+    assert sorted(Path(p).name for p, _ in ds.skipped) == ["1.jpg", "2.jpg", "3.jpg"]
+    assert all(r.startswith("failed to load: ") for _, r in ds.skipped)
+    assert ds.skip_summary == "skipped 3 files (3 failed to load)"
+
+
+def test_random_transforms_of_a_stand_in_use_the_callers_generator_state(tmp_path):
+    for i in range(4):
+        gradient_image(64, 32).save(tmp_path / f"{i}.png")
+    ds = ImageFolderDataset(tmp_path, 16, crop="random", flip=True)
+    expected = ds.get_item(0, torch.Generator().manual_seed(3))["image"]
+    (tmp_path / "2.png").write_bytes(b"gone")
+    got = ds.get_item(2, torch.Generator().manual_seed(3))["image"]
+    assert torch.equal(got, expected)  # all four look alike: same crop window and flip
+
+
+def test_no_loadable_image_left_is_one_clear_error(tmp_path):
+    for i in range(3):
+        noise_image(16, 16, i).save(tmp_path / f"{i}.png")
+    ds = ImageFolderDataset(tmp_path, 8)
+    for p in ds.paths:
+        Path(p).unlink()
+    with pytest.raises(DataLoadError, match=f"none of the 3 images in {tmp_path} loads"):
+        ds[0]
+    assert len(ds.skipped) == 3
 
 
 def test_center_crop_and_resize(tmp_path):
@@ -190,3 +242,14 @@ def test_gray_and_transparent(tmp_path):
     ds = ImageFolderDataset(tmp_path, 8, channels=1)
     img = ds[0]["image"]
     assert img.shape == (1, 8, 8) and torch.allclose(img, torch.ones_like(img))  # white
+
+
+def test_16_bit_png_is_scaled_not_turned_white(tmp_path):
+    v = (np.arange(16 * 16).reshape(16, 16) * 257 % 65536).astype(np.uint16)
+    Image.frombytes("I;16", (16, 16), v.astype("<u2").tobytes()).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode.startswith("I")  # really stored as 16 bits
+    expected = torch.from_numpy(np.rint(v / 257) / 127.5 - 1).float()
+    for channels in (1, 3):
+        img = ImageFolderDataset(tmp_path, 16, channels=channels)[0]["image"]
+        assert img.shape == (channels, 16, 16)
+        assert torch.allclose(img, expected.expand(channels, -1, -1), atol=1e-6)

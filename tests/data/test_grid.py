@@ -34,3 +34,22 @@ def test_bad_input():
         make_image_grid(torch.zeros(1, 2, 8, 8))
     with pytest.raises(ValueError, match="empty"):
         make_image_grid(torch.zeros(0, 3, 8, 8))
+
+
+def test_save_is_atomic_and_checks_the_format_first(tmp_path, monkeypatch):
+    path = tmp_path / "g.png"
+    save_image_grid(torch.zeros(1, 3, 4, 4), path)
+    before = path.read_bytes()
+    with pytest.raises(ValueError, match=r"cannot write images as \.xyz"):
+        save_image_grid(torch.zeros(1, 3, 4, 4), tmp_path / "g.xyz")
+
+    def torn_save(self, fp, format=None, **kw):  # a crash halfway through the encoder
+        with open(fp, "wb") as f:
+            f.write(b"\x89PNG partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Image.Image, "save", torn_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_image_grid(torch.ones(1, 3, 4, 4), path)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.png"]

@@ -1,5 +1,7 @@
 import gzip
 import struct
+import tracemalloc
+import zlib
 
 import numpy as np
 import pytest
@@ -202,3 +204,101 @@ def test_debian_fashion_mnist(monkeypatch):
     item = train[0]
     assert item["image"].shape == (1, 32, 32) and item["caption"] == "a photo of an ankle boot"
     assert len(fashion_mnist("test")) == 10000
+
+
+def gzip_bomb(prefix: bytes, zeros_mib: int) -> bytes:
+    """A valid gzip file of ``prefix`` then ``zeros_mib`` MiB of zeros, built in a fraction of a
+    second: one compressed MiB of zeros repeated (each block flushed, so they are independent)."""
+    c = zlib.compressobj(9, zlib.DEFLATED, -15)
+    zeros = bytes(1 << 20)
+    head = c.compress(prefix) + c.flush(zlib.Z_FULL_FLUSH)
+    mib = c.compress(zeros) + c.flush(zlib.Z_FULL_FLUSH)
+    end = c.flush()
+    crc = zlib.crc32(prefix)
+    for _ in range(zeros_mib):
+        crc = zlib.crc32(zeros, crc)
+    size = (len(prefix) + (zeros_mib << 20)) & 0xFFFFFFFF
+    gzip_header = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\xff"
+    return gzip_header + head + mib * zeros_mib + end + struct.pack("<II", crc, size)
+
+
+def peak_bytes(fn):
+    tracemalloc.start()
+    try:
+        fn()
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak
+
+
+def test_gzip_bomb_is_refused_after_the_declared_bytes(tmp_path):
+    # 10 real images, then 256 MiB of zeros: a 0.3 MB file; only 7.8 KB (+1 byte) is inflated
+    data = idx_bytes(np.zeros((10, 28, 28), np.uint8))
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    path.write_bytes(gzip_bomb(data, 256))
+    assert gzip.decompress(gzip_bomb(data, 1)) == data + bytes(1 << 20)  # a real gzip file
+
+    def read():
+        with pytest.raises(IdxFormatError, match="has trailing bytes"):
+            read_idx(path)
+
+    assert peak_bytes(read) < 8 << 20
+
+
+def test_absurd_declared_size_is_refused_from_the_header(tmp_path):
+    huge = struct.pack(">BBBBIII", 0, 0, 0x08, 3, 3_000_000, 28, 28)  # 2.3 GB declared
+    path = tmp_path / "x.gz"
+    path.write_bytes(gzip_bomb(huge, 64))
+
+    def read():
+        with pytest.raises(IdxFormatError, match=r"\(2352000000 bytes\), more than the"):
+            read_idx(path)
+
+    assert peak_bytes(read) < 8 << 20
+    raw = tmp_path / "raw"
+    raw.write_bytes(huge)
+    with pytest.raises(IdxFormatError, match="more than the 1000 bytes"):
+        read_idx(raw, max_bytes=1000)
+
+
+def split_files(folder, images, labels):
+    folder.mkdir(exist_ok=True)
+    (folder / "train-images-idx3-ubyte").write_bytes(images)
+    (folder / "train-labels-idx1-ubyte").write_bytes(labels)
+
+
+def u8(*shape):
+    return idx_bytes(np.zeros(shape, np.uint8))
+
+
+@pytest.mark.parametrize(
+    "images, labels, match",
+    [
+        (u8(4, 28, 28), idx_bytes(np.zeros(4, np.float32), 0x0D), "expected integer labels"),
+        (u8(4, 28, 28), idx_bytes(np.full(4, 10, np.uint8)), r"labels must lie in \[0, 9\]"),
+        (u8(4, 28, 28), idx_bytes(np.zeros((4, 1), np.uint8)), "expected integer labels"),
+        (u8(4, 28, 20), u8(4), "images of 28x20 pixels"),
+        (u8(4, 0, 0), u8(4), "images of 0x0 pixels"),
+        (u8(1, 129, 129), u8(1), "1 to 128 pixels a side"),
+        (u8(4, 28, 28), u8(5), "4 images, but"),
+        (u8(4, 28), u8(4), r"expected uint8 \[N, H, W\]"),
+        (u8(4, 28, 28), struct.pack(">BBBBI", 0, 0, 8, 1, 1_000_001), "at most 1000000"),
+    ],
+    ids=[
+        "float-labels",
+        "label-out-of-range",
+        "2d-labels",
+        "not-square",
+        "zero-side",
+        "too-wide",
+        "count-mismatch",
+        "2d-images",
+        "too-many-labels",
+    ],
+)
+def test_mnist_style_files_are_checked_from_their_headers(tmp_path, images, labels, match):
+    split_files(tmp_path, images, labels)
+    with pytest.raises(IdxFormatError, match=match) as err:
+        mnist("train", data_dir=tmp_path)
+    assert str(tmp_path) in str(err.value)

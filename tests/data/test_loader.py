@@ -1,4 +1,5 @@
 import itertools
+import os
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_co
 from zigma.config import ConfigError, from_dict, to_dict
 from zigma.data import (
     DataConfig,
+    DataLoadError,
     EpochSampler,
     ShapesDataset,
     SkipSampler,
@@ -138,6 +140,58 @@ def test_folder_augmentation_resume_and_workers(tmp_path):
     assert same_batches(resumed, stream[4:])
 
 
+def write_pngs(folder, n, seed=0):
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        pixels = rng.integers(0, 256, (24, 40, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"{i:02d}.png")
+
+
+def test_folder_with_bad_files_resumes_exactly_with_any_worker_count(tmp_path):
+    write_pngs(tmp_path, 12)
+    for name in ("03.png", "04.png", "05.png"):  # cut before indexing: skipped and counted
+        data = (tmp_path / name).read_bytes()
+        (tmp_path / name).write_bytes(data[: len(data) // 2])
+    cfg = DataConfig(name="folder", data_dir=str(tmp_path), resolution=16, flip=True, crop="random")
+    ds = build_dataset(cfg)
+    assert len(ds) == 9 and ds.skip_summary == "skipped 3 files (3 truncated or corrupt)"
+    for name in ("07.png", "08.png"):  # cut after indexing: a stand-in at load time
+        (tmp_path / name).write_bytes(b"\x89PNG")
+    stream = list(itertools.islice(iterate_batches(ds, 2, seed=1), 9))
+    for workers in (0, 2):
+        for start in (0, 3, 5):
+            resumed = iterate_batches(ds, 2, seed=1, start_step=start, num_workers=workers)
+            assert same_batches(list(itertools.islice(resumed, 9 - start)), stream[start:])
+
+
+def test_too_few_usable_images_say_what_was_skipped(tmp_path):
+    write_pngs(tmp_path, 3)
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "cut.png").write_bytes((tmp_path / "00.png").read_bytes()[:40])
+    ds = build_dataset(DataConfig(name="folder", data_dir=str(tmp_path), resolution=8))
+    with pytest.raises(
+        ValueError,
+        match=r"3 samples holds no batch of 4 with drop_last=True "
+        r"\(skipped 2 files \(1 empty file, 1 unreadable\)\)",
+    ):
+        iterate_batches(ds, 4)
+
+
+def test_no_loadable_image_in_a_worker_is_one_clean_message(tmp_path):
+    write_pngs(tmp_path, 4)
+    ds = build_dataset(DataConfig(name="folder", data_dir=str(tmp_path), resolution=8))
+    for p in ds.paths:
+        os.unlink(p)
+    with pytest.raises(DataLoadError) as info:
+        next(iterate_batches(ds, 2, num_workers=1))
+    assert str(info.value) == (
+        f"none of the 4 images in {tmp_path} loads any more (they were readable when the run "
+        "started: was the folder changed or unmounted?)"
+    )
+
+
 def test_distributed_shards_are_disjoint_and_complete():
     ds = IndexDataset(40)
     for epoch in (0, 1):
@@ -203,7 +257,7 @@ def test_iterate_batches_from_config_and_too_small():
     batch = next(iterate_batches(cfg, 4))
     assert batch["image"].shape == (4, 3, 8, 8)
     with pytest.raises(ValueError, match="no batch"):
-        next(iterate_batches(IndexDataset(3), 4))
+        iterate_batches(IndexDataset(3), 4)  # at the call: before a trainer writes anything
 
 
 def test_data_config_validation_and_round_trip():

@@ -127,7 +127,7 @@ def test_cli_sample(model_dir, tmp_path, capsys):
         ([], "give --out"),
         (["--out", "x.png", "--class", "9"], "class must be in 0..2"),
         (["--out", "x.png", "--sampler", "eulr"], "sampler must be one of"),
-        (["--out", "x.png", "--scale", "0"], "--scale must be in 1..16"),
+        (["--out", "x.png", "--scale", "0"], "argument --scale: must be in 1..16"),
         (["--out", "x.png", "--device", "cpu", "--cuda-graphs"], "--cuda-graphs needs a CUDA"),
     ],
 )
@@ -159,3 +159,16 @@ def test_cuda_graph_sampling_equals_eager(model_dir, sampler):
     eager = generate(loaded, 6, cfg_scale=2.0, **kw)
     graphed = generate(loaded, 6, cfg_scale=2.0, cuda_graphs=True, **kw)
     torch.testing.assert_close(graphed, eager, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_weights_are_refused(model_dir, bad):
+    from safetensors.torch import load_file, save_file
+
+    weights = model_dir / "model.safetensors"
+    state = load_file(weights)
+    state["blocks.0.mixer.D"][0] = bad
+    state["final_layer.linear.weight"][1, 2] = bad
+    save_file(state, weights)
+    with pytest.raises(ValueError, match=r"m: 2 of \d+ weight tensors hold NaN or Inf"):
+        load_for_sampling(model_dir)

@@ -70,7 +70,7 @@ def test_errors(tmp_path):
     meta["config"]["hidden_size"] = 64
     del meta["config"]["hiden_size"]
     cfg.write_text(json.dumps(meta))
-    with pytest.raises(ValueError, match="does not match its config.json"):
+    with pytest.raises(ValueError, match="does not match config.json: tensor pos_embed has shape"):
         from_pretrained(tmp_path / "a")
 
     cfg.write_text("{not json")
@@ -109,3 +109,40 @@ def test_preset_round_trip(tmp_path):
     model = create_model("ZigMa-S/4", input_size=16, num_classes=3, depth=2)
     model.save_pretrained(tmp_path)
     assert from_pretrained(tmp_path).config == model.config
+
+
+def test_a_half_precision_file_loads_into_float32(tmp_path):
+    # export_dtype=fp16 writes F16 weights; any float width matches a float parameter
+    model = trained_like()
+    model.save_pretrained(tmp_path)
+    state = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    from safetensors.torch import save_file
+
+    save_file(state, tmp_path / "model.safetensors")
+    loaded = from_pretrained(tmp_path)
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+    assert torch.equal(loaded.pos_embed, model.pos_embed.half().float())
+
+
+@pytest.mark.parametrize(
+    "field, value, match",
+    [
+        ("hidden_size", 10**5, "says hidden_size 100000"),
+        ("depth", 10**6, "says depth 1000000"),
+        ("input_size", [4096, 4096], "scan orders of 2048x2048"),
+    ],
+)
+def test_config_is_checked_against_the_header_first(tmp_path, field, value, match):
+    import tracemalloc
+
+    trained_like().save_pretrained(tmp_path)
+    meta = json.loads((tmp_path / "config.json").read_text())
+    meta["config"][field] = value
+    (tmp_path / "config.json").write_text(json.dumps(meta))
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match=match):
+            from_pretrained(tmp_path)
+        assert tracemalloc.get_traced_memory()[1] < 50 << 20  # nothing of the model's size
+    finally:
+        tracemalloc.stop()

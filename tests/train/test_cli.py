@@ -53,14 +53,25 @@ def test_out_is_required(capsys):
     _fails(capsys, ["--preset", "demo"], "--out")
 
 
-def test_non_empty_folder_is_refused(tmp_path, capsys):
+def test_folder_of_someone_elses_files_is_refused(tmp_path, capsys):
     (tmp_path / "keep.txt").write_text("x")
-    _fails(capsys, ["--preset", "demo", "--out", str(tmp_path)], "--resume", out=tmp_path)
+    for resume in ([], ["--resume"]):
+        args = ["--preset", "demo", "--out", str(tmp_path), *resume]
+        _fails(capsys, args, "not a zigma run's ('keep.txt')", out=tmp_path)
 
 
-def test_resume_without_checkpoint(tmp_path, capsys):
-    _fails(capsys, ["--out", str(tmp_path / "run"), "--resume"], "no checkpoint to resume")
+def test_resume_without_checkpoint_or_preset(tmp_path, capsys):
+    _fails(capsys, ["--out", str(tmp_path / "run"), "--resume"], "give --preset")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_finished_run_is_not_overwritten(finished_run, capsys):
+    _fails(
+        capsys,
+        ["--preset", "demo", "--out", str(finished_run), *TINY],
+        "already holds a run (checkpoint step_0000002); pass --resume",
+        out=finished_run,
+    )
 
 
 @pytest.fixture
@@ -110,26 +121,22 @@ def test_list_presets(capsys):
     assert all(name in text for name in ("demo", "shapes-s", "fashion-mnist", "ZigMa-S/2"))
 
 
-def test_divergence_exits_2_in_a_real_process(tmp_path):
+def test_divergence_exits_2_in_a_real_process_and_its_advice_works(tmp_path):
     out = tmp_path / "run"
-    proc = run_cli(
-        "train",
-        "--preset",
-        "demo",
-        "--out",
-        str(out),
-        *TINY,
-        "optim.lr=1e30",
-        "optim.grad_clip=null",
-        "max_nonfinite=3",
-        "--steps",
-        "50",
-    )
+    args = ["train", "--preset", "demo", "--out", str(out), *TINY, "optim.grad_clip=null"]
+    proc = run_cli(*args, "optim.lr=1", "max_nonfinite=3", "--steps", "50")
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
-    assert lines[-1].startswith("zigma train: error: stopped at step")
-    assert "non-finite losses in a row" in lines[-1]
+    assert len(lines) == 1 and lines[0].startswith("zigma train: error: stopped at step"), lines
+    assert "skipped steps in a row" in lines[0] and "no checkpoint yet" in lines[0]
     assert (out / "log.txt").is_file() and not (out / "model").exists()
+    # the advice, as printed: the run restarts with the lower learning rate and finishes
+    advice = lines[0].split("continue with a lower learning rate: ")[1].split()
+    assert advice[:5] == ["zigma", "train", "--out", str(out), "--resume"], advice
+    proc = run_cli(*advice[1:], "optim.lr=1e-3", "--steps", "6")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((out / "config.json").read_text())["optim"]["lr"] == 1e-3
+    assert (out / "model" / "model.safetensors").is_file()
 
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorboard") is not None, reason="installed")

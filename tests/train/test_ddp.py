@@ -131,3 +131,58 @@ def test_batch_not_divisible_by_world_size_fails_fast(tmp_path):
     assert proc.returncode != 0
     assert "batch_size 7 is not divisible by the world size 2" in proc.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_a_stop_signal_on_one_rank_stops_every_rank_at_the_same_step(tmp_path):
+    script = tmp_path / "usr1_on_rank1.py"
+    script.write_text(
+        textwrap.dedent(f"""
+        import os, signal, sys
+        sys.path.insert(0, {str(SRC)!r})
+        from zigma.train import TrainingPreempted, build_config, train
+
+        calls = [0]
+        def hook(model):
+            def count(module, args):
+                if module.training:
+                    calls[0] += 1
+                    if os.environ["RANK"] == "1" and calls[0] == 4:  # Slurm's warning signal
+                        os.kill(os.getpid(), signal.SIGUSR1)
+            model.register_forward_pre_hook(count)
+
+        cfg = build_config("demo", overrides={DDP!r}, steps=12)
+        try:
+            train(cfg, {str(tmp_path / "run")!r}, model_hook=hook)
+            text = "finished"
+        except TrainingPreempted as e:
+            text = str(e)
+        with open({str(tmp_path)!r} + "/rank" + os.environ["RANK"] + ".txt", "w") as f:
+            f.write(text)
+    """)
+    )
+    proc = torchrun(str(script))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    texts = [(tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)]
+    # sent in step 4's forward, the flag rides on that step's all-reduce: both ranks finish
+    # step 4, checkpoint it and stop
+    assert texts[0].startswith("a stop signal on another rank at step 4 of 12"), texts
+    assert texts[1].startswith("SIGUSR1 at step 4 of 12"), texts
+    ckpt = tmp_path / "run" / "checkpoints"
+    assert (ckpt / "LATEST").read_text() == "step_0000004\n"
+    assert json.loads((ckpt / "step_0000004" / "state.json").read_text())["world_size"] == 2
+
+
+def test_a_locked_run_folder_stops_every_rank_with_one_line(tmp_path):
+    from zigma.artifacts import RunLock
+
+    out = tmp_path / "r"
+    out.mkdir()
+    with RunLock(out):
+        proc = torchrun(
+            "-m", "zigma", "train", "--preset", "demo", "--out", str(out), *TINY,
+            "--steps", "2", timeout=120,
+        )  # fmt: skip
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("zigma train:")]
+    assert len(errors) == 1 and "is in use by pid" in errors[0], proc.stderr[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == [".lock"]

@@ -65,19 +65,17 @@ def test_short_run_learns_and_writes_a_complete_run_dir(tmp_path):
     assert model(x, torch.rand(2), torch.tensor([0, 1])).shape == x.shape
 
 
-def test_fresh_run_refuses_a_non_empty_folder(tmp_path):
+def test_fresh_run_refuses_a_folder_of_someone_elses_files(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
-    with pytest.raises(RunDirError, match="not empty"):
+    with pytest.raises(RunDirError, match="not a zigma run's"):
         train(tiny(steps=2), tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
 
 
-def test_resume_needs_a_checkpoint(tmp_path):
-    from zigma.train import CheckpointError
-
-    with pytest.raises(CheckpointError, match="no checkpoint to resume"):
-        train(tiny(steps=2), tmp_path / "run", resume=True)
-    assert not (tmp_path / "run").exists()
+def test_resume_without_a_checkpoint_starts_the_run(tmp_path):
+    summary = train(tiny(steps=2), tmp_path / "run", resume=True)
+    assert summary.steps == 2
+    assert (tmp_path / "run" / "checkpoints" / "LATEST").read_text().strip() == "step_0000002"
 
 
 class NaNInjector:
@@ -112,13 +110,13 @@ def test_nonfinite_loss_skips_the_step(tmp_path):
         "nonfinite_consecutive": 0,
         "ema_updates": 7,
     }
-    assert "step 3: non-finite loss" in (tmp_path / "log.txt").read_text()
+    assert "step 3 skipped: non-finite loss" in (tmp_path / "log.txt").read_text()
 
 
 def test_too_many_nonfinite_losses_stop_the_run(tmp_path):
     hook = NaNInjector(range(6, 100))
     cfg = tiny("max_nonfinite=3", "ckpt_every=4", steps=20)
-    with pytest.raises(TrainingDiverged, match="3 non-finite losses in a row"):
+    with pytest.raises(TrainingDiverged, match="3 skipped steps in a row"):
         train(cfg, tmp_path, model_hook=hook)
     assert hook.calls == 8  # steps 6, 7, 8 were bad; the third stopped the run
     assert (tmp_path / "checkpoints" / "LATEST").read_text().strip() == "step_0000004"
@@ -184,7 +182,7 @@ def test_time_limit_stops_at_the_next_log_step_with_a_final_checkpoint(tmp_path)
 
 
 def test_time_limit_must_be_positive():
-    with pytest.raises(ConfigError, match="time_limit_minutes must be > 0"):
+    with pytest.raises(ConfigError, match=r"time_limit_minutes must be in \(0, "):
         tiny("time_limit_minutes=0")
 
 

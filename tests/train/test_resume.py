@@ -5,7 +5,6 @@ process, across epoch boundaries and with label dropout drawing from the global 
 from __future__ import annotations
 
 import json
-import logging
 
 import pytest
 import torch
@@ -53,18 +52,20 @@ def uninterrupted(tmp_path_factory):
     return out
 
 
-def test_resume_in_process_is_bit_identical(tmp_path, uninterrupted, caplog):
+def test_resume_in_process_is_bit_identical(tmp_path, uninterrupted):
     out = tmp_path / "run"
     train(tiny(*COMMON, "ckpt_every=13", steps=11), out)  # stops at 11, mid-epoch, off-grid
     assert load_checkpoint(out / "checkpoints" / "step_0000011").step == 11
     # a disagreeing command line: steps and intervals apply, the rest is the checkpoint's
-    given = tiny(*COMMON, "ckpt_every=13", "optim.lr=0.5", "model.depth=5", steps=STEPS)
-    with caplog.at_level(logging.WARNING, logger="zigma.train"):
-        train(given, out, resume=True)
-    assert "optim.lr=0.5" in caplog.text and "model.depth=5" in caplog.text
+    given = tiny(*COMMON, "ckpt_every=13", "optim.eps=0.5", "model.depth=5", steps=STEPS)
+    train(given, out, resume=True)
+    log = (out / "log.txt").read_text()
+    assert "the checkpoint's config wins; ignoring" in log
+    assert "optim.eps=0.5 (checkpoint: 1e-08)" in log and "model.depth=5 (checkpoint: 2)" in log
+    assert "resuming with steps=26 (checkpoint: 11)" in log
     _assert_identical(uninterrupted, out)
-    assert json.loads((out / "config.json").read_text())["optim"]["lr"] == 2e-3
-    assert "resumed" in (out / "log.txt").read_text()
+    assert json.loads((out / "config.json").read_text())["optim"]["eps"] == 1e-8
+    assert "resumed" in log
 
 
 def test_resume_in_a_fresh_process_is_bit_identical(tmp_path, uninterrupted):
@@ -99,3 +100,29 @@ def test_resume_with_a_cosine_schedule_is_bit_identical(tmp_path):
     lrs = [json.loads(line)["lr"] for line in (full / "metrics.jsonl").read_text().splitlines()]
     # warm-up, then decayed: the last step runs just above the floor 0.1 * 2e-3
     assert lrs[1:] == sorted(lrs[1:], reverse=True) and 2e-4 < lrs[-1] < 2.2e-4
+
+
+def test_resume_applies_a_new_learning_rate_and_precision_and_logs_them(tmp_path):
+    out = tmp_path / "run"
+    train(tiny(*COMMON, steps=4), out)
+    train(tiny(*COMMON, "optim.lr=5e-4", "precision=fp16", "optim.betas=[0.5, 0.5]", steps=8),
+          out, resume=True)  # fmt: skip
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["optim"]["lr"] == 5e-4 and saved["precision"] == "fp16"
+    assert saved["optim"]["betas"] == [0.9, 0.999]  # not resume-mutable: the checkpoint's
+    log = (out / "log.txt").read_text()
+    assert "resuming with precision='fp16' (checkpoint: 'fp32')" in log
+    assert "resuming with optim.lr=0.0005 (checkpoint: 0.002)" in log
+    assert "ignoring optim.betas=[0.5, 0.5]" in log
+    lrs = [json.loads(line)["lr"] for line in (out / "metrics.jsonl").open()]
+    assert lrs[-1] == 5e-4
+
+
+def test_the_help_lists_every_resume_mutable_field(capsys):
+    from zigma.cli import main
+    from zigma.train import RESUME_MUTABLE
+
+    assert main(["train", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    listed = text.split("the checkpoint's config wins, except ")[1].split(", which take")[0]
+    assert listed.split(", ") == list(RESUME_MUTABLE)

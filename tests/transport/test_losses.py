@@ -91,7 +91,7 @@ def test_logit_normal_times_follow_the_closed_form_cdf(mean, std, eps):
 def test_time_dist_errors():
     with pytest.raises(ValueError, match="time_dist must be one of"):
         TransportConfig(time_dist="beta")
-    with pytest.raises(ValueError, match="time_std must be > 0"):
+    with pytest.raises(ValueError, match=r"time_std must be in \(0, 10\]"):
         TransportConfig(time_dist="logit-normal", time_std=0.0)
 
 

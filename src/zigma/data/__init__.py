@@ -5,7 +5,14 @@ Every item is ``{"image": float32 [C, H, W] in [-1, 1], "label": int64 scalar (-
 unlabelled), "caption": str}``.
 """
 
-from zigma.data.folder import IMAGE_EXTENSIONS, ImageFolderDataset, check_image, read_caption_index
+from zigma.data.captions import read_caption_index
+from zigma.data.folder import (
+    IMAGE_EXTENSIONS,
+    IMAGE_FORMATS,
+    DataLoadError,
+    ImageFolderDataset,
+    check_image,
+)
 from zigma.data.grid import make_image_grid, save_image_grid
 from zigma.data.idx import (
     FASHION_MNIST_CLASSES,
@@ -48,8 +55,10 @@ __all__ = [
     "FASHION_MNIST_CLASSES",
     "FASHION_MNIST_DEBIAN_DIR",
     "IMAGE_EXTENSIONS",
+    "IMAGE_FORMATS",
     "MNIST_CLASSES",
     "DataConfig",
+    "DataLoadError",
     "EpochSampler",
     "IdxDataset",
     "IdxFormatError",

@@ -1,17 +1,18 @@
 """Images from a folder: class subfolders (sorted names -> labels) or a flat, unlabelled tree.
 
-Bad files are skipped and listed in ``skipped``, never fatal: headers are checked at indexing,
-and a file that still fails to decode is replaced by the next index. Captions come from
-``NAME.txt`` sidecars or a root ``captions.jsonl`` / ``captions.csv``.
+Bad files are skipped and counted in ``skipped``, never fatal: headers, sizes and (cheaply)
+integrity are checked at indexing, and a file that still fails to decode later is replaced by a
+deterministic other index. Captions: see ``zigma.data.captions``.
 """
 
 from __future__ import annotations
 
 import collections
-import csv
-import json
 import logging
 import os
+import stat
+import warnings
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal
@@ -20,19 +21,41 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from zigma.data.transforms import CropMode, ImageTransform
+from zigma.data.captions import read_caption_index, read_sidecar
+from zigma.data.sampler import derive_seed
+from zigma.data.transforms import SUPPORTED_MODES, CropMode, ImageTransform
 
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
-CAPTION_FILES = ("captions.jsonl", "captions.csv")
-_MAX_FALLBACKS = 32  # consecutive undecodable files tolerated before giving up
+# The decoders Pillow may use, whatever a file's extension says: never EPS (Ghostscript), PSD...
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "DIB", "GIF")  # JPEG's opener also gives "MPO"
+_JPEG_END = b"\xff\xd9"  # the EOI marker: a JPEG cut short by an interrupted copy lacks it
 
 
-def _image_files(folder: Path) -> list[Path]:
-    """Image-extension files under ``folder``, recursively, sorted; hidden entries ignored."""
+class DataLoadError(ValueError):
+    """No image of a dataset could be loaded; one line naming the folder.
+
+    A DataLoader worker's exception comes back re-raised with the worker's traceback in its
+    text; the constructor keeps only the original message, so the CLI still prints one line.
+    """
+
+    def __init__(self, message: str) -> None:
+        marker = f"{type(self).__name__}: "
+        if "Original Traceback" in message and marker in message:
+            message = message.rsplit(marker, 1)[1].strip()
+        super().__init__(message)
+
+
+def _image_files(folder: Path, unreadable: list[tuple[str, str]]) -> list[Path]:
+    """Image-extension files under ``folder``, recursively, sorted; hidden entries ignored;
+    sub-folders that cannot be listed are added to ``unreadable``."""
+
+    def on_error(e: OSError) -> None:
+        unreadable.append((str(e.filename), f"unreadable folder: {e.strerror}"))
+
     found = []
-    for dirpath, dirnames, filenames in os.walk(folder):
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=on_error):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
             if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS):
@@ -40,84 +63,92 @@ def _image_files(folder: Path) -> list[Path]:
     return found
 
 
-def check_image(path: Path, *, min_size: int = 8, verify: bool = True) -> str | None:
-    """Why ``path`` is unusable ("empty file", "unreadable: ...", "too small: ..."), or None.
+def open_image(path: str | os.PathLike) -> Image.Image:
+    """``Image.open`` restricted to IMAGE_FORMATS (decided by content, not by extension)."""
+    return Image.open(path, formats=IMAGE_FORMATS)
 
-    Reads the header (and with ``verify`` Pillow's integrity check: full CRC walk for PNG,
-    cheap for JPEG, whose truncation only shows when decoding).
+
+def _decode_check(img: Image.Image, path: Path) -> None:
+    """Raise if the pixel data is truncated or corrupt, as cheaply as the format allows.
+
+    PNG: Pillow's verify walks every chunk's CRC without inflating. JPEG: a file ending in the
+    EOI marker is taken as whole (Pillow's verify cannot see a cut JPEG, decoding can); one that
+    does not is decoded at 1/8 scale. WebP: opening reads the whole file, so a cut one fails there.
+    BMP and GIF: decoded (uncompressed, or usually small).
     """
+    if img.format == "WEBP":
+        return
+    if img.format == "PNG":
+        img.verify()
+        return
+    if img.format in ("JPEG", "MPO"):
+        with open(path, "rb") as f:
+            f.seek(-2, os.SEEK_END)
+            if f.read(2) == _JPEG_END:
+                return
+        img.draft(None, (1, 1))
+    img.load()
+
+
+def check_image(path: Path, *, min_size: int = 8, verify: bool = True) -> str | None:
+    """Why ``path`` is unusable, or None. Reasons start with "not a regular file", "empty
+    file", "unreadable", "too large", "too small", "unsupported pixel mode" or "truncated or
+    corrupt" (the last only with ``verify``; without it only the header is read).
+
+    "too large" is over Pillow's ``Image.MAX_IMAGE_PIXELS`` (its decompression-bomb limit).
+    """
+    path = Path(path)
     try:
-        if path.stat().st_size == 0:
+        st = path.stat()  # follows symlinks; a loop or a dangling link fails here
+        if not stat.S_ISREG(st.st_mode):  # a FIFO or device named x.png would block or never end
+            return "not a regular file"
+        if st.st_size == 0:
             return "empty file"
-        with Image.open(path) as img:
+        with open_image(path) as img:
             w, h = img.size
+            limit = Image.MAX_IMAGE_PIXELS
+            if limit and w * h > limit:
+                return f"too large: {w}x{h} is more than {limit} pixels"
+            if min(w, h) < min_size:
+                return f"too small: {w}x{h} < {min_size} px"
+            if img.mode not in SUPPORTED_MODES:
+                return f"unsupported pixel mode: {img.mode}"
             if verify:
-                img.verify()
+                try:
+                    _decode_check(img, path)
+                except Exception as e:
+                    return f"truncated or corrupt: {type(e).__name__}: {e}"
+    except Image.DecompressionBombError as e:  # over twice the limit: refused by Image.open
+        return f"too large: {e}"
     except Exception as e:  # Pillow raises many types (OSError, SyntaxError, struct.error...)
         return f"unreadable: {type(e).__name__}: {e}"
-    if min(w, h) < min_size:
-        return f"too small: {w}x{h} < {min_size} px"
     return None
 
 
-def read_caption_index(root: Path) -> dict[str, str]:
-    """Captions keyed by path relative to ``root`` (POSIX slashes) from the root's index file.
-
-    ``captions.jsonl``: one ``{"file": "cats/01.png", "caption": "a cat"}`` object per line.
-    ``captions.csv``: a header row with ``file`` and ``caption`` columns, then one row per image.
-
-    Raises:
-        ValueError: on a malformed line or missing column, naming the file and line.
-    """
-    out: dict[str, str] = {}
-    jsonl, csv_path = root / CAPTION_FILES[0], root / CAPTION_FILES[1]
-    if jsonl.is_file():
-        for n, line in enumerate(jsonl.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-                out[Path(rec["file"]).as_posix()] = str(rec["caption"]).strip()
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise ValueError(
-                    f"{jsonl}:{n}: expected a JSON object with 'file' and 'caption', got "
-                    f"{line[:80]!r} ({e})"
-                ) from e
-    if csv_path.is_file():
-        with csv_path.open(newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            if not reader.fieldnames or not {"file", "caption"} <= set(reader.fieldnames):
-                raise ValueError(
-                    f"{csv_path}: the header must name the columns 'file' and 'caption', got "
-                    f"{reader.fieldnames}"
-                )
-            for row in reader:
-                out[Path(row["file"]).as_posix()] = (row["caption"] or "").strip()
-    return out
-
-
 class ImageFolderDataset(Dataset):
-    """Every readable image under ``root``, resized and cropped to a square.
+    """Every usable image under ``root``, resized and cropped to a square.
 
     Args:
         root: the folder.
         resolution: output side in pixels.
-        channels: 3 (RGB) or 1 (L).
+        channels: 3 (RGB) or 1 (L); see ``to_channels`` for how other modes convert.
         label_mode: "folders": each immediate subfolder is a class (sorted names are labels 0..K-1;
             images are found recursively inside; loose images in ``root`` are skipped).
             "none": every image, label -1. "auto": "folders" if some subfolder holds images.
         crop: "center" or "random" square crop after resizing the shorter side.
         flip: random left-right mirror.
         min_size: images with a side shorter than this are skipped.
-        verify: run Pillow's integrity check on every file while indexing (slower, catches
-            corrupt PNGs early); without it only headers are read.
+        verify: check every file's data while indexing (see ``check_image``: catches truncated
+            and corrupt files up front); without it only headers are read, and a bad file is
+            found (and replaced) only when loaded.
 
     Captions: a sidecar ``NAME.txt`` next to ``NAME.png`` wins over an entry in the root's
     ``captions.jsonl`` / ``captions.csv`` (see ``read_caption_index``); otherwise "".
 
     Raises:
         FileNotFoundError / NotADirectoryError: ``root`` is missing or not a folder.
-        ValueError: no usable image was found (the message lists why files were skipped).
+        ValueError: no usable image was found (the message counts the skipped files by
+            reason), or a caption file is malformed.
     """
 
     def __init__(
@@ -143,10 +174,12 @@ class ImageFolderDataset(Dataset):
             raise NotADirectoryError(f"{self.root} is not a folder")
         self.transform = ImageTransform(resolution, channels, crop, flip)
         self.resolution, self.channels = resolution, channels
+        # (path, reason) of every file left out; files that fail at load time are added in the
+        # process that loads them (each DataLoader worker has its own copy)
         self.skipped: list[tuple[str, str]] = []
-        self._undecodable: set[int] = set()  # indices that failed at load time, in this process
+        self._unloadable: set[int] = set()
 
-        files = _image_files(self.root)
+        files = _image_files(self.root, self.skipped)
         subdirs = sorted(
             {f.relative_to(self.root).parts[0] for f in files if f.parent != self.root}
         )
@@ -159,15 +192,10 @@ class ImageFolderDataset(Dataset):
                     self.skipped.append((str(f), "outside any class folder"))
             files = [f for f in files if f.parent != self.root]
 
-        # I/O-bound header reads; threads keep the order (map) and keep indexing of big trees fast
-        with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
-            problems = list(
-                pool.map(lambda f: check_image(f, min_size=min_size, verify=verify), files)
-            )
-        captions = read_caption_index(self.root)
+        problems = self._check_all(files, min_size, verify)
         self.paths: list[str] = []
         self.labels: list[int] = []
-        self.captions: list[str] = []
+        rels: list[str] = []
         for f, problem in zip(files, problems, strict=True):
             if problem is not None:
                 self.skipped.append((str(f), problem))
@@ -175,17 +203,17 @@ class ImageFolderDataset(Dataset):
             rel = f.relative_to(self.root)
             self.paths.append(str(f))
             self.labels.append(self.class_names.index(rel.parts[0]) if labelled else -1)
-            sidecar = f.with_suffix(".txt")
-            if sidecar.is_file():
-                self.captions.append(sidecar.read_text(encoding="utf-8", errors="replace").strip())
-            else:
-                self.captions.append(captions.get(rel.as_posix(), ""))
+            rels.append(rel.as_posix())
+        index = read_caption_index(self.root, wanted=set(rels))
+        self.captions: list[str] = []
+        for path, rel_name in zip(self.paths, rels, strict=True):
+            sidecar = read_sidecar(Path(path).with_suffix(".txt"))
+            self.captions.append(sidecar if sidecar is not None else index.get(rel_name, ""))
 
-        summary = self._skip_summary()
         if not self.paths:
             raise ValueError(
                 f"no usable images in {self.root} (extensions {', '.join(IMAGE_EXTENSIONS)}); "
-                f"{summary}"
+                f"{self.skip_summary}"
             )
         # a warning when files were dropped: a silently shrunken dataset is easy to miss
         logger.log(
@@ -194,10 +222,24 @@ class ImageFolderDataset(Dataset):
             self.root,
             len(self.paths),
             f"{self.num_classes} classes" if labelled else "unlabelled",
-            summary,
+            self.skip_summary,
         )
 
-    def _skip_summary(self) -> str:
+    @staticmethod
+    def _check_all(files: list[Path], min_size: int, verify: bool) -> list[str | None]:
+        # I/O-bound reads and GIL-free decoding: threads keep the order (map) and the speed.
+        # check_image refuses images over the pixel limit itself, so Pillow's warning about
+        # them is noise; the filter is set here, in this thread only, around the whole pool.
+        with (
+            warnings.catch_warnings(),
+            ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool,
+        ):
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return list(pool.map(lambda f: check_image(f, min_size=min_size, verify=verify), files))
+
+    @property
+    def skip_summary(self) -> str:
+        """ "skipped N files (k reason, ...)" for the files skipped so far in this process."""
         if not self.skipped:
             return "skipped 0 files"
         kinds = collections.Counter(reason.split(":")[0] for _, reason in self.skipped)
@@ -208,43 +250,69 @@ class ImageFolderDataset(Dataset):
         return len(self.paths)
 
     def _load(self, index: int, generator: torch.Generator | None) -> torch.Tensor:
-        with Image.open(self.paths[index]) as img:
-            if img.format == "JPEG":
+        with open_image(self.paths[index]) as img:
+            if img.format in ("JPEG", "MPO"):
                 # decode at 1/2, 1/4 or 1/8 scale when that still covers the output: much faster
                 img.draft("L" if self.channels == 1 else "RGB", (self.resolution,) * 2)
             img.load()
             return self.transform(img, generator)
+
+    def _replacements(self, index: int) -> Iterator[int]:
+        """``index``, then every other index once, in an order fixed by ``index`` alone.
+
+        Starting the walk at a hashed position spreads the stand-ins for a run of bad files
+        over the dataset, instead of repeating the file after them.
+        """
+        n = len(self.paths)
+        yield index
+        start = derive_seed(index) % n
+        for k in range(n):
+            j = (start + k) % n
+            if j != index:
+                yield j
 
     def get_item(
         self, index: int, generator: torch.Generator | None = None
     ) -> dict[str, torch.Tensor | str]:
         """Item ``index``; random crop/flip draw from ``generator`` (None: torch's global RNG).
 
-        A file that fails to decode is recorded in ``skipped`` (of this process: DataLoader
-        workers keep their own copy) and the next index is returned instead.
+        A file that fails to load (changed since indexing, or damage the index check cannot
+        see) is skipped and counted in ``skipped`` of this process, and a stand-in is
+        returned: the first loadable index of ``_replacements(index)``, drawn with the same
+        generator state, so the batch is the same in every run and every worker.
+
+        Raises:
+            DataLoadError: no image of the dataset loads any more.
         """
         index = int(index)
-        for attempt in range(min(_MAX_FALLBACKS, len(self.paths))):
-            i = (index + attempt) % len(self.paths)
-            if i in self._undecodable:
+        state = generator.get_state() if generator is not None else None
+        for i in self._replacements(index):
+            if i in self._unloadable:
                 continue
+            if generator is not None:
+                generator.set_state(state)
             try:
                 image = self._load(i, generator)
-            except Exception as e:  # a truncated JPEG passes the header check, fails here
-                reason = f"unreadable: {type(e).__name__}: {e}"
-                self._undecodable.add(i)
-                self.skipped.append((self.paths[i], reason))
-                logger.warning("skipping %s (%s)", self.paths[i], reason)
+            except Exception as e:  # decoder errors come in many types
+                self._mark_unloadable(i, f"failed to load: {type(e).__name__}: {e}")
                 continue
             return {
                 "image": image,
                 "label": torch.tensor(self.labels[i], dtype=torch.long),
                 "caption": self.captions[i],
             }
-        raise RuntimeError(
-            f"{_MAX_FALLBACKS} consecutive images from index {index} in {self.root} failed to "
-            f"decode; see .skipped"
+        raise DataLoadError(
+            f"none of the {len(self.paths)} images in {self.root} loads any more (they were "
+            "readable when the run started: was the folder changed or unmounted?)"
         )
+
+    def _mark_unloadable(self, i: int, reason: str) -> None:
+        self._unloadable.add(i)
+        self.skipped.append((self.paths[i], reason))
+        logger.warning(
+            "skipping %s (%s); %d of %d images failed to load in this process",
+            self.paths[i], reason, len(self._unloadable), len(self.paths),
+        )  # fmt: skip
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | str]:
         return self.get_item(index)

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from zigma.artifacts import atomic_write
+
 
 def make_image_grid(
     images: torch.Tensor,
@@ -69,8 +71,22 @@ def save_image_grid(
     padding: int = 2,
     scale: int = 1,
 ) -> Path:
-    """Write ``make_image_grid(images, nrow, ...)`` to ``path`` (format from the suffix)."""
+    """Write ``make_image_grid(images, nrow, ...)`` to ``path`` (format from the suffix).
+
+    The file is replaced atomically: a crash leaves the old picture or the new one, never half.
+    """
     path = Path(path)
+    fmt = image_format(path)
+    image = make_image_grid(images, nrow, padding=padding, scale=scale)
     path.parent.mkdir(parents=True, exist_ok=True)
-    make_image_grid(images, nrow, padding=padding, scale=scale).save(path)
+    atomic_write(path, lambda tmp: image.save(tmp, format=fmt))
     return path
+
+
+def image_format(path: str | os.PathLike) -> str:
+    """Pillow's format name for ``path``'s suffix; ValueError for a suffix Pillow cannot write."""
+    suffix = Path(path).suffix.lower()
+    fmt = Image.registered_extensions().get(suffix)
+    if fmt is None or fmt not in Image.SAVE:
+        raise ValueError(f"cannot write images as {suffix or 'files without a suffix'}: {path}")
+    return fmt

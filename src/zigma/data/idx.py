@@ -8,11 +8,14 @@ exact, the usual 32-px convention) and resized with Lanczos to any other resolut
 from __future__ import annotations
 
 import gzip
+import io
 import logging
+import math
 import os
 import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
 import numpy as np
 import torch
@@ -38,17 +41,9 @@ _IDX_DTYPES = {
 
 MNIST_CLASSES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 FASHION_MNIST_CLASSES = (
-    "t-shirt",
-    "trouser",
-    "pullover",
-    "dress",
-    "coat",
-    "sandal",
-    "shirt",
-    "sneaker",
-    "bag",
+    "t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
     "ankle boot",
-)
+)  # fmt: skip
 
 Split = Literal["train", "test"]
 _SPLIT_PREFIX = {"train": "train", "test": "t10k"}
@@ -58,46 +53,104 @@ class IdxFormatError(ValueError):
     """An IDX file is corrupt, truncated or not an IDX file; the message names the file."""
 
 
-def parse_idx(data: bytes, name: str = "<bytes>") -> np.ndarray:
+IDX_MAX_BYTES = 1 << 30  # the data of one IDX file; MNIST's images are 47 MB
+# MNIST-style files (mnist(), fashion_mnist()): MNIST has 70k digits of 28 px, EMNIST 0.8M
+MAX_IDX_IMAGES = 1_000_000
+MAX_IDX_SIDE = 128
+_CHUNK = 1 << 22
+HeaderCheck = Callable[[np.dtype, tuple[int, ...]], None]
+
+
+def _read_header(stream: BinaryIO, name: str) -> tuple[np.dtype, tuple[int, ...], int]:
+    """(dtype, shape, header length) from the start of an IDX stream."""
+    magic = stream.read(4)
+    if len(magic) < 4:
+        raise IdxFormatError(f"{name}: {len(magic)} bytes is too short for an IDX header")
+    zero0, zero1, type_code, ndim = magic
+    if zero0 != 0 or zero1 != 0 or type_code not in _IDX_DTYPES or ndim == 0:
+        raise IdxFormatError(
+            f"{name}: bad IDX magic number 0x{magic.hex()} (expected 0x0000TTNN with type TT "
+            f"in {[hex(t) for t in _IDX_DTYPES]} and NN >= 1 dimensions); not an IDX file?"
+        )
+    dims = stream.read(4 * ndim)
+    header = 4 + 4 * ndim
+    if len(dims) < 4 * ndim:
+        raise IdxFormatError(f"{name}: truncated header ({4 + len(dims)} < {header} bytes)")
+    shape = tuple(int(d) for d in np.frombuffer(dims, ">u4"))
+    return _IDX_DTYPES[type_code], shape, header
+
+
+def _read_body(stream: BinaryIO, nbytes: int) -> bytearray:
+    """Up to ``nbytes`` bytes, in chunks: memory follows the data really there, not what a
+    header claims (a small .gz can claim a gigabyte and hold nothing)."""
+    buf = bytearray()
+    while len(buf) < nbytes:
+        chunk = stream.read(min(_CHUNK, nbytes - len(buf)))
+        if not chunk:
+            break
+        buf += chunk
+    return buf
+
+
+def _read_stream(
+    stream: BinaryIO, name: str, max_bytes: int, check: HeaderCheck | None
+) -> np.ndarray:
+    dtype, shape, header = _read_header(stream, name)
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes > max_bytes:
+        raise IdxFormatError(
+            f"{name}: the header declares shape {shape} of {dtype.name} ({nbytes} bytes), more "
+            f"than the {max_bytes} bytes an IDX file may hold here"
+        )
+    if check is not None:
+        check(dtype, shape)
+    body = _read_body(stream, nbytes)
+    extra = stream.read(1)  # one byte past the end is enough to know: nothing more is inflated
+    if len(body) != nbytes or extra:
+        kind = "truncated" if len(body) < nbytes else "has trailing bytes"
+        got = f"{header + len(body)} bytes" if not extra else f"more than {header + nbytes} bytes"
+        raise IdxFormatError(
+            f"{name}: file {kind}: header says shape {shape} of {dtype.name} "
+            f"({header + nbytes} bytes) but the data holds {got}"
+        )
+    array = np.frombuffer(body, dtype).reshape(shape)
+    return array.astype(dtype.newbyteorder("="), copy=False)
+
+
+def parse_idx(data: bytes, name: str = "<bytes>", max_bytes: int = IDX_MAX_BYTES) -> np.ndarray:
     """Decode the bytes of one (uncompressed) IDX file into an array of its declared shape.
 
     Raises:
-        IdxFormatError: bad magic number, unknown type code, or a size that disagrees with
-            the header.
+        IdxFormatError: bad magic number, unknown type code, a declared size over
+            ``max_bytes``, or a size that disagrees with the header.
     """
-    if len(data) < 4:
-        raise IdxFormatError(f"{name}: {len(data)} bytes is too short for an IDX header")
-    zero0, zero1, type_code, ndim = data[0], data[1], data[2], data[3]
-    if zero0 != 0 or zero1 != 0 or type_code not in _IDX_DTYPES or ndim == 0:
-        raise IdxFormatError(
-            f"{name}: bad IDX magic number 0x{data[:4].hex()} (expected 0x0000TTNN with type TT "
-            f"in {[hex(t) for t in _IDX_DTYPES]} and NN >= 1 dimensions); not an IDX file?"
-        )
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise IdxFormatError(f"{name}: truncated header ({len(data)} < {header} bytes)")
-    shape = tuple(int(d) for d in np.frombuffer(data, ">u4", count=ndim, offset=4))
-    dtype = _IDX_DTYPES[type_code]
-    expected = header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if len(data) != expected:
-        kind = "truncated" if len(data) < expected else "has trailing bytes"
-        raise IdxFormatError(
-            f"{name}: file {kind}: header says shape {shape} of {dtype.name} "
-            f"({expected} bytes) but the file has {len(data)} bytes"
-        )
-    return np.frombuffer(data, dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+    return _read_stream(io.BytesIO(data), name, max_bytes, None)
 
 
-def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """Read an IDX file; gzip is detected from the content, not the name."""
+def read_idx(
+    path: str | os.PathLike, *, max_bytes: int = IDX_MAX_BYTES, check: HeaderCheck | None = None
+) -> np.ndarray:
+    """Read an IDX file; gzip is detected from the content, not the name.
+
+    Reads (and inflates) only the header, the data it declares and one byte more, so a
+    decompression bomb costs at most ``max_bytes``. ``check(dtype, shape)`` runs after the
+    header, before the data is read, to refuse shapes the caller cannot use.
+
+    Raises:
+        IdxFormatError: see ``parse_idx``; also corrupt or truncated gzip data.
+    """
     path = Path(path)
-    raw = path.read_bytes()
-    if raw[:2] == b"\x1f\x8b":
+    name = str(path)
+    with path.open("rb") as f:
+        if f.read(2) != b"\x1f\x8b":
+            f.seek(0)
+            return _read_stream(f, name, max_bytes, check)
+        f.seek(0)
         try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as e:
+            with gzip.GzipFile(fileobj=f) as gz:
+                return _read_stream(gz, name, max_bytes, check)  # type: ignore[arg-type]
+        except (gzip.BadGzipFile, EOFError, zlib.error) as e:
             raise IdxFormatError(f"{path}: corrupt or truncated gzip data ({e})") from e
-    return parse_idx(raw, str(path))
 
 
 def write_idx(path: str | os.PathLike, array: np.ndarray, *, compress: bool = False) -> Path:
@@ -248,17 +301,48 @@ class IdxDataset(Dataset):
         }
 
 
-def load_idx_pair(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Read and cross-check an images/labels pair."""
-    images, labels = read_idx(images_path), read_idx(labels_path)
-    if images.ndim != 3 or images.dtype != np.uint8:
-        raise IdxFormatError(
-            f"{images_path}: expected uint8 [N, H, W], got {images.dtype} {images.shape}"
-        )
-    if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
-        raise IdxFormatError(
-            f"{labels_path}: {labels.shape} labels for {images.shape[0]} images in {images_path}"
-        )
+def _labels_check(path: Path) -> HeaderCheck:
+    def check(dtype: np.dtype, shape: tuple[int, ...]) -> None:
+        if len(shape) != 1 or dtype.kind not in "iu":
+            raise IdxFormatError(f"{path}: expected integer labels [N], got {dtype.name} {shape}")
+        if shape[0] > MAX_IDX_IMAGES:
+            raise IdxFormatError(
+                f"{path}: {shape[0]} labels; an MNIST-style file holds at most {MAX_IDX_IMAGES}"
+            )
+
+    return check
+
+
+def _images_check(path: Path, labels_path: Path, count: int) -> HeaderCheck:
+    def check(dtype: np.dtype, shape: tuple[int, ...]) -> None:
+        if len(shape) != 3 or dtype != np.uint8:
+            raise IdxFormatError(f"{path}: expected uint8 [N, H, W], got {dtype.name} {shape}")
+        n, h, w = shape
+        if not 1 <= h == w <= MAX_IDX_SIDE:
+            raise IdxFormatError(
+                f"{path}: images of {h}x{w} pixels; MNIST-style images are square, 1 to "
+                f"{MAX_IDX_SIDE} pixels a side"
+            )
+        if n != count:
+            raise IdxFormatError(f"{path}: {n} images, but {labels_path} holds {count} labels")
+
+    return check
+
+
+def load_idx_pair(
+    images_path: Path, labels_path: Path, num_classes: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read and cross-check an images/labels pair: the (small) labels first, then the images,
+    whose header is checked against them before any pixel is read. Labels must lie in
+    ``range(num_classes)`` when given."""
+    labels = read_idx(labels_path, check=_labels_check(labels_path))
+    if num_classes is not None and labels.size:
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or high >= num_classes:
+            raise IdxFormatError(
+                f"{labels_path}: labels must lie in [0, {num_classes - 1}], got [{low}, {high}]"
+            )
+    images = read_idx(images_path, check=_images_check(images_path, labels_path, len(labels)))
     return images, labels
 
 
@@ -283,7 +367,7 @@ def fashion_mnist(
     )
     cands = _candidates(data_dir, "fashion-mnist", FASHION_MNIST_DEBIAN_DIR)
     images_path, labels_path = find_idx_files(cands, split, "Fashion-MNIST", hint)
-    images, labels = load_idx_pair(images_path, labels_path)
+    images, labels = load_idx_pair(images_path, labels_path, len(FASHION_MNIST_CLASSES))
     logger.info("Fashion-MNIST %s: %d images from %s", split, len(images), images_path.parent)
     return IdxDataset(
         images,
@@ -314,7 +398,7 @@ def mnist(
     )
     cands = _candidates(data_dir, "mnist", None)
     images_path, labels_path = find_idx_files(cands, split, "MNIST", hint)
-    images, labels = load_idx_pair(images_path, labels_path)
+    images, labels = load_idx_pair(images_path, labels_path, len(MNIST_CLASSES))
     logger.info("MNIST %s: %d images from %s", split, len(images), images_path.parent)
     return IdxDataset(
         images, labels, MNIST_CLASSES, "a handwritten digit {name}", resolution, channels, flip

@@ -52,7 +52,8 @@ class DataConfig:
         crop: "center" or "random" square crop ("folder" only).
         label_mode: "auto", "folders" or "none": how a folder gets labels (ImageFolderDataset).
         min_size: folder images smaller than this (either side) are skipped.
-        verify: full integrity check of every folder image while indexing.
+        verify: check every folder image's data while indexing (truncated and corrupt files
+            are skipped up front; see ``check_image``); false reads headers only.
     """
 
     name: DatasetName = "shapes"
@@ -278,7 +279,9 @@ def iterate_batches(
     ``start_step + k``, and its content depends only on (seed, step) (and the shard).
 
     Raises:
-        ValueError: if one epoch holds no batch (dataset smaller than the batch size).
+        ValueError: at the call, not at the first batch, if one epoch holds no batch (the
+            dataset is smaller than the batch size; for an image folder the message counts
+            the files skipped, by reason).
     """
     dataset = build_dataset(source, split) if isinstance(source, DataConfig) else source
     if start_step < 0:
@@ -289,10 +292,18 @@ def iterate_batches(
     )  # fmt: skip
     per_epoch = len(make_loader(dataset, batch_size, **opts))
     if per_epoch == 0:
+        skipped = getattr(dataset, "skip_summary", None)
         raise ValueError(
             f"an epoch of {len(dataset)} samples holds no batch of {batch_size}"  # type: ignore[arg-type]
             f"{' with drop_last=True' if drop_last else ''}"
+            f"{f' ({skipped})' if skipped else ''}"
         )
+    return _batches(dataset, batch_size, per_epoch, start_step, opts)
+
+
+def _batches(
+    dataset: Dataset, batch_size: int, per_epoch: int, start_step: int, opts: dict[str, Any]
+) -> Iterator[dict[str, Any]]:
     epoch, offset = divmod(start_step, per_epoch)
     if start_step:
         logger.info("resuming at step %d: epoch %d, batch %d", start_step, epoch, offset)

@@ -37,19 +37,60 @@ def uint8_to_tensor(array: np.ndarray) -> torch.Tensor:
     return t.float().div_(127.5).sub_(1.0)
 
 
+# Modes whose pixels are wider than 8 bits: Pillow's convert clips them to 0..255 (a 16-bit
+# PNG turns white), so they are scaled here instead.
+WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa")
+# Every mode to_channels converts; anything else (e.g. "La") is refused before decoding.
+SUPPORTED_MODES = (
+    *WIDE_MODES, *_ALPHA_MODES, "1", "L", "P", "RGB", "RGBX", "CMYK", "YCbCr", "LAB", "HSV",
+)  # fmt: skip
+
+
 def to_channels(img: Image.Image, channels: int) -> Image.Image:
-    """Convert to L (1 channel) or RGB (3); transparent pixels are composited over white,
-    because dropping alpha exposes whatever colour the encoder left under it (often black)."""
+    """Convert any supported mode to L (1 channel) or RGB (3), scaling rather than clipping.
+
+    - 16-bit ("I;16*") and 32-bit integer ("I") pixels are read as 0..65535 (PNG's 16-bit
+      range; "I" values outside it are clipped) and scaled by 255/65535; float ("F") pixels
+      are read as 0..1 (NaN as 0) and scaled by 255.
+    - Transparent pixels (RGBA, LA, palette with transparency) are composited over white,
+      because dropping alpha exposes whatever colour the encoder left under it (often black).
+    - CMYK becomes RGB = (255 - C)(255 - K) / 255 per channel (no colour profile).
+    - Gray from colour is Pillow's ITU-R 601-2 luma.
+    """
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
-    if img.mode == "P":
+    if img.mode not in SUPPORTED_MODES:
+        raise ValueError(f"unsupported pixel mode {img.mode!r}")
+    if img.mode in WIDE_MODES:
+        img = _wide_to_l(img)
+    elif img.mode == "CMYK":
+        img = _cmyk_to_rgb(img)
+    elif img.mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-    if img.mode in ("RGBA", "LA", "PA"):
+    if img.mode in _ALPHA_MODES:
         rgba = img.convert("RGBA")
         img = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         img.alpha_composite(rgba)
+    if img.mode not in ("1", "L", "RGB"):  # RGBA after compositing, YCbCr, LAB, HSV, RGBX
+        img = img.convert("RGB")
     target = "L" if channels == 1 else "RGB"
     return img if img.mode == target else img.convert(target)
+
+
+def _wide_to_l(img: Image.Image) -> Image.Image:
+    pixels = np.asarray(img)
+    if img.mode == "F":
+        scaled = np.rint(np.nan_to_num(pixels, nan=0.0).clip(0.0, 1.0) * 255.0)
+    else:  # round(v / 257) in integers: 65535 / 255 = 257 exactly, and no value is a tie
+        scaled = (pixels.clip(0, 65535).astype(np.uint32) + 128) // 257
+    return Image.fromarray(scaled.astype(np.uint8))
+
+
+def _cmyk_to_rgb(img: Image.Image) -> Image.Image:
+    cmyk = np.asarray(img).astype(np.uint32)
+    rgb = ((255 - cmyk[..., :3]) * (255 - cmyk[..., 3:]) + 127) // 255  # rounded, no ties
+    return Image.fromarray(rgb.astype(np.uint8))
 
 
 def resize_shorter(

@@ -6,14 +6,21 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from zigma.artifacts import TRANSPORT_NAME, latest_checkpoint
+from zigma.artifacts import (
+    CKPT_EMA_WEIGHTS,
+    CKPT_MODEL_CONFIG,
+    CONFIG_NAME,
+    TRANSPORT_NAME,
+    WEIGHTS_NAME,
+    latest_checkpoint,
+    read_json_object,
+)
 from zigma.config import ConfigError, from_dict
 from zigma.data import save_image_grid
 from zigma.models import GraphCache, from_pretrained
@@ -27,11 +34,31 @@ class Sampleable:
     source: Path  # the folder the weights came from
 
 
-def _transport_from(data: dict, where: Path) -> TransportConfig:
+def _transport_from(data: object, where: Path) -> TransportConfig:
     try:
-        return from_dict(TransportConfig, data)
+        return from_dict(TransportConfig, data)  # type: ignore[arg-type]
     except ConfigError as e:
         raise ValueError(f"{where}: {e}") from e
+
+
+def nonfinite_tensors(model: torch.nn.Module) -> list[str]:
+    """Names of the floating-point weights and buffers that hold a NaN or an Inf."""
+    return [
+        name
+        for name, t in model.state_dict().items()
+        if t.is_floating_point() and not bool(torch.isfinite(t).all())
+    ]
+
+
+def _finite(model: torch.nn.Module, folder: Path) -> torch.nn.Module:
+    bad = nonfinite_tensors(model)
+    if bad:
+        total = len(model.state_dict())
+        raise ValueError(
+            f"{folder}: {len(bad)} of {total} weight tensors hold NaN or Inf (first: {bad[0]}); "
+            "the model diverged and cannot be sampled"
+        )
+    return model.eval()
 
 
 def load_for_sampling(path: str | os.PathLike, map_location="cpu") -> Sampleable:
@@ -40,30 +67,33 @@ def load_for_sampling(path: str | os.PathLike, map_location="cpu") -> Sampleable
     ``path`` may be an exported model folder (``config.json`` + ``model.safetensors``, optional
     ``transport.json``; linear/velocity if absent), a training checkpoint folder (``model.json``
     + ``ema.safetensors``: the EMA weights), or a run folder (its ``model/`` export if the run
-    finished, else its newest checkpoint).
+    finished, else the checkpoint its ``checkpoints/LATEST`` names).
 
     Raises:
         FileNotFoundError: nothing loadable at ``path``.
-        ValueError: the files exist but are corrupt or not zigma's.
+        ValueError: the files exist but are corrupt, too large, not zigma's, or the weights hold
+            NaN or Inf.
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist")
     if not path.is_dir():
         raise ValueError(f"{path} is a file; pass the folder that holds the model")
-    if (path / "model.json").is_file():  # a training checkpoint
+    if (path / CKPT_MODEL_CONFIG).is_file():  # a training checkpoint
+        run_cfg = read_json_object(path / CONFIG_NAME, "run config")
+        transport = _transport_from(run_cfg.get("transport", {}), path / CONFIG_NAME)
         model = from_pretrained(
-            path, map_location, config_name="model.json", weights_name="ema.safetensors"
+            path, map_location, config_name=CKPT_MODEL_CONFIG, weights_name=CKPT_EMA_WEIGHTS
         )
-        run_cfg = json.loads((path / "config.json").read_text())
-        transport = _transport_from(run_cfg.get("transport", {}), path / "config.json")
-        return Sampleable(model.eval(), transport, path)
-    if (path / "config.json").is_file() and (path / "model.safetensors").is_file():
-        model = from_pretrained(path, map_location)
+        return Sampleable(_finite(model, path), transport, path)
+    if (path / CONFIG_NAME).is_file() and (path / WEIGHTS_NAME).is_file():
         tfile = path / TRANSPORT_NAME
-        data = json.loads(tfile.read_text()) if tfile.is_file() else {}
-        return Sampleable(model.eval(), _transport_from(data, tfile), path)
-    if (path / "model" / "config.json").is_file():
+        present = tfile.exists() or tfile.is_symlink()  # a folder or dangling link is an error
+        data = read_json_object(tfile, "transport config") if present else {}
+        transport = _transport_from(data, tfile)
+        model = from_pretrained(path, map_location)
+        return Sampleable(_finite(model, path), transport, path)
+    if (path / "model" / CONFIG_NAME).is_file():
         return load_for_sampling(path / "model", map_location)
     ckpt = latest_checkpoint(path)  # refuses a LATEST that leads out of the run folder
     if ckpt is not None:
@@ -154,7 +184,10 @@ def write_samples(
     images: torch.Tensor, grid_path=None, out_dir=None, nrow=None, scale: int = 1
 ) -> list[Path]:
     """Write a PNG grid (each image enlarged ``scale`` times, nearest-neighbour) and/or one
-    full-size PNG per image (``000000.png`` ...); returns the paths."""
+    full-size PNG per image (``000000.png`` ...); returns the paths.
+
+    Every file is replaced atomically (an existing file of the same name is overwritten: the
+    CLI refuses a non-empty ``--out-dir`` unless told ``--overwrite``)."""
     written = []
     if grid_path is not None:
         written.append(save_image_grid(images, grid_path, nrow=nrow, scale=scale))

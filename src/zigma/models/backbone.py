@@ -123,15 +123,9 @@ class BackboneConfig:
 
 ModelT = TypeVar("ModelT", bound="DiffusionBackbone")
 
-# Parameter names before the token grid and conditioner existed, and the optimizer's parameter
-# order of that layout (the model's own parameters first, then its children's), so weights
-# and optimizer states saved by earlier versions still load.
-LEGACY_KEYS = (
-    ("x_embedder.", "grid."),
-    ("pos_embed", "grid.pos_embed"),
-    ("t_embedder.", "conditioner.time."),
-    ("y_embedder.embedding.", "conditioner.conditions.y.embedding."),
-)
+# The optimizer's parameter order of the layout before the token grid and the conditioner
+# (the model's own parameters first, then its children's): version-1 checkpoints store
+# optimizer states by that position.
 _LEGACY_FIRST = ("grid.pos_embed", "extra_pos_embed", "grid.proj.", "conditioner.")
 
 
@@ -225,6 +219,9 @@ class DiffusionBackbone(nn.Module):
 
         return sorted(names, key=group)  # stable: keeps the order within a group
 
+    def check_loaded(self) -> None:
+        """Raise ValueError if loaded weights or buffers are unusable (subclasses extend it)."""
+
     # -- persistence --------------------------------------------------------------------------
     def save_pretrained(self, directory) -> None:
         """Write ``config.json`` + ``model.safetensors`` to ``directory`` (no pickle)."""
@@ -239,16 +236,8 @@ class DiffusionBackbone(nn.Module):
         return model
 
 
-def rename_legacy_key(key: str) -> str:
-    """A parameter name of the layout before the token grid and conditioner, renamed."""
-    for old, new in LEGACY_KEYS:
-        if key == old or (old.endswith(".") and key.startswith(old)):
-            return new + key[len(old) :]
-    return key
-
-
 def _rename_legacy_keys(module, state_dict, prefix, *args) -> None:
     for key in [k for k in state_dict if k.startswith(prefix)]:
-        new = prefix + rename_legacy_key(key[len(prefix) :])
+        new = prefix + io.rename_legacy_key(key[len(prefix) :])
         if new != key and new not in state_dict:
             state_dict[new] = state_dict.pop(key)

@@ -214,6 +214,11 @@ class ZigMa(DiffusionBackbone):
             self._plan_cache[key] = build_plans(self.folds, tables, shape, parallel, device)
         return self._plan_cache[key]
 
+    def check_loaded(self) -> None:
+        """Saved scan orders must be permutations: building the plans checks them."""
+        self._plan_cache.clear()
+        self.plans(self.config.grid_shape, torch.device("cpu"))
+
     def _load_from_state_dict(self, *args, **kwargs):
         self._plan_cache.clear()  # loaded orders replace the cached ones
         super()._load_from_state_dict(*args, **kwargs)

@@ -16,11 +16,12 @@ from zigma.train.config import (
     preset_dict,
     read_config_file,
 )
+from zigma.train.control import TrainingInterrupted, TrainingPreempted
 from zigma.train.ema import EMA, ema_decay
-from zigma.train.loop import TrainingDiverged, TrainSummary, train
-from zigma.train.optim import get_lr, param_groups
+from zigma.train.loop import TrainSummary, train
+from zigma.train.optim import StepGuard, TrainingDiverged, get_lr, param_groups
 from zigma.train.presets import TRAIN_PRESETS, Preset
-from zigma.train.resume import RunDirError
+from zigma.train.resume import PeerRefused, RunDirError
 
 __all__ = [
     "EMA",
@@ -30,11 +31,15 @@ __all__ = [
     "EMAConfig",
     "ModelSpec",
     "OptimConfig",
+    "PeerRefused",
     "Preset",
     "RunDirError",
+    "StepGuard",
     "TrainConfig",
     "TrainSummary",
     "TrainingDiverged",
+    "TrainingInterrupted",
+    "TrainingPreempted",
     "build_config",
     "ema_decay",
     "get_lr",

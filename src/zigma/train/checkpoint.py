@@ -1,12 +1,13 @@
 """Training checkpoints as a folder of safetensors + JSON (no pickle), written atomically.
 
-A checkpoint is written to ``checkpoints/.tmp-step_XXXXXXX``, renamed to ``step_XXXXXXX``,
-and only then named in ``checkpoints/LATEST``; a crash at any point leaves the previous
-checkpoint intact and LATEST pointing at a complete folder.
+A checkpoint is written to ``checkpoints/.tmp-step_XXXXXXX.<pid>``, flushed to disk, renamed to
+``step_XXXXXXX`` and only then named in ``checkpoints/LATEST``; a crash or power loss at any
+point leaves the previous checkpoint intact and LATEST pointing at a complete folder.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -28,6 +29,7 @@ from zigma.artifacts import (
     checkpoint_name,
     list_checkpoints,
 )
+from zigma.config import short_repr
 from zigma.models.io import model_class_name
 
 FORMAT = "zigma-train-checkpoint"
@@ -140,6 +142,40 @@ def _state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
 
 
+def _nbytes(tensors: dict[str, torch.Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+def _mib(n: float) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+def _disk_full(final: Path, need: int) -> OSError:
+    """The one-line error of a checkpoint that does not fit (the CLI adds the free space)."""
+    text = f"no space for checkpoint {final.name} (about {_mib(need)})"
+    return OSError(errno.ENOSPC, text, str(final.parent))
+
+
+def _write_files(folder: Path, files: dict[str, Any]) -> None:
+    """Each value: text, or a dict of tensors for safetensors; every file flushed to disk."""
+    for name, content in files.items():
+        path = folder / name
+        if isinstance(content, str):
+            path.write_text(content, encoding="utf-8")
+        else:
+            save_file(content, path)
+        artifacts.fsync_path(path)
+    artifacts.fsync_path(folder)
+
+
+def _remove(path: Path) -> None:
+    """Delete a folder we wrote, or whatever else holds its name (a link: not its target)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
 def save_checkpoint(
     ckpt_root: Path,
     step: int,
@@ -159,13 +195,16 @@ def save_checkpoint(
 
     ``rng_tensors`` / ``rng_states`` hold one entry per rank; ``shared_rng`` the generator
     states every rank shares (noise and times); ``history`` per-step series (loss, grad norm).
+    The files are flushed to disk before the folder is renamed into place and before LATEST
+    names it, so LATEST never names a checkpoint a power loss could tear.
+
+    Raises:
+        OSError: ENOSPC when the free space is short of the checkpoint's size (checked
+            before writing) or runs out while writing; no partial folder is left then.
     """
     ckpt_root.mkdir(parents=True, exist_ok=True)
     name = checkpoint_name(step)
-    tmp = ckpt_root / f".tmp-{name}"
-    if tmp.exists():
-        shutil.rmtree(tmp)  # a crashed earlier attempt at this step
-    tmp.mkdir()
+    final = ckpt_root / name
     opt_tensors, opt_meta = flatten_optimizer(optimizer)
     full_state = {
         "format": FORMAT,
@@ -178,35 +217,47 @@ def save_checkpoint(
         "optimizer": opt_meta,
         "rng": rng_states,
     }
-    (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    (tmp / "model.json").write_text(model_json(model))
-    save_file(_state_dict(model), tmp / "model.safetensors")
-    save_file(_state_dict(ema_model), tmp / "ema.safetensors")
-    save_file(opt_tensors, tmp / "optimizer.safetensors")
-    save_file({**shared_rng, **rng_tensors[0]}, tmp / "rng.safetensors")
-    for r, tensors in enumerate(rng_tensors[1:], start=1):
-        save_file(tensors, tmp / f"rng_rank{r}.safetensors")
-    series = {k: torch.tensor(v, dtype=torch.float64) for k, v in history.items()}
-    save_file(series, tmp / "history.safetensors")
-    (tmp / "state.json").write_text(pretty_json(full_state))  # written last
-
-    final = ckpt_root / name
-    if final.exists():  # e.g. killed between this rename and LATEST last time: replace it
-        old = ckpt_root / f".old-{name}"
-        shutil.rmtree(old, ignore_errors=True)
-        final.rename(old)
-        tmp.rename(final)
-        shutil.rmtree(old)
-    else:
-        tmp.rename(final)
+    files: dict[str, Any] = {
+        "config.json": json.dumps(config, indent=2, sort_keys=True) + "\n",
+        "model.json": model_json(model),
+        "model.safetensors": _state_dict(model),
+        "ema.safetensors": _state_dict(ema_model),
+        "optimizer.safetensors": opt_tensors,
+        "rng.safetensors": {**shared_rng, **rng_tensors[0]},
+        **{f"rng_rank{r}.safetensors": t for r, t in enumerate(rng_tensors[1:], start=1)},
+        "history.safetensors": {
+            k: torch.tensor(v, dtype=torch.float64) for k, v in history.items()
+        },
+        "state.json": pretty_json(full_state),  # written last
+    }
+    need = sum(len(v.encode()) if isinstance(v, str) else _nbytes(v) + 4096 for v in files.values())
+    if shutil.disk_usage(ckpt_root).free < need:
+        raise _disk_full(final, need)
+    tmp = ckpt_root / f".tmp-{name}.{os.getpid()}"  # unique per process
+    try:
+        tmp.mkdir()
+        _write_files(tmp, files)
+        if final.exists() or final.is_symlink():  # e.g. killed between rename and LATEST
+            old = ckpt_root / f".old-{name}.{os.getpid()}"
+            final.rename(old)
+            tmp.rename(final)
+            _remove(old)
+        else:
+            tmp.rename(final)
+        artifacts.fsync_path(ckpt_root)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            raise _disk_full(final, need) from None
+        raise
     artifacts.write_latest(ckpt_root, name)
-    prune_checkpoints(ckpt_root, keep_last)
+    prune_checkpoints(ckpt_root, keep_last, latest=name)
     return final
 
 
-def prune_checkpoints(ckpt_root: Path, keep_last: int) -> list[Path]:
-    """Delete all but the newest ``keep_last`` checkpoints (never the one LATEST names)."""
-    latest = (ckpt_root / LATEST).read_text().strip() if (ckpt_root / LATEST).is_file() else None
+def prune_checkpoints(ckpt_root: Path, keep_last: int, latest: str | None = None) -> list[Path]:
+    """Delete all but the newest ``keep_last`` checkpoints, never ``latest`` (the name LATEST
+    holds). Symlinks and anything not named like a checkpoint folder are left alone."""
     ckpts = list_checkpoints(ckpt_root)
     doomed = [p for p in ckpts[: max(len(ckpts) - keep_last, 0)] if p.name != latest]
     for p in doomed:
@@ -256,9 +307,9 @@ def _read_json(path: Path) -> Any:
     if not path.is_file():
         raise CheckpointError(f"incomplete checkpoint: {path} is missing")
     try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path} is not valid JSON: {e}") from e
+        return artifacts.read_json(path, "checkpoint file")
+    except ArtifactError as e:
+        raise CheckpointError(str(e)) from None
 
 
 def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -270,30 +321,51 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path} is not a readable safetensors file: {e}") from e
 
 
+def bounded_count(state: dict[str, Any], key: str, lo: int, hi: int, where: str) -> int:
+    """An integer of state.json within [lo, hi]: counts are bounded by what is on disk
+    (the history's length, the per-rank RNG states), so a forged one cannot stall a resume."""
+    value = state.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        raise CheckpointError(
+            f"{where}: {key} must be an integer in [{lo}, {hi}], got {short_repr(value)}"
+        )
+    return value
+
+
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Read a checkpoint folder written by ``save_checkpoint``.
 
     Raises:
-        CheckpointError: a missing, unreadable or foreign file.
+        CheckpointError: a missing, unreadable, inconsistent or foreign file.
     """
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"checkpoint {path} is not a folder")
     state = _read_json(path / "state.json")
+    where = f"{path}/state.json"
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(
             f"{path} is not a zigma training checkpoint (state.json has no format={FORMAT!r})"
         )
     if state.get("version") != VERSION:
         raise CheckpointError(
-            f"{path}: checkpoint version {state.get('version')!r} is not "
+            f"{path}: checkpoint version {short_repr(state.get('version'))} is not "
             f"supported (this zigma reads version {VERSION})"
         )
-    try:
-        world, step = int(state["world_size"]), int(state["step"])
-        opt_meta, rng_states = state["optimizer"], state["rng"]
-    except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}/state.json lacks a field: {e}") from e
+    opt_meta, rng_states = state.get("optimizer"), state.get("rng")
+    if not isinstance(opt_meta, dict) or not isinstance(rng_states, list):
+        raise CheckpointError(f"{where} lacks its optimizer or rng section")
+    history = _read_tensors(path / "history.safetensors")
+    if any(
+        not isinstance(history.get(k), torch.Tensor) or history[k].ndim != 1
+        for k in ("loss", "grad_norm")
+    ):
+        raise CheckpointError(f"{path}/history.safetensors lacks the loss or grad_norm series")
+    length = history["loss"].shape[0]
+    step = bounded_count(state, "step", 0, length, where)
+    world = bounded_count(state, "world_size", 1, len(rng_states), where)
+    if step != length or history["grad_norm"].shape != (step,) or len(rng_states) != world:
+        raise CheckpointError(f"{path}: history or RNG states do not match step {step}")
     rng = _read_tensors(path / "rng.safetensors")
     shared = {k: v for k, v in rng.items() if not k.startswith("torch_")}
     per_rank: list[dict[str, torch.Tensor] | None] = [
@@ -302,19 +374,17 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     for r in range(1, world):
         f = path / f"rng_rank{r}.safetensors"
         per_rank.append(_read_tensors(f) if f.is_file() else None)
-    history = _read_tensors(path / "history.safetensors")
-    if (
-        any(history.get(k) is None or history[k].shape != (step,) for k in ("loss", "grad_norm"))
-        or len(rng_states) != world
-    ):
-        raise CheckpointError(f"{path}: history or RNG states do not match step {step}")
+    opt_tensors = _read_tensors(path / "optimizer.safetensors")
     try:
-        optimizer = unflatten_optimizer(_read_tensors(path / "optimizer.safetensors"), opt_meta)
-    except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: malformed optimizer state: {e}") from e
+        optimizer = unflatten_optimizer(opt_tensors, opt_meta)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise CheckpointError(f"{path}: malformed optimizer state: {short_repr(e)}") from None
+    config = _read_json(path / "config.json")
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}/config.json must hold a JSON object")
     return Checkpoint(
         path=path,
-        config=_read_json(path / "config.json"),
+        config=config,
         state=state,
         model=_read_tensors(path / "model.safetensors"),
         ema=_read_tensors(path / "ema.safetensors"),

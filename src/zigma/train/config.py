@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from zigma.config import ConfigError, apply_overrides, from_dict, to_dict
+from zigma.config import ConfigError, apply_overrides, from_dict, short_repr, to_dict
 from zigma.data import DataConfig
 from zigma.models import (
     BackboneConfig,
@@ -26,6 +26,7 @@ from zigma.models import (
     list_models,
     preset_config,
 )
+from zigma.train.config_file import read_config_file
 from zigma.train.presets import TRAIN_PRESETS
 from zigma.transport import TransportConfig
 
@@ -37,8 +38,11 @@ def _suggest(name: str, choices: typing.Iterable[str]) -> str:
     return f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
 
 
-# Fields a resumed run takes from the command line; every other field comes from the
-# checkpoint (nanoGPT's rule: a resume must not silently change the model or the optimiser).
+# Fields a resumed run takes from the command line (dotted for nested ones); every other
+# field comes from the checkpoint (nanoGPT's rule: a resume must not silently change the model,
+# the data or the optimiser's state). These change nothing a checkpoint holds: run length,
+# intervals, what and how to sample, the learning rate and clipping (AdamW's state does not
+# depend on them), the autocast precision and memory-saving recomputation (weights stay fp32).
 RESUME_MUTABLE = (
     "steps",
     "ckpt_every",
@@ -48,10 +52,92 @@ RESUME_MUTABLE = (
     "num_workers",
     "cpu_threads",
     "time_limit_minutes",
+    "max_nonfinite",
+    "precision",
+    "grad_checkpointing",
+    "recompute_scans",
+    "num_samples",
+    "sample_steps",
+    "sample_sampler",
+    "cfg_scale",
+    "export_dtype",
+    "optim.lr",
+    "optim.warmup_steps",
+    "optim.decay",
+    "optim.min_lr_ratio",
+    "optim.grad_clip",
     "tensorboard",
     "wandb",
     "wandb_project",
 )
+
+
+@dataclass(frozen=True)
+class Bound:
+    """An interval of allowed values; ``lo_open`` / ``hi_open`` exclude that end."""
+
+    lo: float
+    hi: float
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def holds(self, value: float) -> bool:
+        above = value > self.lo if self.lo_open else value >= self.lo
+        below = value < self.hi if self.hi_open else value <= self.hi
+        return above and below
+
+    def __str__(self) -> str:
+        def num(x: float) -> str:
+            return str(x) if isinstance(x, int) else f"{x:g}"
+
+        left, right = "(" if self.lo_open else "[", ")" if self.hi_open else "]"
+        return f"{left}{num(self.lo)}, {num(self.hi)}{right}"
+
+
+# Counts of steps: 1e10 steps is centuries of training; larger values are typos.
+MAX_STEPS = 10**10
+# derive_seed mixes 64-bit parts into the 63-bit seeds torch and numpy accept.
+MAX_SEED = 2**63 - 1
+
+# AdamW: lr <= 1 and weight_decay <= 1 keep lr * weight_decay <= 1, so the decoupled decay
+# never flips or grows a weight; eps stays a normal fp32 number so no 0/0 reaches the update.
+OPTIM_RANGES = {
+    "lr": Bound(0.0, 1.0, lo_open=True),
+    "weight_decay": Bound(0.0, 1.0),
+    "betas": Bound(0.0, 1.0, hi_open=True),
+    "eps": Bound(1e-30, 1.0),
+    "warmup_steps": Bound(0, MAX_STEPS),
+    "grad_clip": Bound(0.0, 1e12),
+    "min_lr_ratio": Bound(0.0, 1.0),
+}
+EMA_RANGES = {"decay": Bound(0.0, 1.0, hi_open=True), "update_every": Bound(1, 10**6)}
+TRAIN_RANGES = {
+    "steps": Bound(0, MAX_STEPS),
+    "batch_size": Bound(1, 10**6),
+    "seed": Bound(0, MAX_SEED),
+    "num_workers": Bound(0, 1024),
+    "cpu_threads": Bound(1, 4096),
+    "log_every": Bound(1, MAX_STEPS),
+    "ckpt_every": Bound(0, MAX_STEPS),
+    "sample_every": Bound(0, MAX_STEPS),
+    "num_samples": Bound(1, 4096),
+    "sample_steps": Bound(1, 10_000),
+    "cfg_scale": Bound(0.0, 100.0),
+    "keep_last_checkpoints": Bound(1, 10**6),
+    "time_limit_minutes": Bound(0.0, 1e7, lo_open=True),
+    "max_nonfinite": Bound(1, MAX_STEPS),
+}
+
+
+def check_ranges(cfg: Any, bounds: dict[str, Bound], prefix: str = "") -> None:
+    """Raise ConfigError naming the first field outside its bound (None: an optional field
+    left off; tuples: every item is checked)."""
+    for name, bound in bounds.items():
+        value = getattr(cfg, name)
+        if value is None:
+            continue
+        if not all(bound.holds(v) for v in (value if isinstance(value, tuple) else (value,))):
+            raise ConfigError(f"{prefix}{name} must be in {bound}, got {short_repr(value)}")
 
 
 def _model_spec_fields() -> list[tuple[str, Any, Any]]:
@@ -100,22 +186,10 @@ class OptimConfig:
     min_lr_ratio: float = 0.0
 
     def __post_init__(self) -> None:
-        if not self.lr > 0:
-            raise ConfigError(f"optim.lr must be > 0, got {self.lr}")
-        if self.weight_decay < 0:
-            raise ConfigError(f"optim.weight_decay must be >= 0, got {self.weight_decay}")
-        if not all(0.0 <= b < 1.0 for b in self.betas):
-            raise ConfigError(f"optim.betas must lie in [0, 1), got {self.betas}")
-        if self.eps <= 0 or self.warmup_steps < 0:
-            raise ConfigError("optim.eps must be > 0 and optim.warmup_steps >= 0")
+        check_ranges(self, OPTIM_RANGES, "optim.")
         if self.decay not in ("constant", "cosine", "linear"):
-            raise ConfigError(
-                f"optim.decay must be 'constant', 'cosine' or 'linear', got {self.decay!r}"
-            )
-        if not 0.0 <= self.min_lr_ratio <= 1.0:
-            raise ConfigError(f"optim.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-        if self.grad_clip is not None and self.grad_clip < 0:
-            raise ConfigError(f"optim.grad_clip must be >= 0 or null, got {self.grad_clip}")
+            choices = "'constant', 'cosine' or 'linear'"
+            raise ConfigError(f"optim.decay must be {choices}, got {short_repr(self.decay)}")
 
 
 @dataclass
@@ -131,10 +205,7 @@ class EMAConfig:
     update_every: int = 1
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.decay < 1.0:
-            raise ConfigError(f"ema.decay must be in [0, 1), got {self.decay}")
-        if self.update_every < 1:
-            raise ConfigError(f"ema.update_every must be >= 1, got {self.update_every}")
+        check_ranges(self, EMA_RANGES, "ema.")
 
 
 @dataclass
@@ -179,29 +250,7 @@ class TrainConfig:
     wandb_project: str = "zigma"
 
     def __post_init__(self) -> None:
-        for name, low in [
-            ("steps", 0),
-            ("batch_size", 1),
-            ("seed", 0),
-            ("num_workers", 0),
-            ("log_every", 1),
-            ("ckpt_every", 0),
-            ("sample_every", 0),
-            ("num_samples", 1),
-            ("sample_steps", 1),
-            ("keep_last_checkpoints", 1),
-            ("max_nonfinite", 1),
-        ]:
-            if getattr(self, name) < low:
-                raise ConfigError(f"{name} must be >= {low}, got {getattr(self, name)}")
-        if self.time_limit_minutes is not None and not self.time_limit_minutes > 0:
-            raise ConfigError(
-                f"time_limit_minutes must be > 0 or null, got {self.time_limit_minutes}"
-            )
-        if self.cpu_threads is not None and self.cpu_threads < 1:
-            raise ConfigError(f"cpu_threads must be >= 1 or null, got {self.cpu_threads}")
-        if self.cfg_scale < 0:
-            raise ConfigError(f"cfg_scale must be >= 0, got {self.cfg_scale}")
+        check_ranges(self, TRAIN_RANGES)
         model = self.model_config()  # an unknown preset or an impossible model fails here, early
         if self.recompute_scans and not isinstance(model, ZigMaConfig):
             raise ConfigError(
@@ -271,37 +320,6 @@ def preset_dict(name: str) -> dict[str, Any]:
         f"unknown preset {name!r}{_suggest(name, choices)}; training presets: "
         f"{', '.join(TRAIN_PRESETS)}; or any model preset (`zigma models`)"
     )
-
-
-def read_config_file(path: str | Path) -> dict[str, Any]:
-    """A (partial) TrainConfig as a dict from a .json, .yaml or .yml file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file {path} not found")
-    text = path.read_text()
-    if path.suffix in (".yaml", ".yml"):
-        try:
-            import yaml
-        except ImportError as e:
-            raise ConfigError(
-                f"reading {path} needs PyYAML (pip install pyyaml); or use a .json file"
-            ) from e
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path} is not valid YAML: {e}") from e
-    elif path.suffix == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path} is not valid JSON: {e}") from e
-    else:
-        raise ConfigError(f"config file {path} must end in .json, .yaml or .yml")
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a mapping of config keys")
-    return data
 
 
 def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:

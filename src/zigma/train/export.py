@@ -20,6 +20,7 @@ from zigma.config import to_dict
 from zigma.data import derive_seed
 from zigma.models import ZigMaConfig, save_pretrained
 from zigma.train.config import TrainConfig
+from zigma.train.optim import TrainingDiverged
 from zigma.transport import as_velocity, class_guided, sample
 
 _SEED_SAMPLES = 3  # the sample noise is the same at every step, so grids are comparable
@@ -69,7 +70,20 @@ def export_model(ema_model: nn.Module, model: nn.Module, cfg: TrainConfig, direc
 
     fp16 export keeps parameters tagged ``_keep_fp32`` (SSM A_log, D, dt bias) in fp32;
     ``from_pretrained`` loads either into an fp32 model.
+
+    Raises:
+        TrainingDiverged: a non-finite EMA weight; nothing is written.
     """
+    bad = [
+        n
+        for n, v in ema_model.state_dict().items()
+        if v.is_floating_point() and not torch.isfinite(v).all()
+    ]
+    if bad:  # the step guard keeps this from happening; never hand sampling a broken model
+        raise TrainingDiverged(
+            f"the EMA weights are not finite ({len(bad)} tensors, e.g. {bad[0]}); "
+            f"nothing was exported to {directory}"
+        )
     keep32 = {n for n, p in model.named_parameters() if getattr(p, "_keep_fp32", False)}
     to_save = ema_model
     if cfg.export_dtype == "fp16":

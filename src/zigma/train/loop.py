@@ -1,13 +1,14 @@
 """The training loop: ``train(cfg, out_dir, resume=False) -> TrainSummary``, one plain function.
 
-A step: forward under autocast -> the ranks agree the loss is finite (else all skip) ->
-backward -> unscale -> clip the global grad norm -> optimizer step -> EMA. Noise and times are
-drawn for the global batch from one generator shared by every rank, which keeps the rows of its
-data shard, so N processes compute what one process with the same global batch would.
+A step: forward under autocast -> the ranks agree the loss is finite and whether to stop (else
+all skip) -> backward -> unscale -> clip the global grad norm -> a provably finite optimizer
+step (else skip) -> EMA. Noise and times are drawn for the global batch from one generator
+shared by every rank, which keeps the rows of its data shard, so N processes compute what one
+process with the same global batch would.
 
-Run folder: config.json, log.txt, metrics.jsonl, loss.png, samples/step_XXXXXXX.png,
-checkpoints/step_XXXXXXX/ + checkpoints/LATEST, and at the end model/ (the EMA weights as
-``save_pretrained`` writes them, plus transport.json).
+Run folder (locked through .lock while a run uses it): config.json, log.txt, metrics.jsonl,
+loss.png, samples/step_XXXXXXX.png, checkpoints/step_XXXXXXX/ + checkpoints/LATEST, and at the
+end model/ (the EMA weights as ``save_pretrained`` writes them, plus transport.json).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import dataclasses
 import json
 import logging
 import math
+import shlex
 import sys
 import time
 from collections.abc import Callable
@@ -31,16 +33,38 @@ from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 import zigma
+from zigma.artifacts import (
+    CHECKPOINTS,
+    CONFIG_NAME,
+    LOCK_NAME,
+    checkpoint_name,
+    remove_temp_files,
+    write_text_atomic,
+)
 from zigma.config import ConfigError, to_dict
 from zigma.data import derive_seed, iterate_batches, save_image_grid
 from zigma.models import count_parameters, create_model
 from zigma.train import distributed as D
 from zigma.train.checkpoint import capture_rng, save_checkpoint
 from zigma.train.config import TrainConfig
+from zigma.train.control import (
+    StopSignals,
+    TrainingInterrupted,
+    TrainingPreempted,
+    Whereabouts,
+)
 from zigma.train.ema import EMA
 from zigma.train.export import export_model, sample_grid
-from zigma.train.optim import build_optimizer, get_lr, guarded_step, set_lr
+from zigma.train.optim import (
+    StepGuard,
+    TrainingDiverged,
+    build_optimizer,
+    get_lr,
+    guarded_step,
+    set_lr,
+)
 from zigma.train.resume import (
+    DEFAULT_RESUME_HINT,
     SEED_INIT,
     SEED_NOISE,
     Progress,
@@ -48,16 +72,13 @@ from zigma.train.resume import (
     prepare,
     restore,
     seed_local,
+    take_folder,
 )
 from zigma.train.tracking import RunLog, header, log_window
 from zigma.transport import sample_time, training_loss
 
 logger = logging.getLogger("zigma.train")
 _AMP = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-class TrainingDiverged(RuntimeError):
-    """``max_nonfinite`` consecutive steps had a NaN/Inf loss or gradient."""
 
 
 @dataclass
@@ -77,35 +98,63 @@ def train(
     resume: bool = False,
     *,
     model_hook: Callable[[nn.Module], Any] | None = None,
+    resume_hint: str = DEFAULT_RESUME_HINT,
 ) -> TrainSummary:
     """Train ``cfg`` into the run folder ``out_dir``, on one process or under torchrun.
 
     Args:
-        resume: continue from ``out_dir/checkpoints/LATEST``. The checkpoint's config wins
-            except for ``RESUME_MUTABLE`` fields (steps, intervals, ...). With the same world
-            size and device the result is bit-identical to an uninterrupted run.
+        resume: continue from ``out_dir/checkpoints/LATEST``; without a checkpoint yet, start
+            from step 0 (a folder holding only an earlier attempt's files is reused). The
+            checkpoint's config wins except for ``RESUME_MUTABLE`` fields (steps, optim.lr,
+            ...), whose changes are logged. With the same world size and device the result is
+            bit-identical to an uninterrupted run.
         model_hook: called with the raw model before training (e.g. to register hooks).
+        resume_hint: how the caller continues a run, for the error on a folder holding one.
+
+    The run folder is locked for the run's life; SIGTERM / SIGUSR1 write a checkpoint at the
+    next step boundary and raise ``TrainingPreempted`` (all ranks stop at the same step).
 
     Raises:
         ConfigError, RunDirError, CheckpointError, FileNotFoundError: bad input, before
-            anything is written.
-        TrainingDiverged: ``max_nonfinite`` non-finite steps in a row. No checkpoint is
-            written then: the newest periodic one stays the one to resume from.
+            anything is written; also RunLockedError: another process holds the run folder.
+        TrainingDiverged: ``max_nonfinite`` skipped steps in a row. No checkpoint is written
+            then: the newest periodic one stays the one to resume from.
+        TrainingPreempted: a stop signal; the checkpoint of the step reached is written.
+        TrainingInterrupted: Ctrl-C; its message says where the run stopped.
+        OSError: the disk is full (the checkpoint is not left half-written) or another I/O
+            failure.
     """
     _, _, world = D.launcher_env()
     if cfg.batch_size % world:  # checked before joining the process group, so nothing hangs
         raise ConfigError(f"batch_size {cfg.batch_size} is not divisible by the world size {world}")
+    out = Path(out_dir)
+    where = Whereabouts(out, cfg.steps)
     env = D.setup(cfg.device)
     threads = torch.get_num_threads()
     try:
-        return _train(cfg, Path(out_dir), resume, env, model_hook)
+        with StopSignals() as stop, ExitStack() as stack:
+            return _train(cfg, out, resume, env, model_hook, resume_hint, stop, where, stack)
+    except KeyboardInterrupt as e:
+        if isinstance(e, TrainingInterrupted):
+            raise
+        raise TrainingInterrupted(where.interrupted()) from None
     finally:
         torch.set_num_threads(threads)
         D.cleanup(env)
 
 
-def _train(cfg: TrainConfig, out: Path, resume: bool, env: D.DistEnv, model_hook) -> TrainSummary:
-    cfg, dataset, ckpt = prepare(cfg, out, resume, env)
+def _train(
+    cfg: TrainConfig,
+    out: Path,
+    resume: bool,
+    env: D.DistEnv,
+    model_hook: Callable[[nn.Module], Any] | None,
+    hint: str,
+    stop: StopSignals,
+    where: Whereabouts,
+    stack: ExitStack,
+) -> TrainSummary:
+    cfg, dataset, ckpt, notes = prepare(cfg, out, resume, env, hint)
     if cfg.cpu_threads is not None:
         # on a busy machine one thread can beat two: OpenMP barriers stall when a core is taken
         torch.set_num_threads(cfg.cpu_threads)
@@ -123,6 +172,8 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, env: D.DistEnv, model_hook
     prog = Progress()
     if ckpt is not None:
         prog = restore(ckpt, env, cfg.seed, model, ema, opt, scaler, noise_gen)
+        where.newest = ckpt.path
+    guard = StepGuard(opt)
     if model_hook is not None:
         model_hook(model)
     net: nn.Module = model
@@ -150,117 +201,133 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, env: D.DistEnv, model_hook
     per_epoch = len(dataset) // env.world_size // per_rank
     n_params, conditional = count_parameters(model), mcfg.num_classes > 0
 
-    D.barrier(env)  # every rank passed its checks: only now does rank 0 write
+    # every rank passed its checks: only now is the folder locked and written (rank 0)
+    lock = take_folder(out, ckpt and ckpt.path, resume, env)
+    if lock is not None:
+        stack.callback(lock.release)
     run: RunLog | None = None
-    with ExitStack() as stack:
-        if env.is_main:
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2, sort_keys=True))
-            run = RunLog(out, cfg, resume_step=prog.step if ckpt else None)
-            stack.callback(run.close)
-            header(run, _header_lines(cfg, env, n_params, len(dataset), ckpt and ckpt.path))
+    if env.is_main:
+        earlier = sorted(p.name for p in out.iterdir() if p.name != LOCK_NAME)
+        for folder in (out, out / CHECKPOINTS, out / "model", out / "samples"):
+            remove_temp_files(folder)  # left by a killed writer; the lock makes them orphans
+        write_text_atomic(out / CONFIG_NAME, json.dumps(to_dict(cfg), indent=2, sort_keys=True))
+        run = RunLog(out, cfg, resume_step=prog.step)
+        stack.callback(run.close)
+        header(run, _header_lines(cfg, env, n_params, len(dataset), ckpt and ckpt.path))
+        if ckpt is None and earlier:
+            run.info("no checkpoint in %s yet: starting from step 0", out)
+        for note in notes:
+            run.info("%s", note)
+    where.step = prog.step
 
-        def save() -> None:
-            tensors, states = capture_rng(env.device)
-            everyone = D.all_gather_objects((tensors, states), env)
-            if run is None:
-                return
-            path = save_checkpoint(
-                out / "checkpoints",
-                prog.step,
-                config=to_dict(cfg),
-                model=model,
-                ema_model=ema.model,
-                optimizer=opt,
-                state=checkpoint_state(prog, cfg, per_epoch, scaler),
-                rng_tensors=[e[0] for e in everyone],
-                rng_states=[e[1] for e in everyone],
-                shared_rng={"noise_generator": noise_gen.get_state()},
-                history={"loss": prog.losses, "grad_norm": prog.grad_norms},
-                keep_last=cfg.keep_last_checkpoints,
-            )
-            run.info("step %d: checkpoint %s", prog.step, path.relative_to(out))
-            run.plot(prog.losses)
-
-        def samples() -> None:
-            assert run is not None
-            grid = sample_grid(ema.model, cfg, mcfg, env.device, autocast)
-            path = save_image_grid(
-                grid,
-                out / "samples" / f"step_{prog.step:07d}.png",
-                nrow=mcfg.num_classes if 0 < mcfg.num_classes <= 16 else None,
-                scale=max(1, 64 // max(mcfg.input_size)),
-            )
-            run.image(path, grid, prog.step)
-            run.info("step %d: samples %s", prog.step, path.relative_to(out))
-
-        bar = stack.enter_context(
-            tqdm(
-                total=cfg.steps,
-                initial=prog.step,
-                unit="step",
-                dynamic_ncols=True,
-                disable=not (env.is_main and sys.stderr.isatty()),
-            )
+    def save() -> None:
+        tensors, states = capture_rng(env.device)
+        everyone = D.all_gather_objects((tensors, states), env)
+        where.newest = out / CHECKPOINTS / checkpoint_name(prog.step)
+        if run is None:
+            return
+        path = save_checkpoint(
+            out / CHECKPOINTS,
+            prog.step,
+            config=to_dict(cfg),
+            model=model,
+            ema_model=ema.model,
+            optimizer=opt,
+            state=checkpoint_state(prog, cfg, per_epoch, scaler),
+            rng_tensors=[e[0] for e in everyone],
+            rng_states=[e[1] for e in everyone],
+            shared_rng={"noise_generator": noise_gen.get_state()},
+            history={"loss": prog.losses, "grad_norm": prog.grad_norms},
+            keep_last=cfg.keep_last_checkpoints,
         )
-        if not bar.disable:  # console log lines go through tqdm.write, not across the bar
-            stack.enter_context(logging_redirect_tqdm())
-        start = t_window = time.perf_counter()
-        window_steps, final_loss = 0, math.nan
-        while prog.step < cfg.steps:
-            step = prog.step
-            batch = next(batches)
-            x = batch["image"].to(env.device, non_blocking=True)
-            kwargs = {"y": batch["label"].to(env.device)} if conditional else {}
-            # global-batch noise and times, this rank's rows: the layout DistributedSampler uses
-            noise = torch.randn((cfg.batch_size, *x.shape[1:]), generator=noise_gen)
-            t = sample_time(cfg.batch_size, cfg.transport, noise_gen)
-            noise = noise[env.rank :: env.world_size].to(env.device)
-            t = t[env.rank :: env.world_size].to(env.device)
-            lr = get_lr(step, o.lr, o.warmup_steps, cfg.steps, o.decay, o.min_lr_ratio)
-            set_lr(opt, lr)
-            with autocast():
-                losses = training_loss(net, x, cfg.transport, noise=noise, t=t, model_kwargs=kwargs)
-            loss, gnorm = guarded_step(losses.mean(), model, opt, scaler, o.grad_clip, env)
-            prog.losses.append(loss)
-            prog.grad_norms.append(gnorm)
-            prog.step += 1
-            if math.isfinite(loss):
-                prog.nonfinite_run = 0
-                if prog.step % cfg.ema.update_every == 0:
-                    ema.update(model, step)
-                    prog.ema_updates += 1
-                bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-            else:
-                _nonfinite(run, cfg, prog)
-            bar.update(1)
-            window_steps += 1
-            done = prog.step == cfg.steps or _out_of_time(cfg, prog.step, start, env)
-            if prog.step % cfg.log_every == 0 or done:
-                rate = window_steps / max(time.perf_counter() - t_window, 1e-9)
-                final_loss = log_window(
-                    run, prog.step, cfg.steps, cfg.log_every, prog.losses, prog.grad_norms, lr,
-                    prog.nonfinite_total, rate, cfg.batch_size,
-                )  # fmt: skip
-                t_window, window_steps = time.perf_counter(), 0
-            paused = time.perf_counter()
-            if (cfg.ckpt_every and prog.step % cfg.ckpt_every == 0) or done:
-                save()
-            if run and cfg.sample_every and (prog.step % cfg.sample_every == 0 or done):
-                samples()
-            t_window += time.perf_counter() - paused  # rates leave out checkpoints and samples
-            if done and prog.step < cfg.steps:
-                if run is not None:
-                    run.info(
-                        "time limit of %g min reached at step %d", cfg.time_limit_minutes, prog.step
-                    )
-                break
-        export = None
-        if run is not None:
-            export = export_model(ema.model, model, cfg, out / "model")
-            run.plot(prog.losses)
-            minutes = (time.perf_counter() - start) / 60
-            run.info("done: step %d in %.1f min; EMA weights in %s", prog.step, minutes, export)
+        run.info("step %d: checkpoint %s", prog.step, path.relative_to(out))
+        run.plot(prog.losses)
+
+    def samples() -> None:
+        assert run is not None
+        grid = sample_grid(ema.model, cfg, mcfg, env.device, autocast)
+        path = save_image_grid(
+            grid,
+            out / "samples" / f"step_{prog.step:07d}.png",
+            nrow=mcfg.num_classes if 0 < mcfg.num_classes <= 16 else None,
+            scale=max(1, 64 // max(mcfg.input_size)),
+        )
+        run.image(path, grid, prog.step)
+        run.info("step %d: samples %s", prog.step, path.relative_to(out))
+
+    bar = stack.enter_context(
+        tqdm(
+            total=cfg.steps,
+            initial=prog.step,
+            unit="step",
+            dynamic_ncols=True,
+            disable=not (env.is_main and sys.stderr.isatty()),
+        )
+    )
+    if not bar.disable:  # console log lines go through tqdm.write, not across the bar
+        stack.enter_context(logging_redirect_tqdm())
+    start = t_window = time.perf_counter()
+    window_steps, final_loss = 0, math.nan
+    while prog.step < cfg.steps:
+        step = prog.step
+        batch = next(batches)
+        x = batch["image"].to(env.device, non_blocking=True)
+        kwargs = {"y": batch["label"].to(env.device)} if conditional else {}
+        # global-batch noise and times, this rank's rows: the layout DistributedSampler uses
+        noise = torch.randn((cfg.batch_size, *x.shape[1:]), generator=noise_gen)
+        t = sample_time(cfg.batch_size, cfg.transport, noise_gen)
+        noise = noise[env.rank :: env.world_size].to(env.device)
+        t = t[env.rank :: env.world_size].to(env.device)
+        lr = get_lr(step, o.lr, o.warmup_steps, cfg.steps, o.decay, o.min_lr_ratio)
+        set_lr(opt, lr)
+        with autocast():
+            losses = training_loss(net, x, cfg.transport, noise=noise, t=t, model_kwargs=kwargs)
+        asked = stop.requested is not None
+        res = guarded_step(losses.mean(), model, opt, scaler, o.grad_clip, env, guard, asked)
+        prog.losses.append(res.loss)
+        prog.grad_norms.append(res.grad_norm)
+        prog.step = where.step = prog.step + 1
+        if res.skipped is None:
+            prog.nonfinite_run = 0
+            if prog.step % cfg.ema.update_every == 0:
+                ema.update(model, step)
+                prog.ema_updates += 1
+            bar.set_postfix(loss=f"{res.loss:.4f}", refresh=False)
+        else:
+            _skipped(run, cfg, prog, res.skipped, where)
+        bar.update(1)
+        window_steps += 1
+        done = prog.step == cfg.steps or _out_of_time(cfg, prog.step, start, env)
+        if prog.step % cfg.log_every == 0 or done:
+            rate = window_steps / max(time.perf_counter() - t_window, 1e-9)
+            final_loss = log_window(
+                run, prog.step, cfg.steps, cfg.log_every, prog.losses, prog.grad_norms, lr,
+                prog.nonfinite_total, rate, cfg.batch_size,
+            )  # fmt: skip
+            t_window, window_steps = time.perf_counter(), 0
+        paused = time.perf_counter()
+        if (cfg.ckpt_every and prog.step % cfg.ckpt_every == 0) or done or res.stop:
+            save()
+        if res.stop and not done:  # every rank saw the same flag: all stop at this step
+            name = stop.requested or "a stop signal on another rank"
+            if run is not None:
+                run.info("step %d: %s; checkpoint written, stopping", prog.step, name)
+            raise TrainingPreempted(where.preempted(name))
+        if run and cfg.sample_every and (prog.step % cfg.sample_every == 0 or done):
+            samples()
+        t_window += time.perf_counter() - paused  # rates leave out checkpoints and samples
+        if done and prog.step < cfg.steps:
+            if run is not None:
+                run.info(
+                    "time limit of %g min reached at step %d", cfg.time_limit_minutes, prog.step
+                )
+            break
+    export = None
+    if run is not None:
+        export = export_model(ema.model, model, cfg, out / "model")
+        run.plot(prog.losses)
+        minutes = (time.perf_counter() - start) / 60
+        run.info("done: step %d in %.1f min; EMA weights in %s", prog.step, minutes, export)
     D.barrier(env)
     seconds = time.perf_counter() - start
     return TrainSummary(out, prog.step, final_loss, prog.nonfinite_total, seconds, n_params, export)
@@ -275,7 +342,9 @@ def _out_of_time(cfg: TrainConfig, step: int, start: float, env: D.DistEnv) -> b
     return bool(D.all_reduce_sum(torch.tensor([over], device=env.device), env).item() > 0)
 
 
-def _nonfinite(run: RunLog | None, cfg: TrainConfig, prog: Progress) -> None:
+def _skipped(
+    run: RunLog | None, cfg: TrainConfig, prog: Progress, why: str, where: Whereabouts
+) -> None:
     """Count a skipped step (no optimizer step, no EMA update); stop after too many in a row.
 
     No checkpoint is written on stopping: the weights are those of the last good step, and
@@ -285,18 +354,23 @@ def _nonfinite(run: RunLog | None, cfg: TrainConfig, prog: Progress) -> None:
     prog.nonfinite_run += 1
     if run is not None:
         run.info(
-            "step %d: non-finite loss or gradient, step skipped (%d in a row; stop at %d)",
+            "step %d skipped: %s (%d in a row; stop at %d)",
             prog.step,
+            why,
             prog.nonfinite_run,
             cfg.max_nonfinite,
         )
     if prog.nonfinite_run >= cfg.max_nonfinite:
         if run is not None:
             run.plot(prog.losses)
+        kept = f"{where.checkpoint_text()} is intact" if where.newest else "no checkpoint yet"
+        fix = f"optim.lr={cfg.optim.lr / 10:g}" + (
+            "" if cfg.precision == "fp32" else " precision=fp32"
+        )
         raise TrainingDiverged(
-            f"stopped at step {prog.step}: {prog.nonfinite_run} non-finite losses in a row "
-            f"(max_nonfinite={cfg.max_nonfinite}); the last checkpoint is intact; try a lower "
-            "optim.lr or precision=fp32"
+            f"stopped at step {prog.step}: {prog.nonfinite_run} skipped steps in a row, the "
+            f"last for {why} (max_nonfinite={cfg.max_nonfinite}); {kept}; continue with a "
+            f"lower learning rate: zigma train --out {shlex.quote(str(where.out))} --resume {fix}"
         )
 
 

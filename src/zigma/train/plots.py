@@ -102,8 +102,12 @@ def draw_loss_curve(
     draw.rectangle([left, top, left + pw, top + ph], outline=_AXIS)
     draw.text((left + pw // 2 - 12, height - 22), "step", fill=_AXIS, font=font)
     draw.text((8, top + ph // 2 - 6), "loss", fill=_AXIS, font=font)
+    # a plot is redrawn every log step: replaced atomically, but not worth an fsync
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    img.save(tmp)
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        img.save(tmp, format="PNG")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path

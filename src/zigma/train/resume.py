@@ -8,9 +8,9 @@ noise and times come from one generator saved in the checkpoint, and the only ot
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import random
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,19 +19,21 @@ import numpy as np
 import torch
 from torch import nn
 
-from zigma.config import ConfigError, from_dict, to_dict
+from zigma import artifacts
+from zigma.artifacts import CHECKPOINTS, CONFIG_NAME, LOCK_NAME, STEP_NAME, ArtifactError, RunLock
+from zigma.config import ConfigError, from_dict, short_repr, to_dict
 from zigma.data import build_dataset, derive_seed
 from zigma.train import distributed as D
 from zigma.train.checkpoint import (
     Checkpoint,
     CheckpointError,
-    latest_checkpoint,
+    bounded_count,
     load_checkpoint,
     restore_rng,
 )
 from zigma.train.config import RESUME_MUTABLE, TrainConfig
 from zigma.train.ema import EMA
-from zigma.train.optim import get_lr
+from zigma.train.optim import StepGuard, get_lr
 from zigma.train.tracking import check_trackers
 
 logger = logging.getLogger("zigma.train")
@@ -40,7 +42,15 @@ SEED_INIT, SEED_NOISE, SEED_LOCAL = 0, 1, 2
 
 
 class RunDirError(ValueError):
-    """The run folder cannot be used as asked (not empty for a fresh run, ...)."""
+    """The run folder cannot be used as asked (another run's, someone else's files, ...)."""
+
+
+# What a run writes at the top of its folder. A folder holding only these (and no checkpoint
+# yet) is a run that stopped early: starting it again loses nothing.
+_RUN_FILES = {CONFIG_NAME, "log.txt", "metrics.jsonl", "loss.png", LOCK_NAME}
+_RUN_FOLDERS = {CHECKPOINTS: STEP_NAME, "samples": re.compile(r"^step_\d{7,}\.png$")}
+_TRACKER_FOLDERS = {"tensorboard", "wandb"}
+DEFAULT_RESUME_HINT = "continue it with resume=True (zigma train --resume), or choose a new --out"
 
 
 @dataclass
@@ -55,14 +65,94 @@ class Progress:
     grad_norms: list[float] = field(default_factory=list)
 
 
-def check_out_dir(out: Path, resume: bool) -> None:
+def foreign_entries(out: Path) -> list[str]:
+    """Entries of the run folder ``out`` that no zigma run writes (our temp files count as
+    ours): a folder where this is non-empty is not ours to write into."""
+    if not out.is_dir():
+        return []
+    found = []
+    for entry in sorted(out.iterdir()):
+        name = entry.name
+        if artifacts.is_temp_name(name) or (name in _RUN_FILES and not entry.is_dir()):
+            continue
+        if name in _TRACKER_FOLDERS and entry.is_dir() and not entry.is_symlink():
+            continue
+        pattern = _RUN_FOLDERS.get(name)
+        if pattern is not None and entry.is_dir() and not entry.is_symlink():
+            inner = [
+                p.name
+                for p in entry.iterdir()
+                if not (pattern.match(p.name) or artifacts.is_temp_name(p.name))
+            ]
+            found += [f"{name}/{n}" for n in sorted(inner)]
+            continue
+        found.append(name)
+    return found
+
+
+def check_out_dir(out: Path, resume: bool, hint: str = DEFAULT_RESUME_HINT) -> Path | None:
+    """Whether a run may start in ``out``; returns the checkpoint to resume from, if any.
+
+    Without a checkpoint a run starts from step 0, ``resume`` or not, in a folder that is
+    absent, empty or holds only what an earlier attempt at a run wrote before its first
+    checkpoint; so one command (with ``--resume``) can be relaunched after any failure.
+
+    Raises:
+        RunDirError: ``out`` is a file, holds someone else's files, or holds a run with a
+            checkpoint while ``resume`` is False (``hint`` says how to continue it).
+        CheckpointError: LATEST is damaged or names no checkpoint of this folder.
+    """
     if out.exists() and not out.is_dir():
         raise RunDirError(f"--out {out} exists and is not a folder")
-    if not resume and out.is_dir() and any(out.iterdir()):
+    try:
+        latest = artifacts.latest_checkpoint(out)
+    except ArtifactError as e:
+        raise CheckpointError(str(e)) from None
+    if latest is not None:
+        if not resume:
+            raise RunDirError(
+                f"run folder {out} already holds a run (checkpoint {latest.name}); {hint}"
+            )
+        return latest
+    foreign = foreign_entries(out)
+    if foreign:
+        listed = ", ".join(short_repr(n, 40) for n in foreign[:3])
+        more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
         raise RunDirError(
-            f"run folder {out} is not empty; pass --resume to continue the run in it, or "
-            "choose a new --out"
+            f"run folder {out} holds files that are not a zigma run's ({listed}{more}) and no "
+            "checkpoint; choose a new --out"
         )
+    return None
+
+
+class PeerRefused(RunDirError):
+    """Rank 0 refused the run folder; other ranks raise this (the CLI prints rank 0's line)."""
+
+
+def take_folder(out: Path, ckpt: Path | None, resume: bool, env: D.DistEnv) -> RunLock | None:
+    """Rank 0 locks the run folder and checks that it is as ``prepare`` read it; every rank
+    learns the outcome, so a refusal ends all of them instead of leaving some waiting."""
+    lock, error = None, None
+    if env.is_main:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            lock = RunLock(out).acquire()
+            now = check_out_dir(out, resume=True)
+            if (now and now.name) != (ckpt and ckpt.name) or (now and not resume):
+                raise RunDirError(
+                    f"run folder {out} changed while this run started (another zigma train?); "
+                    "run the command again"
+                )
+        except (ValueError, OSError) as e:
+            if lock is not None:
+                lock.release()
+            error = e
+    refusal = D.broadcast_object(None if error is None else str(error), env)
+    if error is not None:
+        raise error
+    if refusal is not None:
+        raise PeerRefused(refusal)
+    return lock
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -72,20 +162,34 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def resume_config(saved: TrainConfig, given: TrainConfig) -> TrainConfig:
+def resume_config(saved: TrainConfig, given: TrainConfig) -> tuple[TrainConfig, list[str]]:
     """The checkpoint's config, except the ``RESUME_MUTABLE`` fields, taken from ``given``.
 
-    Other fields of ``given`` that differ (and are set) are logged as ignored.
+    Returns:
+        (config, notes): one note per field that changes and one listing the fields of
+        ``given`` that differ but are ignored; the trainer logs them in log.txt.
     """
     old, new = _flat(to_dict(saved)), _flat(to_dict(given))
     ignored = [
-        f"{k}={new[k]!r} (checkpoint: {old[k]!r})"
+        f"{k}={short_repr(new[k], 40)} (checkpoint: {short_repr(old[k], 40)})"
         for k in old
         if k not in RESUME_MUTABLE and new.get(k) is not None and new[k] != old[k]
     ]
+    notes = [
+        f"resuming with {k}={short_repr(new[k], 40)} (checkpoint: {short_repr(old[k], 40)})"
+        for k in RESUME_MUTABLE
+        if new[k] != old[k]
+    ]
     if ignored:
-        logger.warning("resuming: the checkpoint's config wins; ignoring %s", ", ".join(ignored))
-    return dataclasses.replace(saved, **{k: getattr(given, k) for k in RESUME_MUTABLE})
+        notes.append("resuming: the checkpoint's config wins; ignoring " + ", ".join(ignored))
+    merged = to_dict(saved)
+    for key in RESUME_MUTABLE:
+        node = merged
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node[part]
+        node[leaf] = new[key]
+    return from_dict(TrainConfig, merged), notes
 
 
 def seed_local(seed: int, rank: int, step: int = 0) -> None:
@@ -96,21 +200,23 @@ def seed_local(seed: int, rank: int, step: int = 0) -> None:
     random.seed(s)
 
 
-def prepare(cfg: TrainConfig, out: Path, resume: bool, env: D.DistEnv):
+def prepare(
+    cfg: TrainConfig, out: Path, resume: bool, env: D.DistEnv, hint: str = DEFAULT_RESUME_HINT
+) -> tuple[TrainConfig, Any, Checkpoint | None, list[str]]:
     """Every check that can fail on user input, before anything is written.
 
     Returns:
-        (resolved config, dataset, checkpoint or None).
+        (resolved config, dataset, checkpoint or None, notes to log about the config).
     """
-    check_out_dir(out, resume)
-    ckpt = None
-    if resume:
-        ckpt = load_checkpoint(latest_checkpoint(out))
+    latest = check_out_dir(out, resume, hint)
+    ckpt, notes = None, []
+    if latest is not None:
+        ckpt = load_checkpoint(latest)
         try:
             saved = from_dict(TrainConfig, ckpt.config)
         except ConfigError as e:
             raise CheckpointError(f"{ckpt.path}/config.json is not a valid TrainConfig: {e}") from e
-        cfg = resume_config(saved, cfg)
+        cfg, notes = resume_config(saved, cfg)
     check_trackers(cfg.tensorboard and env.is_main, cfg.wandb and env.is_main)
     if cfg.batch_size % env.world_size:
         raise ConfigError(
@@ -118,10 +224,54 @@ def prepare(cfg: TrainConfig, out: Path, resume: bool, env: D.DistEnv):
         )
     dataset = build_dataset(cfg.data, "train")
     if len(dataset) < cfg.batch_size:
+        skipped = getattr(dataset, "skip_summary", None)  # an image folder says what it left out
         raise ConfigError(
             f"the dataset has {len(dataset)} images, fewer than one batch of {cfg.batch_size}"
+            + (f" ({skipped})" if skipped else "")
         )
-    return cfg.resolved(getattr(dataset, "num_classes", 0)), dataset, ckpt
+    return cfg.resolved(getattr(dataset, "num_classes", 0)), dataset, ckpt, notes
+
+
+def _check_optimizer_state(opt: torch.optim.Optimizer, step: int) -> None:
+    """Every moment has its weight's shape, every step count lies in [0, step]: a checkpoint
+    that passes this cannot fail inside the first optimizer step."""
+    for group in opt.param_groups:
+        for p in group["params"]:
+            st = opt.state.get(p, {})
+            for key in ("exp_avg", "exp_avg_sq"):
+                t = st.get(key)
+                if t is not None and (t.shape != p.shape or not t.is_floating_point()):
+                    raise ValueError(
+                        f"{key} of shape {tuple(t.shape)} for a weight of {tuple(p.shape)}"
+                    )
+            count = st.get("step")
+            if count is not None and not 0 <= float(count) <= step:
+                raise ValueError(f"optimizer step count {float(count)} is outside [0, {step}]")
+
+
+def _progress(ckpt: Checkpoint) -> Progress:
+    c, where = ckpt.state.get("counters"), f"{ckpt.path}/state.json"
+    if not isinstance(c, dict):
+        raise CheckpointError(f"{where} lacks its counters")
+    total = bounded_count(c, "nonfinite_total", 0, ckpt.step, where)
+    return Progress(
+        ckpt.step,
+        total,
+        bounded_count(c, "nonfinite_consecutive", 0, total, where),
+        bounded_count(c, "ema_updates", 0, ckpt.step, where),
+        ckpt.history["loss"].tolist(),
+        ckpt.history["grad_norm"].tolist(),
+    )
+
+
+def _restore_rng(ckpt: Checkpoint, env: D.DistEnv) -> None:
+    try:
+        restore_rng(ckpt.rng_tensors[env.rank], ckpt.state["rng"][env.rank], env.device)
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
+        raise CheckpointError(
+            f"{ckpt.path}: the RNG state of rank {env.rank} cannot be restored: "
+            f"{short_repr(str(e), 200)}"
+        ) from None
 
 
 def restore(
@@ -134,27 +284,36 @@ def restore(
     scaler: torch.amp.GradScaler,
     noise_gen: torch.Generator,
 ) -> Progress:
-    """Load a checkpoint's weights, optimizer, scaler, counters and RNG states in place."""
+    """Load a checkpoint's weights, optimizer, scaler, counters and RNG states in place.
+
+    Raises:
+        CheckpointError: anything that does not fit the model, or RNG / optimizer states
+            torch, numpy or Python refuse, or non-finite weights or moments.
+    """
+    refused = (RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError)
     try:
         model.load_state_dict(ckpt.model)
         ema.load_state_dict(ckpt.ema)
         opt.load_state_dict(ckpt.optimizer)
+        _check_optimizer_state(opt, ckpt.step)
+    except refused as e:
+        raise CheckpointError(
+            f"{ckpt.path} does not match its config: {short_repr(str(e), 200)}"
+        ) from None
+    try:
         noise_gen.set_state(ckpt.shared_rng["noise_generator"])
-        scaler.load_state_dict(ckpt.state.get("grad_scaler") or {})
-        c = ckpt.state["counters"]
-        prog = Progress(
-            ckpt.step,
-            c["nonfinite_total"],
-            c["nonfinite_consecutive"],
-            c["ema_updates"],
-            ckpt.history["loss"].tolist(),
-            ckpt.history["grad_norm"].tolist(),
-        )
-    except (RuntimeError, ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{ckpt.path} does not match its config: {e}") from e
+        saved_scaler = ckpt.state.get("grad_scaler")
+        if saved_scaler and scaler.is_enabled():  # fp16 now; empty if it was not fp16 then
+            scaler.load_state_dict(saved_scaler)
+    except refused as e:
+        raise CheckpointError(
+            f"{ckpt.path}: the noise generator or loss scaler state cannot be restored: "
+            f"{short_repr(str(e), 200)}"
+        ) from None
+    prog = _progress(ckpt)
     saved_world = ckpt.state["world_size"]
     if saved_world == env.world_size and ckpt.rng_tensors[env.rank] is not None:
-        restore_rng(ckpt.rng_tensors[env.rank], ckpt.state["rng"][env.rank], env.device)
+        _restore_rng(ckpt, env)
     else:  # batches, noise and times still continue exactly; label-dropout draws do not
         logger.warning(
             "resuming on %d ranks a run saved on %d: per-rank RNG reseeded, so the run is "
@@ -163,6 +322,10 @@ def restore(
             saved_world,
         )
         seed_local(seed, env.rank, ckpt.step)
+    if not StepGuard(opt).measure() or not all(
+        torch.isfinite(v).all() for v in ema.state_dict().values() if v.is_floating_point()
+    ):
+        raise CheckpointError(f"{ckpt.path} holds non-finite weights or optimizer state")
     return prog
 
 

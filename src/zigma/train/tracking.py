@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from zigma.artifacts import write_text_atomic
 from zigma.config import ConfigError, to_dict
 from zigma.train.config import TrainConfig
 from zigma.train.plots import draw_loss_curve
@@ -62,15 +63,26 @@ class RunLog:
 
     def _truncate_metrics(self, step: int, log_every: int) -> None:
         """Drop records after the checkpoint, and an off-grid record at it (the final log of
-        a shorter run), so the file reads as if the run had never stopped."""
+        a shorter run), so the file reads as if the run had never stopped. Lines that do not
+        parse (a write torn by a kill or a full disk) are dropped with a warning; the file
+        is replaced atomically, so a crash here leaves the old one."""
         if not self.metrics_path.is_file():
             return
-        keep = []
-        for line in self.metrics_path.read_text().splitlines():
-            s = json.loads(line)["step"] if line.strip() else step + 1
-            if s < step or (s == step and s % log_every == 0):
-                keep.append(line)
-        self.metrics_path.write_text("".join(line + "\n" for line in keep))
+        keep, torn = [], 0
+        with self.metrics_path.open(encoding="utf-8", errors="replace") as f:
+            for line in f:
+                s = _record_step(line)
+                if s is None:
+                    torn += bool(line.strip())
+                elif s < step or (s == step and s % log_every == 0):
+                    keep.append(line.rstrip("\n"))
+        if torn:
+            logger.warning(
+                "%s: skipped %d unreadable line(s), e.g. a write torn when a run was killed",
+                self.metrics_path,
+                torn,
+            )
+        write_text_atomic(self.metrics_path, "".join(line + "\n" for line in keep))
 
     def info(self, msg: str, *args: Any) -> None:
         logger.info(msg, *args)
@@ -120,6 +132,16 @@ class RunLog:
             self.tb.close()
         if self.wandb is not None:
             self.wandb.finish()
+
+
+def _record_step(line: str) -> int | None:
+    """The step of one metrics.jsonl record, or None if the line is not one."""
+    try:
+        record = json.loads(line)
+    except (json.JSONDecodeError, RecursionError):
+        return None
+    step = record.get("step") if isinstance(record, dict) else None
+    return step if isinstance(step, int) and not isinstance(step, bool) else None
 
 
 def log_window(

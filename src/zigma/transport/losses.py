@@ -13,6 +13,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from zigma.config import short_repr
+
 from .paths import PATHS, check_choice, expand_t, get_path
 
 TrainPrediction = Literal["velocity", "score", "noise"]
@@ -65,8 +67,12 @@ class TransportConfig:
     def __post_init__(self) -> None:
         check_choice("path", self.path, PATHS)
         check_choice("time_dist", self.time_dist, TIME_DISTS)
-        if not self.time_std > 0:
-            raise ValueError(f"time_std must be > 0, got {self.time_std!r}")
+        # sigmoid(m + s n) saturates to 0 or 1 long before these bounds; beyond them the
+        # float32 product s * n overflows and a NaN time reaches the loss
+        if not -10.0 <= self.time_mean <= 10.0:
+            raise ValueError(f"time_mean must be in [-10, 10], got {short_repr(self.time_mean)}")
+        if not 0.0 < self.time_std <= 10.0:
+            raise ValueError(f"time_std must be in (0, 10], got {short_repr(self.time_std)}")
         check_choice("prediction", self.prediction, TRAIN_PREDICTIONS)
         check_choice("loss_weight", self.loss_weight, LOSS_WEIGHTS)
         if self.prediction == "velocity" and self.loss_weight == "likelihood":
@@ -83,7 +89,7 @@ class TransportConfig:
         for name in ("train_eps", "sample_eps"):
             value = getattr(self, name)
             if not 0.0 <= value < 0.5:
-                raise ValueError(f"{name} must be in [0, 0.5), got {value!r}")
+                raise ValueError(f"{name} must be in [0, 0.5), got {short_repr(value)}")
 
     def _guards(self) -> tuple[bool, bool]:
         """Which ends need an eps: (t = 0 data end, t = 1 noise end)."""
