@@ -18,8 +18,9 @@ ALLOWED = {
     "transport": {"config"},
     "data": {"artifacts", "config"},
     "models": {"artifacts", "config", "scan", "ssm"},
-    "train": {"artifacts", "config", "scan", "ssm", "models", "transport", "data"},
-    "evaluate": {"artifacts", "config", "scan", "ssm", "models", "transport", "data"},
+    "generate": {"artifacts", "config", "scan", "ssm", "models", "transport"},
+    "train": {"artifacts", "config", "scan", "ssm", "models", "transport", "data", "generate"},
+    "evaluate": {"artifacts", "config", "scan", "ssm", "models", "transport", "data", "generate"},
     "bench": {"artifacts", "config", "scan", "ssm", "models"},
     "cli": {
         "artifacts",

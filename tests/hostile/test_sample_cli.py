@@ -48,8 +48,8 @@ TINY_RUN = [
     "data.resolution=16",
     "data.num_samples=64",
     "batch_size=8",
-    "sample_every=0",
-    "log_every=5",
+    "preview.every=0",
+    "logging.every=5",
 ]
 
 

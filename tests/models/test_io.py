@@ -70,7 +70,9 @@ def test_errors(tmp_path):
     meta["config"]["hidden_size"] = 64
     del meta["config"]["hiden_size"]
     cfg.write_text(json.dumps(meta))
-    with pytest.raises(ValueError, match="does not match config.json: tensor pos_embed has shape"):
+    with pytest.raises(
+        ValueError, match="does not match config.json: tensor grid.pos_embed has shape"
+    ):
         from_pretrained(tmp_path / "a")
 
     cfg.write_text("{not json")
@@ -121,7 +123,7 @@ def test_a_half_precision_file_loads_into_float32(tmp_path):
     save_file(state, tmp_path / "model.safetensors")
     loaded = from_pretrained(tmp_path)
     assert all(p.dtype == torch.float32 for p in loaded.parameters())
-    assert torch.equal(loaded.pos_embed, model.pos_embed.half().float())
+    assert torch.equal(loaded.grid.pos_embed, model.grid.pos_embed.half().float())
 
 
 @pytest.mark.parametrize(

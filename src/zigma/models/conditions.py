@@ -83,6 +83,14 @@ class Condition(nn.Module):
         """What a caller passes, e.g. ``y=labels [B] in 0..9 (9 = null class)``."""
         raise NotImplementedError
 
+    def spread(self, num: int) -> Any:
+        """``num`` values spread over the condition (a preview grid: classes in turn)."""
+        raise NotImplementedError
+
+    def repeat(self, value: Any, num: int) -> Any:
+        """One value, checked, for ``num`` samples (``zigma sample --class 3``)."""
+        raise NotImplementedError
+
 
 class ClassCondition(Condition):
     """Class labels ``y`` [B] in 0..num_classes-1, with a learned null class ``num_classes``
@@ -134,6 +142,16 @@ class ClassCondition(Condition):
 
     def example(self, batch: int, device: torch.device) -> torch.Tensor:
         return torch.arange(batch, device=device) % self.num_classes
+
+    def spread(self, num: int) -> torch.Tensor:
+        return torch.arange(num) % self.num_classes
+
+    def repeat(self, value: Any, num: int) -> torch.Tensor:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"a class label is an integer, got {value!r}")
+        if not 0 <= value < self.num_classes:
+            raise ValueError(f"class must be in 0..{self.num_classes - 1}, got {value}")
+        return torch.full((num,), value, dtype=torch.long)
 
 
 class Conditioner(nn.Module):

@@ -42,12 +42,16 @@ def get_lr(
     return lr * (min_lr_ratio + (1 - min_lr_ratio) * shape)
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+def param_groups(
+    model: nn.Module, weight_decay: float, order: list[str] | None = None
+) -> list[dict[str, Any]]:
     """Decay only >= 2-D weights not tagged ``_no_weight_decay`` (nanoGPT's rule): biases,
     embeddings' 1-D parts and the SSM's A_log, D and dt bias are left alone, since pulling them
-    toward 0 changes the dynamics rather than limiting capacity."""
+    toward 0 changes the dynamics rather than limiting capacity. ``order``: parameter names
+    in the order to list them (default: the model's)."""
+    named = dict(model.named_parameters())
     decay, no_decay = [], []
-    for p in model.parameters():
+    for p in (named[n] for n in order) if order is not None else model.parameters():
         if not p.requires_grad:
             continue
         tagged = getattr(p, "_no_weight_decay", False)

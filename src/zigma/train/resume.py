@@ -28,10 +28,12 @@ from zigma.train.checkpoint import (
     Checkpoint,
     CheckpointError,
     bounded_count,
+    legacy_optimizer_names,
     load_checkpoint,
+    remap_optimizer_state,
     restore_rng,
 )
-from zigma.train.config import RESUME_MUTABLE, TrainConfig
+from zigma.train.config import RESUME_MUTABLE, TrainConfig, migrate
 from zigma.train.ema import EMA
 from zigma.train.optim import StepGuard, get_lr
 from zigma.train.tracking import check_trackers
@@ -213,11 +215,11 @@ def prepare(
     if latest is not None:
         ckpt = load_checkpoint(latest)
         try:
-            saved = from_dict(TrainConfig, ckpt.config)
+            saved = from_dict(TrainConfig, migrate(ckpt.config))
         except ConfigError as e:
             raise CheckpointError(f"{ckpt.path}/config.json is not a valid TrainConfig: {e}") from e
         cfg, notes = resume_config(saved, cfg)
-    check_trackers(cfg.tensorboard and env.is_main, cfg.wandb and env.is_main)
+    check_trackers(cfg.logging.tensorboard and env.is_main, cfg.logging.wandb and env.is_main)
     if cfg.batch_size % env.world_size:
         raise ConfigError(
             f"batch_size {cfg.batch_size} is not divisible by the world size {env.world_size}"
@@ -294,7 +296,12 @@ def restore(
     try:
         model.load_state_dict(ckpt.model)
         ema.load_state_dict(ckpt.ema)
-        opt.load_state_dict(ckpt.optimizer)
+        names = ckpt.state["optimizer"].get("param_names")
+        if names is None:  # version 1: states by position in the earlier parameter order
+            names = legacy_optimizer_names(model)
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ValueError("optimizer param_names must be a list of names")
+        opt.load_state_dict(remap_optimizer_state(ckpt.optimizer, names, opt, model))
         _check_optimizer_state(opt, ckpt.step)
     except refused as e:
         raise CheckpointError(
