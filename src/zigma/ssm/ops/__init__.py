@@ -7,7 +7,6 @@ in here without touching any model. Triton is imported only when its backend fir
 
 from __future__ import annotations
 
-import functools
 import importlib.metadata
 import importlib.util
 import os
@@ -301,15 +300,19 @@ def _triton_version_ok(version: str) -> bool:
     return found is None or (int(found[1]), int(found[2])) >= TRITON_MIN
 
 
-@functools.cache
-def _triton_installed() -> bool:
-    if not _TRITON_INSTALLED:
-        return False
+def _triton_version() -> str:
     try:
-        version = importlib.metadata.version("triton")
+        return importlib.metadata.version("triton")  # reads metadata: triton is not imported
     except importlib.metadata.PackageNotFoundError:
-        version = ""
-    return _triton_version_ok(version)
+        return ""
+
+
+# Settled at import (a few ms), so that torch.compile traces a constant.
+_TRITON_USABLE = _TRITON_INSTALLED and _triton_version_ok(_triton_version())
+
+
+def _triton_installed() -> bool:
+    return _TRITON_USABLE
 
 
 def triton_available(device: torch.device | str) -> bool:
