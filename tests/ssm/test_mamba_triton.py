@@ -12,7 +12,7 @@ import torch
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 if DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":  # tests/conftest.py sets it
     pytest.skip("no GPU and TRITON_INTERPRET is not 1", allow_module_level=True)
-pytest.importorskip("triton", reason="the Triton kernels need the triton package")
+pytest.importorskip("triton", minversion="3.3", reason="the Triton kernels need triton >= 3.3")
 
 import zigma.ssm.ops as ops  # noqa: E402
 from zigma.scan import scan_orders  # noqa: E402

@@ -367,6 +367,16 @@ def test_triton_backend_is_registered_lazily():
     assert not ops.triton_available("meta")
 
 
+@pytest.mark.parametrize(
+    ("version", "usable"),
+    [("3.3.0", True), ("3.6.0", True), ("3.9.0", True), ("3.10.1+git1a2b3c", True),
+     ("4.0.0", True), ("", True), ("3.2.0", False), ("3.0.0", False), ("2.3.1", False)],
+)  # fmt: skip
+def test_triton_older_than_the_kernels_need_counts_as_absent(version, usable):
+    # an older triton (one an older torch brings) lacks tl.gather: "auto" must not pick it
+    assert ops._triton_version_ok(version) is usable
+
+
 def test_register_backend_guards(temp_backend):
     with pytest.raises(ValueError, match="reserved"):
         register_backend("auto", selective_scan_ref, lambda d: True)

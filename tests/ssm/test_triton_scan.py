@@ -11,7 +11,7 @@ import dataclasses
 import pytest
 import torch
 
-pytest.importorskip("triton", reason="the Triton kernels need the triton package")
+pytest.importorskip("triton", minversion="3.3", reason="the Triton kernels need triton >= 3.3")
 
 import zigma.ssm.ops as ops  # noqa: E402
 from zigma.scan import scan_orders  # noqa: E402

@@ -194,6 +194,23 @@ def test_sde_reproducible(sampler):
     assert not torch.allclose(run(0), run(1))
 
 
+@pytest.mark.parametrize("sampler", ["sde-euler", "sde-heun"])
+def test_sde_noise_per_sample_ignores_the_batch(sampler):
+    # one generator per sample: samples 0-4 and 5-7 run apart match the batch of 8
+    z = torch.randn(8, 4, dtype=F64)
+    f = DATA.velocity_fn("linear")
+
+    def gens(rows):
+        return [torch.Generator().manual_seed(100 + i) for i in rows]
+
+    whole = sample(f, z, sampler, 10, generator=gens(range(8)))
+    parts = [sample(f, z[r], sampler, 10, generator=gens(r)) for r in (range(5), range(5, 8))]
+    torch.testing.assert_close(torch.cat(parts), whole, rtol=0, atol=1e-12)
+    assert not torch.allclose(whole, sample(f, z, sampler, 10, generator=gens(range(1, 9))))
+    with pytest.raises(ValueError, match="got 7 generators for a batch of 8"):
+        sample(f, z, sampler, 10, generator=gens(range(7)))
+
+
 def test_diffusion_forms_are_sits_at_one_minus_t():
     p = get_path("gvp")
     t = torch.linspace(0.05, 0.95, 10, dtype=F64)

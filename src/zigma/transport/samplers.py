@@ -18,6 +18,8 @@ from .paths import PREDICTIONS, Interpolant, check_choice, get_path, time_dtype
 
 ModelFn = Callable[..., Tensor]
 Callback = Callable[[dict[str, Any]], None]
+# One stream for the batch, or one per sample (a sample's noise then ignores its batch).
+Generators = torch.Generator | Sequence[torch.Generator] | None
 DiffusionForm = Literal[
     "constant", "SBDM", "sigma", "linear", "decreasing", "increasing-decreasing"
 ]
@@ -30,6 +32,17 @@ SBDM_START_EPS = 1e-3
 
 def _tvec(t: float, x: Tensor) -> Tensor:
     return torch.full((x.shape[0],), t, dtype=time_dtype(x), device=x.device)
+
+
+def _gaussian(x: Tensor, generator: Generators) -> Tensor:
+    """N(0, I) noise shaped like ``x``, row ``i`` from ``generator[i]`` when given one per row."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    if len(generator) != x.shape[0]:
+        raise ValueError(f"got {len(generator)} generators for a batch of {x.shape[0]}")
+    return torch.stack(
+        [torch.randn(x.shape[1:], generator=g, device=x.device, dtype=x.dtype) for g in generator]
+    )
 
 
 def _report(callback: Callback | None, **info: Any) -> None:
@@ -228,7 +241,7 @@ def sample_sde_euler(
     diffusion_form: DiffusionForm = "sigma",
     diffusion_norm: float = 1.0,
     last_step: LastStep = "mean",
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     model_kwargs: dict[str, Any] | None = None,
     callback: Callback | None = None,
     progress: bool = False,
@@ -249,7 +262,7 @@ def sample_sde_euler(
         else:
             h = t_next - t
             f, v = drift(x, t)
-            z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            z = _gaussian(x, generator)
             x = x + h * f + torch.sqrt(2 * diffusion(t, x) * -h) * z
         _report(callback, i=i, t=t, t_next=t_next, x=x, v=v, nfe=i + 1)
     return x
@@ -265,7 +278,7 @@ def sample_sde_heun(
     diffusion_form: DiffusionForm = "sigma",
     diffusion_norm: float = 1.0,
     last_step: LastStep = "mean",
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     model_kwargs: dict[str, Any] | None = None,
     callback: Callback | None = None,
     progress: bool = False,
@@ -291,7 +304,7 @@ def sample_sde_heun(
             x, v = _last_step(last_step, drift, p, x, t, t_next)
             nfe += 1
         else:
-            z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            z = _gaussian(x, generator)
             f, v = drift(x, t)
             nfe += 1
             if float(p.sigma(torch.tensor(t_next, dtype=torch.float64))) > 0:
@@ -337,7 +350,7 @@ def sample(
     model_kwargs: dict[str, Any] | None = None,
     t_start: float | None = None,
     t_end: float | None = None,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     callback: Callback | None = None,
     progress: bool = False,
     **kw: Any,
@@ -355,8 +368,9 @@ def sample(
         t_start, t_end: default 1 and ``path.sample_eps`` (0; 1e-3 for vp) for ODEs; for SDEs
             1 (1 − 1e-3 for SBDM on linear/gvp, where w_1 = ∞) and 0. For score/noise models
             use ``TransportConfig.sample_interval()``.
-        generator: source of the SDE noise (on the device of ``noise``); the same seed gives
-            bit-identical samples.
+        generator: source of the SDE noise (on the device of ``noise``), or one generator per
+            sample, so that a sample's noise does not depend on the batch it is in; the same
+            seeds give bit-identical samples.
         callback: called after every step with a dict (i, t, t_next, x, v, nfe).
         **kw: dopri5: atol (1e-6), rtol (1e-3). SDE: diffusion_form ("sigma"), diffusion_norm
             (1.0), last_step ("mean"), last_step_size (0.04): the SDE runs from t_start to

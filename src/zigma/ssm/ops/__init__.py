@@ -7,8 +7,10 @@ in here without touching any model. Triton is imported only when its backend fir
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import os
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -286,10 +288,31 @@ def selective_scan(
 
 # find_spec locates the package without importing it (importing zigma never imports triton).
 _TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
+# The oldest Triton the kernels build with (tl.gather came in 3.3), as in pyproject's extra. An
+# older one (such as an older torch brings) counts as absent: "auto" keeps the PyTorch path.
+TRITON_MIN = (3, 3)
+
+
+def _triton_version_ok(version: str) -> bool:
+    """Whether a version string like "3.6.0" or "3.4.0+git1a2b" is at least ``TRITON_MIN``;
+    an unreadable one (a nightly build under another name) is given the benefit of the doubt."""
+    found = re.match(r"(\d+)\.(\d+)", version)
+    return found is None or (int(found[1]), int(found[2])) >= TRITON_MIN
+
+
+def _triton_version() -> str:
+    try:
+        return importlib.metadata.version("triton")  # reads metadata: triton is not imported
+    except importlib.metadata.PackageNotFoundError:
+        return ""
+
+
+# Settled at import (a few ms), so that torch.compile traces a constant.
+_TRITON_USABLE = _TRITON_INSTALLED and _triton_version_ok(_triton_version())
 
 
 def _triton_installed() -> bool:
-    return _TRITON_INSTALLED
+    return _TRITON_USABLE
 
 
 def triton_available(device: torch.device | str) -> bool:
@@ -360,5 +383,6 @@ register_backend(
     "triton",
     selective_scan_triton,
     triton_available,
-    requires="the triton package and a CUDA device (or TRITON_INTERPRET=1 on CPU)",
+    requires=f"the triton package (>= {'.'.join(map(str, TRITON_MIN))}) and a CUDA device "
+    "(or TRITON_INTERPRET=1 on CPU)",
 )

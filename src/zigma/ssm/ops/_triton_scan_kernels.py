@@ -115,6 +115,15 @@ def _load_states(ptr, NR: tl.constexpr, FAST: tl.constexpr):
 
 
 @triton.jit
+def _both(block_ok, ok):
+    """``block_ok & ok`` for a scalar condition ``ok``, as a select that folds to that ``and``
+    when compiled. The interpreter splats a scalar comparison as int32, so ``&`` would make an
+    int32 mask, which Triton 3.9's interpreter refuses; the select keeps it boolean (its false
+    branch is ``block_ok != block_ok``: a literal False fails in Triton 3.2's interpreter)."""
+    return tl.where(ok, block_ok, block_ok != block_ok)
+
+
+@triton.jit
 def _step_row(order_ptr, m, end, length, HAS_ORDER: tl.constexpr, ROW64: tl.constexpr):
     """Token row of scan step ``m`` (always a valid row) and whether the step is real: steps
     at or past ``end`` and rows outside ``[0, length)`` (a malformed order) are identity
@@ -160,7 +169,7 @@ def _row_loads(pa, sa, pb, sb, pc, sc, bc, s_bcl, row, ok, d, d_ok, NP: tl.const
     """The loads of one scan step at token ``row``: the rows of ``a``, ``b`` and (HAS_C)
     ``c`` at channels ``d``, and this lane group's NR states of ``bc`` (and, with TWO, of the
     NP entries after them). Missing ones repeat the first of their kind."""
-    mask = d_ok & ok
+    mask = _both(d_ok, ok)
     a = tl.load(pa + row * sa + d, mask=mask, other=0.0)
     b = tl.load(pb + row * sb + d, mask=mask, other=0.0)
     c = a
@@ -256,7 +265,7 @@ def _scan_fwd_kernel(u_ptr, dt_ptr, z_ptr, bc_ptr, a_ptr, dskip_ptr, bias_ptr, o
                                                 VEC)  # fmt: skip
         row_2, ok_2 = _step_row(order_ptr, m + 2, end, length, HAS_ORDER, ROW64)
         # Step m.
-        mask = d_ok & ok  # recomputed, not carried: keeps the loop free of layout conversions
+        mask = _both(d_ok, ok)  # recomputed, not carried: keeps the loop free of layout conversions
         uf = u.to(tl.float32)
         dt = x.to(tl.float32) + bias
         if SOFTPLUS:
@@ -303,7 +312,7 @@ def _scan_fwd_kernel(u_ptr, dt_ptr, z_ptr, bc_ptr, a_ptr, dskip_ptr, bias_ptr, o
             off = ((b * n_chunks + c) * N + n) * dim + d
             tl.store(hloc_ptr + off, h[k], mask=d_ok & (n < N))
     else:
-        last = d_ok & (c == n_chunks - 1)
+        last = _both(d_ok, c == n_chunks - 1)
         for k in tl.static_range(NR):
             n = k * LN + j
             tl.store(last_ptr + (b * dim + d) * N + n, h[k], mask=last & (n < N))
@@ -344,7 +353,7 @@ def _scan_bwd_local_kernel(dt_ptr, z_ptr, bc_ptr, a_ptr, bias_ptr, order_ptr, dy
                                               row_1, ok_1, d, d_ok, NP, NR, HAS_Z, False,
                                               VEC)  # fmt: skip
         row_2, ok_2 = _step_row(order_ptr, tl.maximum(m - 2, 0), end, length, HAS_ORDER, ROW64)
-        mask = d_ok & ok
+        mask = _both(d_ok, ok)
         dt = x.to(tl.float32) + bias
         if SOFTPLUS:
             dt = _softplus(dt, FAST)
@@ -482,7 +491,7 @@ def _scan_bwd_kernel(u_ptr, dt_ptr, z_ptr, bcs_ptr, at_ptr, dskip_ptr, bias_ptr,
             n = k * LN + j2
             n_ok = d2_ok & (n < N)
             a_k = tl.load(at_ptr + n * dim + d2, mask=n_ok, other=0.0)
-            h0 = tl.load(ck_b + ((g - 1) * N + n) * dim + d2, mask=n_ok & (g > 0), other=0.0)
+            h0 = tl.load(ck_b + ((g - 1) * N + n) * dim + d2, mask=_both(n_ok, g > 0), other=0.0)
             grad = tl.load(carry_ptr + state_b + n * dim, mask=d2_ok, other=0.0)
             da = tl.load(da_ptr + state_b + n * dim, mask=d2_ok, other=0.0)
             bc_k = bcs_b + g * 2 * NP * T + n * T
