@@ -30,6 +30,7 @@ ALLOWED = {
         "transport",
         "data",
         "models",
+        "generate",
         "train",
         "evaluate",
         "bench",
@@ -166,6 +167,15 @@ def test_no_private_names_across_packages():
             if private:
                 bad.append(f"{name} imports {', '.join(private)} from {target}")
     assert not bad, bad
+
+
+def test_developers_md_lists_every_package():
+    text = (SRC.parents[1] / "DEVELOPERS.md").read_text()
+    layout = text.split("## Layout and layering", 1)[1].split("```")[1]
+    listed = {line.split()[0].rstrip("/").removesuffix(".py") for line in layout.splitlines()[2:]
+              if line.startswith("  ") and not line.startswith("    ")}  # fmt: skip
+    packages = set(ALLOWED) - {"__init__", "__main__"}
+    assert listed == packages
 
 
 def test_import_is_light():

@@ -1,8 +1,8 @@
 """A denoiser's forward replayed as one CUDA graph.
 
 At batch 1 a ZigMa-B forward is about a thousand small kernels; below ~16k tokens launching
-them from Python takes longer than running them (H200: 27 ms eager at 1024 and 4096 tokens
-alike). A graph records the launches once and replays them in one call. Shapes, dtypes and
+them from Python takes longer than running them (BENCHMARKS.md has the figures). A graph
+records the launches once and replays them in one call. Shapes, dtypes and
 the device are fixed at capture; the inputs are copied into the graph's own buffers.
 """
 

@@ -175,11 +175,11 @@ ModelSpec = dataclasses.make_dataclass(
 
 @dataclass
 class OptimConfig:
-    """AdamW with a linear warm-up; the official defaults (lr 1e-4, wd 0, clip 2.0).
+    """AdamW with a linear warm-up (defaults lr 1e-4, wd 0, clip 2.0, the paper's).
 
-    ``grad_clip`` caps the global gradient norm before the optimizer step (the official
-    trainer clips after the step, which does nothing); None or 0 disables clipping.
-    Weight decay applies only to >= 2-D weights without ``_no_weight_decay`` (nanoGPT's rule).
+    ``grad_clip`` caps the global gradient norm before the optimizer step; None or 0 disables
+    clipping. Weight decay applies only to >= 2-D weights without ``_no_weight_decay``
+    (nanoGPT's rule).
     """
 
     lr: float = 1e-4
@@ -204,8 +204,8 @@ class OptimConfig:
 class EMAConfig:
     """EMA of the weights: decay_t = min(decay, (1 + step) / (10 + step)) with ``warmup``.
 
-    The warm-up lets the average forget the random init quickly; the official code uses a
-    fixed 0.9999 from step 0, so its EMA is still mostly the init after 10k steps.
+    The warm-up lets the average forget the random init quickly: with a fixed 0.9999 from
+    step 0 the average is still mostly the init after 10k steps.
     """
 
     decay: float = 0.9999

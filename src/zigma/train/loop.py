@@ -44,7 +44,7 @@ from zigma.artifacts import (
 from zigma.config import ConfigError, to_dict
 from zigma.data import derive_seed, iterate_batches, save_image_grid
 from zigma.models import count_parameters, create_model
-from zigma.train import distributed as D
+from zigma.train import distributed
 from zigma.train.checkpoint import capture_rng, save_checkpoint
 from zigma.train.config import TrainConfig
 from zigma.train.control import (
@@ -124,12 +124,12 @@ def train(
         OSError: the disk is full (the checkpoint is not left half-written) or another I/O
             failure.
     """
-    _, _, world = D.launcher_env()
+    _, _, world = distributed.launcher_env()
     if cfg.batch_size % world:  # checked before joining the process group, so nothing hangs
         raise ConfigError(f"batch_size {cfg.batch_size} is not divisible by the world size {world}")
     out = Path(out_dir)
     where = Whereabouts(out, cfg.steps)
-    env = D.setup(cfg.device)
+    env = distributed.setup(cfg.device)
     threads = torch.get_num_threads()
     try:
         with StopSignals() as stop, ExitStack() as stack:
@@ -140,14 +140,14 @@ def train(
         raise TrainingInterrupted(where.interrupted()) from None
     finally:
         torch.set_num_threads(threads)
-        D.cleanup(env)
+        distributed.cleanup(env)
 
 
 def _train(
     cfg: TrainConfig,
     out: Path,
     resume: bool,
-    env: D.DistEnv,
+    env: distributed.DistEnv,
     model_hook: Callable[[nn.Module], Any] | None,
     hint: str,
     stop: StopSignals,
@@ -222,7 +222,7 @@ def _train(
 
     def save() -> None:
         tensors, states = capture_rng(env.device)
-        everyone = D.all_gather_objects((tensors, states), env)
+        everyone = distributed.all_gather_objects((tensors, states), env)
         where.newest = out / CHECKPOINTS / checkpoint_name(prog.step)
         if run is None:
             return
@@ -329,18 +329,18 @@ def _train(
         run.plot(prog.losses)
         minutes = (time.perf_counter() - start) / 60
         run.info("done: step %d in %.1f min; EMA weights in %s", prog.step, minutes, export)
-    D.barrier(env)
+    distributed.barrier(env)
     seconds = time.perf_counter() - start
     return TrainSummary(out, prog.step, final_loss, prog.nonfinite_total, seconds, n_params, export)
 
 
-def _out_of_time(cfg: TrainConfig, step: int, start: float, env: D.DistEnv) -> bool:
+def _out_of_time(cfg: TrainConfig, step: int, start: float, env: distributed.DistEnv) -> bool:
     """Whether ``time_limit_minutes`` has run out; checked every ``log_every`` steps, and
     agreed by all ranks (any rank over the limit stops all) so none waits on a collective."""
     if cfg.time_limit_minutes is None or step % cfg.logging.every:
         return False
     over = float(time.perf_counter() - start > 60 * cfg.time_limit_minutes)
-    return bool(D.all_reduce_sum(torch.tensor([over], device=env.device), env).item() > 0)
+    return bool(distributed.all_reduce_sum(torch.tensor([over], device=env.device), env).item() > 0)
 
 
 def _skipped(
@@ -376,7 +376,7 @@ def _skipped(
 
 
 def _header_lines(
-    cfg: TrainConfig, env: D.DistEnv, n_params: int, n_data: int, resumed: Path | None
+    cfg: TrainConfig, env: distributed.DistEnv, n_params: int, n_data: int, resumed: Path | None
 ) -> dict[str, str]:
     m, d = cfg.model, cfg.data
     threads = f" ({torch.get_num_threads()} threads)" if env.device.type == "cpu" else ""

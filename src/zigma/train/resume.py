@@ -23,7 +23,7 @@ from zigma import artifacts
 from zigma.artifacts import CHECKPOINTS, CONFIG_NAME, LOCK_NAME, STEP_NAME, ArtifactError, RunLock
 from zigma.config import ConfigError, from_dict, short_repr, to_dict
 from zigma.data import build_dataset, derive_seed
-from zigma.train import distributed as D
+from zigma.train import distributed
 from zigma.train.checkpoint import (
     Checkpoint,
     CheckpointError,
@@ -131,7 +131,9 @@ class PeerRefused(RunDirError):
     """Rank 0 refused the run folder; other ranks raise this (the CLI prints rank 0's line)."""
 
 
-def take_folder(out: Path, ckpt: Path | None, resume: bool, env: D.DistEnv) -> RunLock | None:
+def take_folder(
+    out: Path, ckpt: Path | None, resume: bool, env: distributed.DistEnv
+) -> RunLock | None:
     """Rank 0 locks the run folder and checks that it is as ``prepare`` read it; every rank
     learns the outcome, so a refusal ends all of them instead of leaving some waiting."""
     lock, error = None, None
@@ -149,7 +151,7 @@ def take_folder(out: Path, ckpt: Path | None, resume: bool, env: D.DistEnv) -> R
             if lock is not None:
                 lock.release()
             error = e
-    refusal = D.broadcast_object(None if error is None else str(error), env)
+    refusal = distributed.broadcast_object(None if error is None else str(error), env)
     if error is not None:
         raise error
     if refusal is not None:
@@ -203,7 +205,11 @@ def seed_local(seed: int, rank: int, step: int = 0) -> None:
 
 
 def prepare(
-    cfg: TrainConfig, out: Path, resume: bool, env: D.DistEnv, hint: str = DEFAULT_RESUME_HINT
+    cfg: TrainConfig,
+    out: Path,
+    resume: bool,
+    env: distributed.DistEnv,
+    hint: str = DEFAULT_RESUME_HINT,
 ) -> tuple[TrainConfig, Any, Checkpoint | None, list[str]]:
     """Every check that can fail on user input, before anything is written.
 
@@ -266,7 +272,7 @@ def _progress(ckpt: Checkpoint) -> Progress:
     )
 
 
-def _restore_rng(ckpt: Checkpoint, env: D.DistEnv) -> None:
+def _restore_rng(ckpt: Checkpoint, env: distributed.DistEnv) -> None:
     try:
         restore_rng(ckpt.rng_tensors[env.rank], ckpt.state["rng"][env.rank], env.device)
     except (RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
@@ -278,7 +284,7 @@ def _restore_rng(ckpt: Checkpoint, env: D.DistEnv) -> None:
 
 def restore(
     ckpt: Checkpoint,
-    env: D.DistEnv,
+    env: distributed.DistEnv,
     seed: int,
     model: nn.Module,
     ema: EMA,
