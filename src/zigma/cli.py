@@ -190,10 +190,11 @@ def _info_config(name: str, items: list[str]):
 def cmd_info(args: argparse.Namespace) -> int:
     import torch
 
-    from zigma.models import PRESETS, count_parameters, summarize
+    from zigma.models import count_parameters, summarize
+    from zigma.models.registry import preset_family
 
     cfg = _info_config(args.model, args.overrides)
-    cls = PRESETS[args.model][0]
+    cls = preset_family(args.model).model_class
     h, w = cfg.grid_size
     orders = 0 if getattr(cfg, "scan", "sweep") in ("sweep", "bidirectional") else cfg.num_orders
     _check_memory(16 * orders * h * w, f"the scan orders of a {h}x{w} token grid")
@@ -308,8 +309,6 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise UsageError(f"--cfg {args.cfg}: guidance needs a conditional model")
     if args.class_label is not None and "y" not in names:
         raise UsageError("--class: this model is not class-conditional")
-    given = {} if args.class_label is None else {"y": args.class_label}
-    cond = grid_conditions(loaded.model, args.num, **given)  # classes in turn unless --class
     conditional = cfg.num_classes > 0 and args.class_label is None
     nrow = args.nrow or (cfg.num_classes if conditional and cfg.num_classes <= 16 else None)
     shape = (cfg.in_channels, *cfg.input_size)
@@ -318,6 +317,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
         _sample_bytes(args.num, shape, nrow if args.out else None, scale if args.out else 0),
         f"{args.num} samples of {'x'.join(map(str, shape))}",
     )
+    given = {} if args.class_label is None else {"y": args.class_label}
+    cond = grid_conditions(loaded.model, args.num, **given)  # classes in turn unless --class
     start = time.perf_counter()
     images = generate(
         loaded.model, loaded.transport, args.num, cond=cond, seed=args.seed,

@@ -62,7 +62,7 @@ def test_short_run_learns_and_writes_a_complete_run_dir(tmp_path):
     assert all(torch.equal(v, ema[k]) for k, v in model.state_dict().items())
     assert json.loads((out / "model" / "transport.json").read_text()) == to_dict(cfg.transport)
     x = torch.randn(2, 3, 16, 16)
-    assert model(x, torch.rand(2), torch.tensor([0, 1])).shape == x.shape
+    assert model(x, torch.rand(2), y=torch.tensor([0, 1])).shape == x.shape
 
 
 def test_fresh_run_refuses_a_folder_of_someone_elses_files(tmp_path):
