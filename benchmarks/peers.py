@@ -1,4 +1,4 @@
-"""Forward time of the official DiT and U-ViT beside zigma's own presets (issue 5): does our
+"""Forward time of the official DiT and U-ViT beside zigma's own presets: does our
 DiT-B/1 run as fast as facebookresearch/DiT's, and where do U-ViT and ZigMa stand?
 
     PYTHONPATH=src python benchmarks/peers.py --dit .peers/DiT --uvit .peers/U-ViT --out OUT
@@ -38,7 +38,7 @@ from zigma.ssm.ops import resolve_backend
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_CLASSES = 1000
-TOLERANCE = 0.10  # issue 5: our DiT-B/1's forward time within 10% of the official one
+TOLERANCE = 0.10  # target: our DiT-B/1's forward time within 10% of the official one
 DIT, UVIT = "DiT-B/1 (official)", "U-ViT-M/1 (official)"
 # (ours, official, what is compared): ms for same-architecture pairs, images/s across families
 PAIRS = (("DiT-B/1", DIT, "ms"), ("U-ViT-B/1", UVIT, "ms"), ("ZigMa-B/1", DIT, "fps"))
@@ -47,7 +47,8 @@ PAIRS = (("DiT-B/1", DIT, "ms"), ("U-ViT-B/1", UVIT, "ms"), ("ZigMa-B/1", DIT, "
 @dataclass(frozen=True)
 class Model:
     """One timed model: ``build(side)`` makes it on the CPU for a side x side latent; its
-    forward is ``model(x, t, y)`` with ``t`` drawn in ``[0, t_scale)``."""
+    forward is ``model(x, t, y)`` (officials) or ``model(x, t, y=y)`` (ours) with ``t`` drawn
+    in ``[0, t_scale)``."""
 
     name: str
     build: Callable[[int], torch.nn.Module]
@@ -132,9 +133,12 @@ def time_case(model: Model, side: int, args: argparse.Namespace, row: dict) -> N
     t = torch.rand(1, device=device) * model.t_scale
     y = torch.randint(0, NUM_CLASSES, (1,), device=device)
 
+    def call(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return net(x, t, y) if model.official else net(x, t, y=y)
+
     def forward() -> torch.Tensor:
         with torch.no_grad(), torch.autocast(device.type, dtype, enabled=dtype != torch.float32):
-            return net(x, t, y)
+            return call(x, t, y)
 
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -145,11 +149,11 @@ def time_case(model: Model, side: int, args: argparse.Namespace, row: dict) -> N
         row["peak_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
     if args.cuda_graphs:  # the same forward replayed as one CUDA graph (launch cost gone)
         try:
-            graphed = GraphedForward(net, x, t, y, dtype=dtype)
+            graphed = GraphedForward(call, x, t, {"y": y}, dtype=dtype)
         except RuntimeError as exc:  # e.g. a host-to-device copy inside the forward
             row["graph_error"] = error_text(exc)
             return
-        row["graph_ms"] = time_ms(lambda: graphed(x, t, y), str(device), 1, args.repeats)
+        row["graph_ms"] = time_ms(lambda: graphed(x, t, y=y), str(device), 1, args.repeats)
         row["graph_fps"] = 1e3 / row["graph_ms"]
 
 
@@ -168,7 +172,7 @@ def measure(model: Model, side: int, args: argparse.Namespace) -> dict:
 
 
 def comparisons(rows: list[dict]) -> list[dict]:
-    """Ours / official per side and pair; the DiT pair carries issue 5's verdict."""
+    """Ours / official per side and pair; the DiT pair carries the within-10% verdict."""
     ok = {(r["model"], r["side"]): r for r in rows if r["status"] == "ok"}
     out = []
     for side in dict.fromkeys(r["side"] for r in rows):

@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def forward():
         with torch.no_grad(), torch.autocast("cuda", dtype=dtype):
-            return model(x, t, y)
+            return model(x, t, y=y)
 
     wall = time_ms(forward, "cuda", 3, 10)
     with profile(activities=[ProfilerActivity.CUDA]) as prof:

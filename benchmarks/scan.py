@@ -1,4 +1,4 @@
-"""Benchmark of issue 4: the Triton selective scan and causal conv, and a ZigMa training step.
+"""Benchmark of the Triton selective scan and causal conv, and of a ZigMa training step.
 
 One call on a GPU, from the repository root, builds, checks and times everything:
 
@@ -10,8 +10,8 @@ One call on a GPU, from the repository root, builds, checks and times everything
 Sections: ``env`` (card, versions, commit, measured copy bandwidth, SFU rate; always runs),
 ``check`` (Triton scan, conv and Mamba layer against the PyTorch paths at full size: values
 and every gradient), ``scan`` (forward and backward ms of the chunked PyTorch scan and of the
-Triton scan without and with a zigzag order, next to the HBM and SFU floors of the shared
-notes kernels.md §4), ``conv`` (Triton vs gather + F.conv1d + SiLU + scatter), ``tiles`` (a
+Triton scan without and with a zigzag order, next to their HBM and SFU floors, derived
+below), ``conv`` (Triton vs gather + F.conv1d + SiLU + scatter), ``tiles`` (a
 small ``ScanConfig`` sweep choosing the best tiles) and ``train`` (a ZigMa-B/2 AdamW step
 under bf16 autocast, zigzag-8 vs sweep, triton vs chunked), in that order: a soft time budget
 skips the optional cases (later tile candidates, chunked training steps) when it runs short.
@@ -73,7 +73,7 @@ NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")  # scan argument o
 # (2^-9 relative), so a healthy kernel lands near 3e-3 and a real bug far above these.
 TOL = {"scan": 2e-2, "conv": 2e-2, "mamba": 3e-2, "tiles": 2e-2}
 
-# Floors (shared notes kernels.md §4). HBM bytes per (b, d, l) element E: forward reads u,
+# Floors. HBM bytes per (b, d, l) element E: forward reads u,
 # delta, z and writes y in bf16, plus B and C (8 B N L in all); backward reads u, delta, z, dy
 # and writes du, ddelta, dz (14 E). SFU ops: N exp2 per element plus 4 (softplus, silu)
 # forward, 6 backward. MUFU issues 16 ops per clock per SM: 132 SMs at 1.83 GHz give the
@@ -426,7 +426,7 @@ def section_check(ctx: Context) -> dict:
 
 
 def floors(ctx: Context, batch: int, length: int) -> dict[str, float]:
-    """HBM and SFU floors (ms) of one scan (kernels.md §4)."""
+    """HBM and SFU floors (ms) of one scan (see the floor comment at the top)."""
     sz, bw, sfu = ctx.sizes, ctx.env["copy_bandwidth"], ctx.env["sfu_rate"]
     e = batch * sz.dim * length
     out = {
@@ -499,7 +499,7 @@ def section_scan(ctx: Context) -> dict:
         "chunked: the PyTorch scan on contiguous [batch, dim, L] inputs, without the gather and "
         "scatter a model adds around it, so chunked/zz is conservative.",
         f"Floors (ms): HBM at the measured copy rate, SFU at {ctx.env['sfu_rate']:.3g}/s; a "
-        "kernel's floor is the larger. Targets (issue 4): fwd <= 1.5x floor, and at L=4096 "
+        "kernel's floor is the larger. Targets: fwd <= 1.5x floor, and at L=4096 "
         "fwd <= 0.4 ms and bwd <= 0.65 ms; fwd+bwd >= 30x chunked.",
     ]
     return {"rows": rows, "summary": scan_summary(ctx, rows), "notes": notes}
@@ -880,7 +880,7 @@ def render(name: str, data: dict) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Check and time the Triton scan and conv (issue 4).")
+    p = argparse.ArgumentParser(description="Check and time the Triton scan and conv.")
     p.add_argument("--out", type=Path, required=True, help="folder for scan.json and scan.md")
     p.add_argument("--quick", action="store_true", help="fewer repeats and tile candidates")
     p.add_argument("--smoke", action="store_true", help="tiny sizes on CPU, Triton interpreter")

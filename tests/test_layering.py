@@ -1,5 +1,6 @@
-"""Import layering: a module imports only from lower layers (see docs/ and the style notes),
-and importing zigma pulls in no optional extra."""
+"""Import layering: a package imports only from lower layers (the table below, which
+DEVELOPERS.md lists), no two modules import each other (not even from inside a function), no
+package imports another's private names, and importing zigma pulls in no optional extra."""
 
 import ast
 import subprocess
@@ -17,8 +18,9 @@ ALLOWED = {
     "transport": {"config"},
     "data": {"artifacts", "config"},
     "models": {"artifacts", "config", "scan", "ssm"},
-    "train": {"artifacts", "config", "scan", "ssm", "models", "transport", "data"},
-    "evaluate": {"artifacts", "config", "scan", "ssm", "models", "transport", "data"},
+    "generate": {"artifacts", "config", "scan", "ssm", "models", "transport"},
+    "train": {"artifacts", "config", "scan", "ssm", "models", "transport", "data", "generate"},
+    "evaluate": {"artifacts", "config", "scan", "ssm", "models", "transport", "data", "generate"},
     "bench": {"artifacts", "config", "scan", "ssm", "models"},
     "cli": {
         "artifacts",
@@ -28,6 +30,7 @@ ALLOWED = {
         "transport",
         "data",
         "models",
+        "generate",
         "train",
         "evaluate",
         "bench",
@@ -61,6 +64,118 @@ def test_imports_respect_layers():
                 if target != pkg and target not in ALLOWED[pkg]:
                     bad.append(f"{path.relative_to(SRC)} imports {name}")
     assert not bad, bad
+
+
+def _module_name(path: Path) -> str:
+    parts = ["zigma", *path.relative_to(SRC).with_suffix("").parts]
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {_module_name(p): p for p in SRC.rglob("*.py")}
+
+
+def _imports(path: Path):
+    """(target module, imported names) of every import in ``path``, at any depth."""
+    name = _module_name(path)
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    tree = ast.parse(path.read_text())
+    typing_only = {  # `if TYPE_CHECKING:` imports never run
+        id(n)
+        for block in ast.walk(tree)
+        if isinstance(block, ast.If) and "TYPE_CHECKING" in ast.unparse(block.test)
+        for stmt in block.body
+        for n in ast.walk(stmt)
+    }
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield alias.name, []
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                up = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(up + ([base] if base else []))
+            names = [a.name for a in node.names]
+            for n in names:  # `from package import module` imports the module
+                if f"{base}.{n}" in MODULES:
+                    yield f"{base}.{n}", []
+            rest = [n for n in names if f"{base}.{n}" not in MODULES]
+            if rest:
+                yield base, rest
+
+
+def _graph() -> dict[str, set[str]]:
+    graph = {}
+    for name, path in MODULES.items():
+        targets = set()
+        for target, _ in _imports(path):
+            # `import zigma.a.b` runs zigma.a.b; a name that is not a module file is its parent's
+            while target and target not in MODULES:
+                target = target.rpartition(".")[0]
+            if target and target != name and target != "zigma":
+                targets.add(target)
+        graph[name] = targets
+    return graph
+
+
+def test_no_module_import_cycles():
+    """Tarjan's strongly connected components over every import, function-local ones too: a
+    component of more than one module is a cycle (a package importing its own submodules is
+    fine as long as none of them imports the package back)."""
+    graph, index, low, stack, on_stack, cycles = _graph(), {}, {}, [], set(), []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    assert not cycles, cycles
+
+
+def test_no_private_names_across_packages():
+    bad = []
+    for name, path in MODULES.items():
+        pkg = name.split(".")[1] if "." in name else ""
+        for target, names in _imports(path):
+            parts = target.split(".")
+            if parts[0] != "zigma" or len(parts) < 2 or parts[1] == pkg:
+                continue
+            private = [n for n in names if n.startswith("_")]
+            if any(p.startswith("_") and not p.startswith("__") for p in parts[2:]):
+                private.append(target)
+            if private:
+                bad.append(f"{name} imports {', '.join(private)} from {target}")
+    assert not bad, bad
+
+
+def test_developers_md_lists_every_package():
+    text = (SRC.parents[1] / "DEVELOPERS.md").read_text()
+    layout = text.split("## Layout and layering", 1)[1].split("```")[1]
+    listed = {line.split()[0].rstrip("/").removesuffix(".py") for line in layout.splitlines()[2:]
+              if line.startswith("  ") and not line.startswith("    ")}  # fmt: skip
+    packages = set(ALLOWED) - {"__init__", "__main__"}
+    assert listed == packages
 
 
 def test_import_is_light():

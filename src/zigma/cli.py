@@ -190,10 +190,11 @@ def _info_config(name: str, items: list[str]):
 def cmd_info(args: argparse.Namespace) -> int:
     import torch
 
-    from zigma.models import PRESETS, count_parameters, summarize
+    from zigma.models import count_parameters, summarize
+    from zigma.models.registry import preset_family
 
     cfg = _info_config(args.model, args.overrides)
-    cls = PRESETS[args.model][0]
+    cls = preset_family(args.model).model_class
     h, w = cfg.grid_size
     orders = 0 if getattr(cfg, "scan", "sweep") in ("sweep", "bidirectional") else cfg.num_orders
     _check_memory(16 * orders * h * w, f"the scan orders of a {h}x{w} token grid")
@@ -209,10 +210,10 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(summarize(model, name=args.model, flops=not args.no_flops))
     x = torch.randn(args.batch, cfg.in_channels, *cfg.input_size)
     t = torch.rand(args.batch)
-    y = torch.randint(0, cfg.num_classes, (args.batch,)) if cfg.num_classes else None
+    cond = model.conditioner.example(args.batch, torch.device("cpu"))
     start = time.perf_counter()
     with torch.no_grad():
-        out = model(x, t, y)
+        out = model(x, t, **cond)
     took = time.perf_counter() - start
     print(
         f"  forward pass     x {tuple(x.shape)} -> {tuple(out.shape)} in {took:.2f} s on CPU "
@@ -284,7 +285,8 @@ def _sample_bytes(num: int, shape: tuple[int, ...], nrow: int | None, scale: int
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from zigma.evaluate import default_labels, generate, load_for_sampling, write_samples
+    from zigma.evaluate import load_for_sampling, write_samples
+    from zigma.generate import generate, grid_conditions
     from zigma.transport import SAMPLERS
 
     _check_sample_outputs(args)
@@ -302,8 +304,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
             f"{loaded.source} makes {cfg.in_channels}-channel samples; PNGs need 1 or 3 "
             "(a latent model needs its decoder first)"
         )
-    if args.cfg != 1.0 and loaded.model.null_class is None:
-        raise UsageError(f"--cfg {args.cfg}: guidance needs a class-conditional model")
+    names = loaded.model.condition_names
+    if args.cfg != 1.0 and not names:
+        raise UsageError(f"--cfg {args.cfg}: guidance needs a conditional model")
+    if args.class_label is not None and "y" not in names:
+        raise UsageError("--class: this model is not class-conditional")
     conditional = cfg.num_classes > 0 and args.class_label is None
     nrow = args.nrow or (cfg.num_classes if conditional and cfg.num_classes <= 16 else None)
     shape = (cfg.in_channels, *cfg.input_size)
@@ -312,12 +317,14 @@ def cmd_sample(args: argparse.Namespace) -> int:
         _sample_bytes(args.num, shape, nrow if args.out else None, scale if args.out else 0),
         f"{args.num} samples of {'x'.join(map(str, shape))}",
     )
-    labels = default_labels(args.num, cfg.num_classes, args.class_label)
+    given = {} if args.class_label is None else {"y": args.class_label}
+    cond = grid_conditions(loaded.model, args.num, **given)  # classes in turn unless --class
     start = time.perf_counter()
     images = generate(
-        loaded, args.num, seed=args.seed, sampler=args.sampler, steps=args.steps,
-        cfg_scale=args.cfg, labels=labels, batch_size=args.batch_size, device=device,
-        progress=sys.stderr.isatty(), cuda_graphs=args.cuda_graphs,
+        loaded.model, loaded.transport, args.num, cond=cond, seed=args.seed,
+        sampler=args.sampler, steps=args.steps, guidance_scale=args.cfg,
+        batch_size=args.batch_size, device=device, progress=sys.stderr.isatty(),
+        cuda_graphs=args.cuda_graphs,
     )  # fmt: skip
     took = time.perf_counter() - start
     write_samples(images, args.out, args.out_dir, nrow=nrow, scale=scale)
@@ -423,7 +430,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     import logging
 
     from zigma.artifacts import check_output_dir
-    from zigma.evaluate import default_labels, generate, load_for_sampling, write_samples
+    from zigma.evaluate import load_for_sampling, write_samples
+    from zigma.generate import generate, grid_conditions
     from zigma.train import TrainingDiverged, build_config, train
 
     out = Path(args.out or time.strftime("runs/demo-%Y%m%d-%H%M%S"))
@@ -443,10 +451,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise UsageError(str(e)) from None
     loaded = load_for_sampling(out)
     num_classes = loaded.model.config.num_classes
-    labels = default_labels(8 * num_classes, num_classes, None)
+    num = 8 * num_classes
     images = generate(
-        loaded, len(labels), seed=0, sampler="heun", steps=20, cfg_scale=3.0, labels=labels
-    )
+        loaded.model, loaded.transport, num, cond=grid_conditions(loaded.model, num),
+        seed=0, sampler="heun", steps=20, guidance_scale=3.0,
+    )  # fmt: skip
     grid = out / "samples.png"
     write_samples(images, grid, nrow=num_classes, scale=max(1, 64 // images.shape[-1]))
     print(

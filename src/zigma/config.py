@@ -47,7 +47,8 @@ def _too_big(value: Any, budget: int) -> bool:
     return False
 
 
-def _suggest(name: str, choices: typing.Iterable[str]) -> str:
+def suggest(name: str, choices: typing.Iterable[str]) -> str:
+    """`` (did you mean 'a', 'b'?)`` for the choices close to ``name``, else ""."""
     close = difflib.get_close_matches(name, list(choices), n=3, cutoff=0.5)
     return f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
 
@@ -145,7 +146,7 @@ def from_dict(cls: type[T], data: dict[str, Any], *, where: str = "") -> T:
         k = unknown[0]
         full = f"{where}.{k}" if where else k
         raise ConfigError(
-            f"unknown {cls.__name__} key {full!r}{_suggest(k, fields)}; "
+            f"unknown {cls.__name__} key {full!r}{suggest(k, fields)}; "
             f"valid keys: {', '.join(fields)}"
         )
     kwargs = {
@@ -187,7 +188,7 @@ def apply_overrides(cfg: T, overrides: typing.Iterable[str]) -> T:
         for depth, part in enumerate(parts):
             names = [f.name for f in dataclasses.fields(sub_cls)] if sub_cls else list(node)
             if not isinstance(node, dict) or part not in node:
-                raise ConfigError(f"unknown config key {key!r}{_suggest(part, names)}")
+                raise ConfigError(f"unknown config key {key!r}{suggest(part, names)}")
             if depth == len(parts) - 1:
                 node[part] = parse_value(raw)
             else:

@@ -59,12 +59,11 @@ def test_order_study_cli(tmp_path):
 class _OutOfMemory(torch.nn.Module):
     """A backbone stand-in whose forward runs out of CUDA memory."""
 
-    def __init__(self, config):
+    def __init__(self, model):
         super().__init__()
-        self.config = config
-        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.config, self.conditioner = model.config, model.conditioner
 
-    def forward(self, x, t, y=None):
+    def forward(self, x, t, **cond):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 80.00 GiB")
 
 
@@ -76,7 +75,7 @@ def test_oom_is_a_row_not_a_crash():
 
     def build(case: BenchCase):
         model = build_model(case)
-        return _OutOfMemory(model.config) if case.preset == "DiT-B/1" else model
+        return _OutOfMemory(model) if case.preset == "DiT-B/1" else model
 
     rows = run_suite(cases, BenchSettings(warmup=0, repeats=1, train=True), build=build)
     assert [r.status for r in rows] == ["OOM", "ok"]

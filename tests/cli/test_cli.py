@@ -21,7 +21,8 @@ def test_models_lists_every_preset(capsys):
 def test_info_builds_and_runs(capsys):
     assert main(["info", "ZigMa-S/4", "input_size=16", "depth=2", "num_classes=10"]) == 0
     out = capsys.readouterr().out
-    assert "10 classes + null class" in out and "forward pass" in out and "GFLOPs" in out
+    assert "y=class labels [B] in 0..10 (10 = null class)" in out
+    assert "forward pass" in out and "GFLOPs" in out
     assert "-> (2, 4, 16, 16)" in out
 
 

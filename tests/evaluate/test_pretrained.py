@@ -6,7 +6,8 @@ from pathlib import Path
 
 import torch
 
-from zigma.evaluate import generate, load_for_sampling
+from zigma.evaluate import load_for_sampling
+from zigma.generate import generate
 
 PRETRAINED = Path(__file__).resolve().parents[2] / "pretrained" / "shapes-cpu"
 
@@ -22,7 +23,15 @@ def test_shipped_checkpoint_draws_an_object_on_a_plain_background():
     cfg = loaded.model.config
     assert cfg.input_size == (16, 16) and cfg.num_classes == 8
     labels = torch.arange(8)  # one sample per class
-    images = generate(loaded, 8, seed=0, sampler="heun", steps=10, cfg_scale=3.0, labels=labels)
+    images = generate(
+        loaded.model,
+        loaded.transport,
+        8,
+        cond={"y": labels},
+        sampler="heun",
+        steps=10,
+        guidance_scale=3.0,
+    )
     assert images.shape == (8, 3, 16, 16) and torch.isfinite(images).all()
     # centred shapes: the middle differs from the corners, which agree with each other (a plain
     # background); rings (class 5) have a hole in the middle, so their edge ring is checked.

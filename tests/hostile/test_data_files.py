@@ -26,7 +26,7 @@ TINY = [
     "model.depth=2",
     "data.resolution=16",
     "batch_size=2",
-    "sample_every=0",
+    "preview.every=0",
     "ema.decay=0.9",
 ]
 GOOD = 4  # good images in every folder

@@ -48,8 +48,8 @@ TINY_RUN = [
     "data.resolution=16",
     "data.num_samples=64",
     "batch_size=8",
-    "sample_every=0",
-    "log_every=5",
+    "preview.every=0",
+    "logging.every=5",
 ]
 
 
@@ -576,7 +576,7 @@ def test_sample_refuses_bad_arguments(cli, tmp_path, monkeypatch, setup, argv, m
 def test_sample_guidance_needs_a_conditional_model(cli, tmp_path):
     model = _tiny_model(tmp_path / "uncond")
     argv = ["--ckpt", model, "--out", tmp_path / "o.png", "--cfg", "2"]
-    run_case(cli, tmp_path, argv, "sample", "guidance needs a class-conditional model")
+    run_case(cli, tmp_path, argv, "sample", "guidance needs a conditional model")
 
 
 @needs_non_root
@@ -625,7 +625,7 @@ INFO_ARGS = [
     ("hidden-size-2e19", ["ZigMa-S/2", f"hidden_size={2 * 10**19}"], "must fit in 64 bits"),
     ("hidden-size-1e6", ["ZigMa-S/2", "hidden_size=1000000"], "more than this machine's"),
     ("input-size-odd", ["ZigMa-S/2", "input_size=31"], "not a positive multiple of patch_size 2"),
-    ("input-size-3d", ["ZigMa-S/2", "input_size=[8,8,8]"], "input_size must have 2 items"),
+    ("input-size-4d", ["ZigMa-S/2", "input_size=[2,8,8,8]"], "must be (H, W) or (T, H, W)"),
     ("input-size-1e6", ["ZigMa-S/1", "input_size=1000000"], "more than this machine's"),
     ("scan-unknown", ["ZigMa-S/2", "scan=spiral"], "scan must be one of"),
     ("dropout-nan", ["ZigMa-S/2", "class_dropout_prob=NaN"], "finite number"),

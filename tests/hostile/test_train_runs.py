@@ -21,7 +21,7 @@ import typing
 import pytest
 import torch
 
-from zigma.train import EMAConfig, OptimConfig, TrainConfig
+from zigma.train import EMAConfig, LoggingConfig, OptimConfig, PreviewConfig, TrainConfig
 from zigma.transport import TransportConfig
 
 from .conftest import Result, assert_one_line_error, run_zigma, snapshot, subprocess_env
@@ -34,12 +34,12 @@ RANGES = {
     "seed": (["-1", str(2**63), "12345678901234567890123"], ["0", str(2**63 - 1)]),
     "num_workers": (["-1", "1025"], ["0"]),
     "cpu_threads": (["0", "4097"], ["1", "null"]),
-    "log_every": (["0", "10000000001"], ["1"]),
+    "logging.every": (["0", "10000000001"], ["1"]),
     "ckpt_every": (["-1", "10000000001"], ["0"]),
-    "sample_every": (["-1", "10000000001"], ["0"]),
-    "num_samples": (["0", "4097"], ["1", "4096"]),
-    "sample_steps": (["0", "10001"], ["1", "10000"]),
-    "cfg_scale": (["-0.5", "100.5", "NaN", "Infinity", "1e308"], ["0", "100"]),
+    "preview.every": (["-1", "10000000001"], ["0"]),
+    "preview.num_samples": (["0", "4097"], ["1", "4096"]),
+    "preview.steps": (["0", "10001"], ["1", "10000"]),
+    "preview.guidance_scale": (["-0.5", "100.5", "NaN", "Infinity", "1e308"], ["0", "100"]),
     "keep_last_checkpoints": (["0", "1000001"], ["1"]),
     "time_limit_minutes": (["0", "-1", "1e8", "Infinity"], ["1e-9", "null"]),
     "max_nonfinite": (["0", "10000000001"], ["1"]),
@@ -73,6 +73,8 @@ def test_the_table_covers_every_field():
         *_numeric_fields(OptimConfig, "optim."),
         *_numeric_fields(EMAConfig, "ema."),
         *_numeric_fields(TransportConfig, "transport."),
+        *_numeric_fields(PreviewConfig, "preview."),
+        *_numeric_fields(LoggingConfig, "logging."),
     }
     assert fields == set(RANGES)
 
@@ -105,8 +107,8 @@ TINY = [
     "model.depth=2",
     "data.num_samples=256",
     "batch_size=8",
-    "log_every=5",
-    "sample_every=0",
+    "logging.every=5",
+    "preview.every=0",
     "optim.warmup_steps=0",
     "optim.decay=constant",
     "ema.decay=0.9",

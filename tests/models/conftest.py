@@ -26,7 +26,7 @@ def _fit(model: torch.nn.Module, steps: int = 20, lr: float = 3e-3, num_classes:
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
     losses = []
     for _ in range(steps):
-        loss = (model(x, t, y) - target).square().mean()
+        loss = (model(x, t, y=y) - target).square().mean()
         opt.zero_grad()
         loss.backward()
         opt.step()

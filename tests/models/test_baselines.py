@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from zigma.models import (
+    FAMILIES,
     PRESETS,
     DiT,
     DiTConfig,
@@ -22,7 +23,6 @@ from zigma.models import (
     preset_config,
     summarize,
 )
-from zigma.models.io import MODEL_CLASSES
 
 SIZES = ("S", "B", "L", "XL")
 PATCHES = (1, 2, 4)
@@ -47,7 +47,9 @@ def test_presets_build_their_own_config_class():
         family = name.rsplit("-", 1)[0]
         cls, cfg_cls = expected.get(family, (ZigMa, ZigMaConfig))
         assert type(preset_config(name)) is cfg_cls, name
-        assert PRESETS[name][0] is cls and (cls, cfg_cls) in MODEL_CLASSES.values()
+        family = PRESETS[name][0]
+        assert family.model_class is cls and family.config_class is cfg_cls
+        assert FAMILIES[family.name] is family
     cfg = preset_config("DiT-XL/2", num_classes=1000)
     assert (cfg.hidden_size, cfg.depth, cfg.num_heads, cfg.patch_size) == (1152, 28, 16, 2)
     assert preset_config("Vim-B/2").scan == "bidirectional"
@@ -112,7 +114,7 @@ def test_round_trip_is_exact(tmp_path, kind):
     sd1, sd2 = model.state_dict(), loaded.state_dict()
     assert sd1.keys() == sd2.keys() and all(torch.equal(sd1[k], sd2[k]) for k in sd1)
     x, t, y = torch.randn(2, 3, 8, 8), torch.rand(2), torch.tensor([0, 4])
-    assert torch.equal(model(x, t, y), loaded(x, t, y))
+    assert torch.equal(model(x, t, y=y), loaded(x, t, y=y))
     assert type(from_pretrained(tmp_path)) is type(model)
 
 

@@ -23,7 +23,7 @@ def test_untrained_model_outputs_exact_zero(num_classes):
     model = tiny(num_classes=num_classes)
     x = torch.randn(2, 3, 8, 8)
     y = torch.tensor([0, 5]) if num_classes else None
-    out = model(x, torch.rand(2), y)
+    out = model(x, torch.rand(2), y=y)
     assert out.shape == x.shape
     assert torch.count_nonzero(out) == 0
 
@@ -96,15 +96,15 @@ def test_parameter_count_closed_form():
 def test_class_conditioning_and_null_class(randomize_zero_init):
     model = randomize_zero_init(tiny(num_classes=5)).eval()
     x, t = torch.randn(3, 3, 8, 8), torch.rand(3)
-    assert model.null_class == 5
-    a = model(x, t, torch.tensor([0, 1, 2]))
-    b = model(x, t, torch.tensor([0, 1, 5]))
+    assert model.null_conditions({"y": torch.tensor([0])})["y"].item() == 5
+    a = model(x, t, y=torch.tensor([0, 1, 2]))
+    b = model(x, t, y=torch.tensor([0, 1, 5]))
     assert torch.allclose(a[:2], b[:2]) and not torch.allclose(a[2], b[2])
-    assert not torch.allclose(model(x, torch.zeros(3), torch.tensor([0, 1, 2])), a)
-    with pytest.raises(ValueError, match="class-conditional"):
+    assert not torch.allclose(model(x, torch.zeros(3), y=torch.tensor([0, 1, 2])), a)
+    with pytest.raises(ValueError, match="missing condition.*y=class labels"):
         model(x, t)
     with pytest.raises(ValueError, match=r"labels must be in 0..5"):
-        model(x, t, torch.tensor([0, 1, 6]))
+        model(x, t, y=torch.tensor([0, 1, 6]))
 
 
 def test_bad_inputs_and_config():
@@ -112,7 +112,7 @@ def test_bad_inputs_and_config():
     with pytest.raises(ValueError, match="3 input channels"):
         model(torch.randn(1, 4, 8, 8), torch.rand(1))
     with pytest.raises(ValueError, match="unconditional"):
-        model(torch.randn(1, 3, 8, 8), torch.rand(1), torch.tensor([1]))
+        model(torch.randn(1, 3, 8, 8), torch.rand(1), y=torch.tensor([1]))
     with pytest.raises(ValueError, match="not divisible by num_heads 5"):
         DiTConfig(hidden_size=32, num_heads=5)
     with pytest.raises(ValueError, match="pos_embed must be one of"):

@@ -17,8 +17,10 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from zigma.bench import device_name
-from zigma.evaluate import generate, load_for_sampling
+from zigma.evaluate import load_for_sampling
+from zigma.generate import generate
 from zigma.models import create_model
+from zigma.models.io import rename_legacy_key
 
 GOLDEN = Path(__file__).resolve().parent / "golden" / "outputs.safetensors"
 ROOT = Path(__file__).resolve().parents[2]
@@ -61,6 +63,22 @@ def test_outputs_match_the_recording(name):
 def test_pretrained_model_samples_the_recorded_images():
     loaded = load_for_sampling(ROOT / "pretrained" / "shapes-cpu")
     images = generate(
-        loaded, 8, seed=0, sampler="heun", steps=6, cfg_scale=3.0, labels=torch.arange(8)
+        loaded.model,
+        loaded.transport,
+        8,
+        cond={"y": torch.arange(8)},
+        seed=0,
+        sampler="heun",
+        steps=6,
+        guidance_scale=3.0,
     )
     check(images, TENSORS["pretrained/samples"])
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_legacy_parameter_order_is_the_recorded_one(name):
+    """Version-1 checkpoints store optimizer states by position in the parameter order of
+    the layout they were written with; the model must be able to say what that order was."""
+    model = create_model(CASES[name]["preset"], **CASES[name]["overrides"])
+    recorded = [rename_legacy_key(n) for n in CASES[name]["parameter_order"]]
+    assert model.legacy_parameter_order() == recorded

@@ -29,7 +29,7 @@ def test_round_trip_is_exact(tmp_path, scan):
     assert sd1.keys() == sd2.keys()
     assert all(torch.equal(sd1[k], sd2[k]) for k in sd1)
     x, t, y = torch.randn(2, 3, 8, 8), torch.rand(2), torch.tensor([0, 3])
-    assert torch.equal(model(x, t, y), loaded(x, t, y))
+    assert torch.equal(model(x, t, y=y), loaded(x, t, y=y))
 
 
 def test_files_are_json_and_safetensors(tmp_path):
@@ -51,7 +51,7 @@ def test_random_orders_come_from_the_file(tmp_path):
     loaded = from_pretrained(tmp_path)
     assert torch.equal(loaded.scan_orders, model.scan_orders)
     x, t, y = torch.randn(1, 3, 8, 8), torch.rand(1), torch.tensor([1])
-    assert torch.equal(model(x, t, y), loaded.eval()(x, t, y))
+    assert torch.equal(model(x, t, y=y), loaded.eval()(x, t, y=y))
 
 
 def test_errors(tmp_path):
@@ -70,7 +70,9 @@ def test_errors(tmp_path):
     meta["config"]["hidden_size"] = 64
     del meta["config"]["hiden_size"]
     cfg.write_text(json.dumps(meta))
-    with pytest.raises(ValueError, match="does not match config.json: tensor pos_embed has shape"):
+    with pytest.raises(
+        ValueError, match="does not match config.json: tensor grid.pos_embed has shape"
+    ):
         from_pretrained(tmp_path / "a")
 
     cfg.write_text("{not json")
@@ -121,7 +123,7 @@ def test_a_half_precision_file_loads_into_float32(tmp_path):
     save_file(state, tmp_path / "model.safetensors")
     loaded = from_pretrained(tmp_path)
     assert all(p.dtype == torch.float32 for p in loaded.parameters())
-    assert torch.equal(loaded.pos_embed, model.pos_embed.half().float())
+    assert torch.equal(loaded.grid.pos_embed, model.grid.pos_embed.half().float())
 
 
 @pytest.mark.parametrize(

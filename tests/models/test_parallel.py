@@ -149,7 +149,7 @@ def tiny(**kw) -> ZigMa:
 def test_untrained_model_outputs_exact_zero(num_classes):
     model = tiny(num_classes=num_classes)
     y = torch.tensor([0, 3]) if num_classes else None
-    out = model(torch.randn(2, 3, 8, 8), torch.rand(2), y)
+    out = model(torch.randn(2, 3, 8, 8), torch.rand(2), y=y)
     assert out.shape == (2, 3, 8, 8) and torch.count_nonzero(out) == 0
 
 

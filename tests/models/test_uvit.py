@@ -20,9 +20,9 @@ def tiny(**kw) -> UViT:
 def test_output_shape(num_classes, final_conv):
     model = tiny(num_classes=num_classes, final_conv=final_conv, out_channels=2)
     y = torch.tensor([0, 5]) if num_classes else None
-    out = model(torch.randn(2, 3, 8, 8), torch.rand(2), y)
+    out = model(torch.randn(2, 3, 8, 8), torch.rand(2), y=y)
     assert out.shape == (2, 2, 8, 8) and torch.isfinite(out).all()
-    assert model.config.num_extra_tokens == (2 if num_classes else 1)
+    assert model.extra_pos_embed.shape[1] == (2 if num_classes else 1)  # time (+ class)
 
 
 def test_any_size_with_sincos_positions():
@@ -55,11 +55,11 @@ def test_time_and_class_are_tokens():
     model = tiny(num_classes=4).eval()
     assert not hasattr(model.in_blocks[0], "adaLN")  # conditioning enters only as tokens
     x = torch.randn(2, 3, 8, 8)
-    a = model(x, torch.tensor([0.1, 0.1]), torch.tensor([0, 1]))
-    assert not torch.allclose(a, model(x, torch.tensor([0.9, 0.9]), torch.tensor([0, 1])))
-    b = model(x, torch.tensor([0.1, 0.1]), torch.tensor([0, 4]))  # 4 = null class
+    a = model(x, torch.tensor([0.1, 0.1]), y=torch.tensor([0, 1]))
+    assert not torch.allclose(a, model(x, torch.tensor([0.9, 0.9]), y=torch.tensor([0, 1])))
+    b = model(x, torch.tensor([0.1, 0.1]), y=torch.tensor([0, 4]))  # 4 = null class
     assert torch.allclose(a[0], b[0]) and not torch.allclose(a[1], b[1])
-    assert model.null_class == 4
+    assert model.null_conditions({"y": torch.tensor([0])})["y"].item() == 4
 
 
 def test_attention_is_the_shared_sdpa_module():

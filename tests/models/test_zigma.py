@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from zigma.models import ZigMa, ZigMaConfig, count_parameters
+from zigma.models import GridShape, LayerPlan, ZigMa, ZigMaConfig, count_parameters
 from zigma.scan import inverse_orders, scan_orders
 
 
@@ -117,8 +117,9 @@ def test_zigzag_block_equals_permuted_sweep_block():
     x, c = torch.randn(2, 16, 32), torch.randn(2, 32)
     order = scan_orders("zigzag", 4, 4)[0]
     inv = inverse_orders(order)
-    got = block(x, c, order, inv)
-    ref = block(x[:, order], c)[:, inv]
+    shape = GridShape(1, 4, 4)
+    got = block(x, c, LayerPlan("none", order, inv), shape)
+    ref = block(x[:, order], c, LayerPlan("none"), shape)[:, inv]
     torch.testing.assert_close(got, ref)
 
 
@@ -143,7 +144,7 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match="t must be"):
         model(torch.randn(2, 3, 8, 8), torch.rand(3))
     with pytest.raises(ValueError, match="unconditional"):
-        model(torch.randn(1, 3, 8, 8), torch.rand(1), torch.tensor([1]))
+        model(torch.randn(1, 3, 8, 8), torch.rand(1), y=torch.tensor([1]))
 
 
 def test_config_validation():
@@ -161,21 +162,23 @@ def test_config_validation():
 def test_class_conditioning_and_null_class():
     model = randomize_zero_init(tiny(num_classes=5, class_dropout_prob=0.5)).eval()
     x, t = torch.randn(3, 3, 8, 8), torch.rand(3)
-    assert model.null_class == 5
-    a = model(x, t, torch.tensor([0, 1, 2]))
-    b = model(x, t, torch.tensor([0, 1, 3]))
+    assert model.null_conditions({"y": torch.tensor([0])})["y"].item() == 5
+    a = model(x, t, y=torch.tensor([0, 1, 2]))
+    b = model(x, t, y=torch.tensor([0, 1, 3]))
     assert torch.allclose(a[:2], b[:2]) and not torch.allclose(a[2], b[2])
-    model(x, t, torch.full((3,), model.null_class))  # the null label is a valid input
-    with pytest.raises(ValueError, match="class-conditional"):
+    null = model.null_conditions({"y": torch.zeros(3, dtype=torch.long)})
+    model(x, t, **null)  # the null label is a valid input
+    with pytest.raises(ValueError, match="missing condition.*y=class labels"):
         model(x, t)
     with pytest.raises(ValueError, match=r"labels must be in 0..5"):
-        model(x, t, torch.tensor([0, 1, 6]))
+        model(x, t, y=torch.tensor([0, 1, 6]))
     # label dropout acts in training only: in train mode the null class shows up
     model.train()
     torch.manual_seed(0)
     labels = torch.zeros(2000, dtype=torch.long)
-    emb = model.y_embedder(labels)
-    dropped = (emb == model.y_embedder.embedding.weight[5]).all(dim=1).float().mean()
+    emb = model.conditioner(torch.zeros(2000), {"y": labels}).vectors["y"]
+    null_row = model.conditioner.conditions["y"].embedding.weight[5]
+    dropped = (emb == null_row).all(dim=1).float().mean()
     assert 0.45 < dropped < 0.55
 
 

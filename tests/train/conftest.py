@@ -25,8 +25,8 @@ TINY = [
     "data.resolution=16",
     "data.num_samples=256",
     "batch_size=8",
-    "log_every=5",
-    "sample_every=0",
+    "logging.every=5",
+    "preview.every=0",
     "optim.warmup_steps=0",
     # constant LR: tests that resume with a different `steps` keep the same schedule
     "optim.decay=constant",

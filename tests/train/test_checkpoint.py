@@ -18,6 +18,7 @@ from zigma.train.checkpoint import (
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
+    optimizer_param_names,
     pretty_json,
     restore_rng,
     save_checkpoint,
@@ -59,9 +60,10 @@ def _save(root, step, model, opt, keep=3):
 
 
 def test_optimizer_state_round_trips_exactly():
-    _, opt = _trained()
-    tensors, meta = flatten_optimizer(opt)
+    model, opt = _trained()
+    tensors, meta = flatten_optimizer(opt, optimizer_param_names(opt, model))
     meta = json.loads(json.dumps(meta))  # what state.json holds
+    assert meta["param_names"] == [n for n, _ in model.named_parameters()]
     back = unflatten_optimizer(tensors, meta)
     sd = opt.state_dict()
     assert back["param_groups"] == sd["param_groups"]
@@ -149,3 +151,32 @@ def test_pretty_json_is_json():
     obj = {"a": [1, 2, 3], "b": {"c": [[1, 2], {"d": None}]}, "e": "x", "f": {}}
     text = pretty_json(obj)
     assert json.loads(text) == obj and '"a": [1, 2, 3]' in text
+
+
+def test_optimizer_states_follow_their_parameters_by_name():
+    """A state dict whose indices list the parameters in another order (as a later layout or
+    version 1 would) is re-indexed by name: every moment lands on its own parameter."""
+    from zigma.models import create_model
+    from zigma.train.checkpoint import optimizer_param_names, remap_optimizer_state
+    from zigma.train.optim import param_groups
+
+    torch.manual_seed(0)
+    model = create_model("ZigMa-S/2", hidden_size=16, depth=2, input_size=8, num_classes=3)
+    opt = torch.optim.AdamW(param_groups(model, 0.1), lr=1e-3)
+    model(torch.randn(2, 4, 8, 8), torch.rand(2), y=torch.tensor([0, 1])).square().mean().backward()
+    opt.step()
+    sd, names = opt.state_dict(), optimizer_param_names(opt, model)
+    # the same state listed in reverse order within each group
+    perm = {}
+    for g in sd["param_groups"]:
+        perm.update(dict(zip(g["params"], reversed(g["params"]), strict=True)))
+    shuffled_names = [names[perm[i]] for i in range(len(names))]
+    shuffled = {
+        "state": {perm[i]: st for i, st in sd["state"].items()},
+        "param_groups": sd["param_groups"],
+    }
+    fixed = remap_optimizer_state(shuffled, shuffled_names, opt, model)
+    for i, st in sd["state"].items():
+        assert torch.equal(fixed["state"][i]["exp_avg"], st["exp_avg"])
+    with pytest.raises(ValueError, match="names other parameters"):
+        remap_optimizer_state(sd, names[:-1] + ["nope"], opt, model)

@@ -17,6 +17,7 @@ from zigma.train import (
     preset_dict,
     read_config_file,
 )
+from zigma.train.config import migrate
 
 
 def test_defaults_match_the_official_optimizer():
@@ -58,7 +59,7 @@ def test_shapes_s_export_fits_20_mb():
     mcfg = cfg.model_config(num_classes=8)
     n = count_parameters(create_model(cfg.model.preset, **dataclasses.asdict(mcfg)))
     assert 5e6 <= n <= 15e6
-    bytes_per_param = 2 if cfg.export_dtype == "fp16" else 4
+    bytes_per_param = 2 if cfg.export.dtype == "fp16" else 4
     assert n * bytes_per_param < 20e6
 
 
@@ -103,10 +104,10 @@ def test_model_preset_override_rederives_the_rest():
 
 def test_precedence_preset_file_overrides_flags(tmp_path):
     path = tmp_path / "c.json"
-    path.write_text(json.dumps({"steps": 7, "optim": {"lr": 0.01}, "log_every": 3}))
-    cfg = build_config("demo", path, ["optim.lr=0.02", "log_every=4"], steps=9)
+    path.write_text(json.dumps({"steps": 7, "optim": {"lr": 0.01}, "logging": {"every": 3}}))
+    cfg = build_config("demo", path, ["optim.lr=0.02", "logging.every=4"], steps=9)
     assert cfg.steps == 9  # flag beats the file
-    assert cfg.optim.lr == 0.02 and cfg.log_every == 4  # override beats the file
+    assert cfg.optim.lr == 0.02 and cfg.logging.every == 4  # override beats the file
     assert cfg.model.hidden_size == TRAIN_PRESETS["demo"].config["model"]["hidden_size"]
     assert cfg.optim.warmup_steps == TRAIN_PRESETS["demo"].config["optim"]["warmup_steps"]
 
@@ -180,7 +181,22 @@ def test_resolved_fills_every_model_field():
     cfg = build_config("demo").resolved(num_classes=8)
     zigma_fields = {"preset"} | {f.name for f in dataclasses.fields(ZigMaConfig)}
     spec = to_dict(cfg.model)
-    assert all(spec[k] is not None for k in zigma_fields)
+    optional = {"scan_pattern"}  # None is its value for image models
+    assert all(spec[k] is not None for k in zigma_fields - optional)
     assert all(v is None for k, v in spec.items() if k not in zigma_fields)  # DiT-only fields
     assert cfg.data.channels == 3 and cfg.model.num_classes == 8
     assert cfg.model_config() == build_config("demo").model_config(num_classes=8)
+
+
+def test_flat_names_of_earlier_versions_are_read(tmp_path):
+    """Configs and overrides written before the sections existed keep working."""
+    path = tmp_path / "old.json"
+    old = {"log_every": 3, "sample_every": 0, "cfg_scale": 2.5, "export_dtype": "fp16"}
+    path.write_text(json.dumps(old))
+    cfg = build_config("demo", path, ["num_samples=4", "sample_steps=7", "wandb_project=x"])
+    assert (cfg.logging.every, cfg.preview.every, cfg.preview.guidance_scale) == (3, 0, 2.5)
+    assert (cfg.export.dtype, cfg.preview.num_samples, cfg.preview.steps) == ("fp16", 4, 7)
+    assert cfg.logging.wandb_project == "x"
+    assert migrate({"cfg_scale": 2.0, "preview": {"guidance_scale": 3.0}}) == {
+        "preview": {"guidance_scale": 3.0}
+    }  # a sectioned value wins over its flat name

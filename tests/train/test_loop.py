@@ -23,9 +23,9 @@ def test_short_run_learns_and_writes_a_complete_run_dir(tmp_path):
         "optim.lr=3e-3",
         "ckpt_every=10",
         "keep_last_checkpoints=2",
-        "sample_every=20",
-        "num_samples=8",
-        "sample_steps=3",
+        "preview.every=20",
+        "preview.num_samples=8",
+        "preview.steps=3",
         steps=40,
     )
     summary = train(cfg, out)
@@ -62,7 +62,7 @@ def test_short_run_learns_and_writes_a_complete_run_dir(tmp_path):
     assert all(torch.equal(v, ema[k]) for k, v in model.state_dict().items())
     assert json.loads((out / "model" / "transport.json").read_text()) == to_dict(cfg.transport)
     x = torch.randn(2, 3, 16, 16)
-    assert model(x, torch.rand(2), torch.tensor([0, 1])).shape == x.shape
+    assert model(x, torch.rand(2), y=torch.tensor([0, 1])).shape == x.shape
 
 
 def test_fresh_run_refuses_a_folder_of_someone_elses_files(tmp_path):
@@ -133,7 +133,7 @@ def test_mixed_precision_runs(tmp_path, precision):
 
 
 def test_fp16_export_keeps_ssm_parameters_fp32(tmp_path):
-    train(tiny("export_dtype=fp16", steps=3), tmp_path)
+    train(tiny("export.dtype=fp16", steps=3), tmp_path)
     weights = load_file(tmp_path / "model" / "model.safetensors")
     assert weights["blocks.0.mixer.A_log"].dtype == torch.float32
     assert weights["blocks.0.mixer.in_proj.weight"].dtype == torch.float16
@@ -191,7 +191,8 @@ def test_time_limit_must_be_positive():
     [("DiT-S/2", ["model.num_heads=2"]), ("U-ViT-S/2", ["model.num_heads=2", "model.depth=3"])],
 )
 def test_attention_baselines_train_and_sample(tmp_path, preset, extra):
-    from zigma.evaluate import generate, load_for_sampling
+    from zigma.evaluate import load_for_sampling
+    from zigma.generate import generate
 
     cfg = tiny(
         f"model.preset={preset}", *extra, "model.scan=null", "model.num_orders=null", steps=3
@@ -204,7 +205,14 @@ def test_attention_baselines_train_and_sample(tmp_path, preset, extra):
     )
     loaded = load_for_sampling(tmp_path)
     assert type(loaded.model).__name__ == ("DiT" if preset.startswith("DiT") else "UViT")
-    images = generate(loaded, 2, steps=2, sampler="euler", labels=torch.tensor([0, 5]))
+    images = generate(
+        loaded.model,
+        loaded.transport,
+        2,
+        cond={"y": torch.tensor([0, 5])},
+        steps=2,
+        sampler="euler",
+    )
     assert images.shape == (2, 3, 16, 16) and torch.isfinite(images).all()
 
 

@@ -12,7 +12,7 @@ import math
 import torch
 from torch import Tensor
 
-from zigma.transport.paths import Path, get_path
+from zigma.transport.paths import Interpolant, get_path
 
 
 class GaussianData:
@@ -23,11 +23,11 @@ class GaussianData:
         self.q = torch.eye(dim, dtype=torch.float64) if rotation is None else rotation
         self.cov = self.q @ torch.diag(self.s**2) @ self.q.T
 
-    def _coefs(self, path: Path, t: Tensor, x: Tensor):
+    def _coefs(self, path: Interpolant, t: Tensor, x: Tensor):
         t = torch.as_tensor(t, dtype=x.dtype).expand(x.shape[0])[:, None]
         return path.alpha(t), path.sigma(t), path.d_alpha(t), path.d_sigma(t)
 
-    def velocity_fn(self, path: str | Path):
+    def velocity_fn(self, path: str | Interpolant):
         p = get_path(path)
 
         def v(x: Tensor, t: Tensor) -> Tensor:
@@ -38,12 +38,12 @@ class GaussianData:
 
         return v
 
-    def score(self, path: str | Path, x: Tensor, t: Tensor) -> Tensor:
+    def score(self, path: str | Interpolant, x: Tensor, t: Tensor) -> Tensor:
         a, sg, _, _ = self._coefs(get_path(path), t, x)
         var = a**2 * self.s**2 + sg**2
         return -(((x - a * self.mu) @ self.q) / var) @ self.q.T
 
-    def marginal(self, path: str | Path, t: float) -> tuple[Tensor, Tensor]:
+    def marginal(self, path: str | Interpolant, t: float) -> tuple[Tensor, Tensor]:
         """Mean [D] and per-eigendirection variance [D] of x_t."""
         p = get_path(path)
         tt = torch.tensor(t, dtype=torch.float64)

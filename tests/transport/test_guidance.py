@@ -100,21 +100,23 @@ def test_bad_inputs_raise():
     assert model.calls == 0
 
 
-def test_class_guided_wraps_labels_for_sample():
-    from zigma.transport import class_guided
+def test_guided_wraps_any_conditions_for_sample():
+    from zigma.transport import guided
 
-    def toy(x, t, y=None):  # velocity depends on the label
-        return x * 0 + y.float()[:, None]
+    def toy(x, t, y=None, s=None):  # the velocity depends on both conditions
+        return x * 0 + (y + 10 * s).float()[:, None]
 
     x, t = torch.zeros(3, 2), torch.full((3,), 0.5)
-    labels = torch.tensor([1, 2, 3])
-    fn, kw = class_guided(toy, None, None, 3.0)
+    cond = {"y": torch.tensor([1, 2, 3]), "s": torch.tensor([1, 0, 1])}
+    null = {"y": torch.zeros(3, dtype=torch.long), "s": torch.zeros(3, dtype=torch.long)}
+    fn, kw = guided(toy, {}, {}, 1.0)
     assert fn is toy and kw == {}
-    fn, kw = class_guided(toy, labels, 0, 1.0)
-    assert fn is toy and torch.equal(kw["y"], labels)
-    fn, kw = class_guided(toy, labels, 0, 3.0)
+    fn, kw = guided(toy, cond, null, 1.0)
+    assert fn is toy and torch.equal(kw["y"], cond["y"]) and torch.equal(kw["s"], cond["s"])
+    fn, kw = guided(toy, cond, null, 3.0)
     assert kw == {}
     # v_null = 0, so guidance multiplies the conditional velocity by the scale
-    torch.testing.assert_close(fn(x, t), 3.0 * labels.float()[:, None].expand(3, 2))
-    with pytest.raises(ValueError, match="null label"):
-        class_guided(toy, labels, None, 2.0)
+    want = 3.0 * (cond["y"] + 10 * cond["s"]).float()[:, None].expand(3, 2)
+    torch.testing.assert_close(fn(x, t), want)
+    with pytest.raises(ValueError, match="needs a conditional model"):
+        guided(toy, {}, {}, 2.0)

@@ -137,7 +137,7 @@ def _measure(case: BenchCase, s: BenchSettings, row: BenchRow, build) -> None:
     cfg = model.config
     x = torch.randn(s.batch, cfg.in_channels, case.side, case.side, device=s.device)
     t = torch.rand(s.batch, device=s.device)
-    y = torch.randint(0, cfg.num_classes, (s.batch,), device=s.device) if cfg.num_classes else None
+    cond = model.conditioner.example(s.batch, torch.device(s.device))
     dtype = DTYPES[s.dtype]
     device_type = torch.device(s.device).type
 
@@ -146,13 +146,13 @@ def _measure(case: BenchCase, s: BenchSettings, row: BenchRow, build) -> None:
 
     def forward():
         with torch.no_grad(), autocast():
-            return model(x, t, y)
+            return model(x, t, **cond)
 
     model.eval()
     _reset_peak(s.device)
     if s.cuda_graph:  # the launches recorded once: what is left is the GPU's own time
-        graphed = GraphedForward(model, x, t, y, dtype=dtype)
-        row.fwd_ms = time_ms(lambda: graphed(x, t, y), s.device, 1, s.repeats)
+        graphed = GraphedForward(model, x, t, cond, dtype=dtype)
+        row.fwd_ms = time_ms(lambda: graphed(x, t, **cond), s.device, 1, s.repeats)
     else:
         row.fwd_ms = time_ms(forward, s.device, s.warmup, s.repeats)
     row.fwd_fps = s.batch * 1e3 / row.fwd_ms
@@ -166,7 +166,7 @@ def _measure(case: BenchCase, s: BenchSettings, row: BenchRow, build) -> None:
 
     def step():
         with autocast():
-            loss = (model(x, t, y).float() - target).pow(2).mean()
+            loss = (model(x, t, **cond).float() - target).pow(2).mean()
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

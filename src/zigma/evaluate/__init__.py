@@ -1,11 +1,6 @@
-"""Using trained models: sampling to images (metrics arrive in a later release)."""
+"""Using trained models: loading them for sampling and writing samples (metrics come next).
+Drawing samples is ``zigma.generate``'s, shared with the trainer's previews."""
 
-from zigma.evaluate.sampling import (
-    Sampleable,
-    default_labels,
-    generate,
-    load_for_sampling,
-    write_samples,
-)
+from zigma.evaluate.sampling import LoadedModel, load_for_sampling, nonfinite_tensors, write_samples
 
-__all__ = ["Sampleable", "default_labels", "generate", "load_for_sampling", "write_samples"]
+__all__ = ["LoadedModel", "load_for_sampling", "nonfinite_tensors", "write_samples"]

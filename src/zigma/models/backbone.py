@@ -1,20 +1,24 @@
-"""What every denoiser shares (ZigMa and the DiT / U-ViT baselines): the common config fields,
-input checking, patch / time / class embedding, the null class for guidance, unpatchify, gradient
-checkpointing and save/load. Subclasses add only their blocks and output head.
+"""The denoiser contract every backbone keeps (ZigMa and the DiT / U-ViT baselines):
+``model(x, t, **cond)`` -> a prediction shaped like ``x``.
+
+``x`` is [B, C, H, W] or [B, C, T, H, W] (pixels or latents), ``t`` is [B] (or a scalar) time in
+[0, 1], and ``cond`` holds the model's named conditions (``y`` for class labels). The token grid
+(``grid``) owns patches and positions, the conditioner (``conditioner``) owns time and the
+conditions; a subclass adds only its blocks and head.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from zigma.models.layers import LabelEmbedder, PatchEmbed, TimestepEmbedder, sincos_2d, unpatchify
-
-POS_EMBEDS: tuple[str, ...] = ("none", "sincos", "learnable")
+from zigma.models import io
+from zigma.models.conditions import ClassCondition, Condition, Conditioner, Conditioning
+from zigma.models.grid import POS_EMBEDS, GridShape, TokenGrid
 
 
 def require(cond: bool, msg: str) -> None:
@@ -28,18 +32,24 @@ class BackboneConfig:
     """Fields every backbone config has (``ZigMaConfig``, ``DiTConfig``, ``UViTConfig``).
 
     Attributes:
-        input_size: (H, W) of the input image or latent the model is built for; with
-            ``pos_embed`` "none" or "sincos" other sizes divisible by the patch also run.
+        input_size: (H, W) of the image or latent the model is built for, or (T, H, W) for a
+            video; with ``pos_embed`` "none" or "sincos" other sizes divisible by the patch
+            also run.
+        temporal_patch: frames per token of a video model (1: every frame its own tokens).
         num_classes: 0 for an unconditional model; otherwise labels 0..num_classes-1 plus a
             null class ``num_classes`` for classifier-free guidance.
         pos_embed: positional embedding of the patch tokens: a learnable table (initialised to
-            the 2-D sin-cos one), the fixed sin-cos table, or none.
+            the sin-cos one), the fixed sin-cos table, or none.
     """
 
-    input_size: tuple[int, int] = (32, 32)
+    # Whether the token mixer is a scan (a Mamba model): the one place this is asked.
+    uses_scan: ClassVar[bool] = False
+
+    input_size: tuple[int, ...] = (32, 32)
     in_channels: int = 4
     out_channels: int | None = None  # None: same as in_channels
     patch_size: int = 2
+    temporal_patch: int = 1
     hidden_size: int = 768
     depth: int = 24
     num_classes: int = 0
@@ -56,12 +66,27 @@ class BackboneConfig:
 
     def validate(self) -> None:
         """Raise ValueError naming the first invalid field; subclasses extend it."""
-        require(len(self.input_size) == 2, f"input_size must be (H, W), got {self.input_size}")
+        require(
+            len(self.input_size) in (2, 3),
+            f"input_size must be (H, W) or (T, H, W), got {self.input_size}",
+        )
         require(self.patch_size >= 1, f"patch_size must be >= 1, got {self.patch_size}")
-        for name, s in zip(("height", "width"), self.input_size, strict=True):
+        require(self.temporal_patch >= 1, f"temporal_patch must be >= 1, got {self.temporal_patch}")
+        require(
+            self.temporal_patch == 1 or self.is_video,
+            "temporal_patch applies to video models (input_size (T, H, W))",
+        )
+        for name, s in zip(("height", "width"), self.input_size[-2:], strict=True):
             require(
                 s >= 1 and s % self.patch_size == 0,
                 f"input {name} {s} is not a positive multiple of patch_size {self.patch_size}",
+            )
+        if self.is_video:
+            frames = self.input_size[0]
+            require(
+                frames >= 1 and frames % self.temporal_patch == 0,
+                f"{frames} frames are not a positive multiple of temporal_patch "
+                f"{self.temporal_patch}",
             )
         for name in ("in_channels", "out_channels", "hidden_size", "depth"):
             require(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
@@ -81,149 +106,99 @@ class BackboneConfig:
             )
 
     @property
+    def is_video(self) -> bool:
+        return len(self.input_size) == 3
+
+    @property
     def grid_size(self) -> tuple[int, int]:
-        """Tokens per side (h, w) at the configured input size."""
-        return self.input_size[0] // self.patch_size, self.input_size[1] // self.patch_size
+        """Tokens per frame side (h, w) at the configured input size."""
+        return self.input_size[-2] // self.patch_size, self.input_size[-1] // self.patch_size
+
+    @property
+    def grid_shape(self) -> GridShape:
+        """Tokens per axis (frames, h, w) at the configured input size."""
+        frames = self.input_size[0] // self.temporal_patch if self.is_video else 1
+        return GridShape(frames, *self.grid_size)
 
 
 ModelT = TypeVar("ModelT", bound="DiffusionBackbone")
 
+# The optimizer's parameter order of the layout before the token grid and the conditioner
+# (the model's own parameters first, then its children's): version-1 checkpoints store
+# optimizer states by that position.
+_LEGACY_FIRST = ("grid.pos_embed", "extra_pos_embed", "grid.proj.", "conditioner.")
+
 
 class DiffusionBackbone(nn.Module):
-    """A denoiser ``model(x, t, y=None)`` -> prediction with x's shape.
+    """A denoiser ``model(x, t, **cond)`` -> prediction with x's shape (see the module doc).
 
-    x is [B, C, H, W] (image or latent), t is [B] (or a scalar) time in [0, 1], y is [B] class
-    labels (only for class-conditional models; ``model.null_class`` is the CFG null label).
-
-    Builds the patch, time and label embedders and the learnable positional table; a subclass
-    adds its blocks and head, then calls its ``initialize_weights`` (which starts with
-    ``_init_embedders``) last in ``__init__``.
+    Builds the token grid and the conditioner; a subclass adds its blocks and head, then calls
+    its ``initialize_weights`` (which starts with ``_init_embedders``) last in ``__init__``.
     """
+
+    # the conditions a model of this class understands; its config decides which it has
+    condition_types: ClassVar[tuple[type[Condition], ...]] = (ClassCondition,)
 
     def __init__(self, config: BackboneConfig):
         super().__init__()
         self.config = config
-        d, p = config.hidden_size, config.patch_size
-        self.x_embedder = PatchEmbed(config.in_channels, d, p)
-        self.t_embedder = TimestepEmbedder(d)
-        self.y_embedder = (
-            LabelEmbedder(config.num_classes, d, config.class_dropout_prob)
-            if config.num_classes > 0 else None
-        )  # fmt: skip
-        if config.pos_embed == "learnable":
-            h, w = config.grid_size
-            self.pos_embed = nn.Parameter(torch.zeros(1, h * w, d))
+        self.grid = TokenGrid(
+            config.input_size,
+            config.in_channels,
+            config.hidden_size,
+            config.patch_size,
+            config.temporal_patch,
+            config.pos_embed,
+        )
+        conditions = [c.from_config(config) for c in self.condition_types]
+        self.conditioner = Conditioner(config.hidden_size, [c for c in conditions if c])
         self.grad_checkpointing = False
-        self._sincos: tuple[tuple, torch.Tensor] | None = None  # the last fixed table built
+        self.register_load_state_dict_pre_hook(_rename_legacy_keys)
 
     @property
     def is_meta(self) -> bool:
         """Built on the meta device: shapes only (e.g. to count parameters), nothing to init."""
-        return self.x_embedder.proj.weight.is_meta
+        return self.grid.proj.weight.is_meta
 
     def _init_embedders(self) -> None:
-        """The embedders' init (DiT's): patch embedding as a linear layer on flat patches, the
-        learnable table from the sin-cos one, N(0, 0.02) for the time MLP and the labels."""
-        cfg = self.config
-        w = self.x_embedder.proj.weight
-        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-        nn.init.zeros_(self.x_embedder.proj.bias)
-        if cfg.pos_embed == "learnable":  # start from the fixed table when it exists
-            if cfg.hidden_size % 4 == 0:
-                self.pos_embed.data.copy_(sincos_2d(cfg.hidden_size, *cfg.grid_size)[None])
-            else:
-                nn.init.normal_(self.pos_embed, std=0.02)
-        for lin in (self.t_embedder.mlp[0], self.t_embedder.mlp[2]):
+        """The embedders' init (DiT's): the token grid's, N(0, 0.02) for the time MLP and the
+        class embedding."""
+        self.grid.initialize_weights()
+        time = self.conditioner.time
+        for lin in (time.mlp[0], time.mlp[2]):
             nn.init.normal_(lin.weight, std=0.02)
             nn.init.zeros_(lin.bias)
-        if self.y_embedder is not None:
-            nn.init.normal_(self.y_embedder.embedding.weight, std=0.02)
+        if "y" in self.conditioner.conditions:
+            nn.init.normal_(self.conditioner.conditions["y"].embedding.weight, std=0.02)
 
-    # -- helpers ------------------------------------------------------------------------------
+    # -- the contract -------------------------------------------------------------------------
     @property
-    def null_class(self) -> int | None:
-        """Label of the null class used for classifier-free guidance (None if unconditional)."""
-        return None if self.y_embedder is None else self.y_embedder.null_class
+    def condition_names(self) -> tuple[str, ...]:
+        """The keyword conditions ``forward`` takes (all required)."""
+        return self.conditioner.names
 
-    def _check_inputs(self, x, t, y):
-        """Validate ``(x, t, y)``; return t as [B] and y as a tensor (or None)."""
-        cfg = self.config
-        if x.ndim != 4:
-            raise ValueError(f"expected x of shape [B, C, H, W], got {tuple(x.shape)}")
-        b, c, hh, ww = x.shape
-        if c != cfg.in_channels:
-            raise ValueError(
-                f"model expects {cfg.in_channels} input channels, got {c} (x {tuple(x.shape)})"
-            )
-        p = cfg.patch_size
-        if hh % p or ww % p:
-            raise ValueError(f"input {hh}x{ww} is not divisible by patch_size {p}")
-        if cfg.pos_embed == "learnable" and (hh, ww) != cfg.input_size:
-            raise ValueError(
-                f"this model's learnable positional embedding was built for {cfg.input_size[0]}x"
-                f"{cfg.input_size[1]} inputs, got {hh}x{ww}; build it with pos_embed='sincos' or "
-                "'none' to run other sizes"
-            )
+    def null_conditions(self, cond: dict[str, Any]) -> dict[str, Any]:
+        """The null value of each condition in ``cond``: the unconditional branch of guidance."""
+        return self.conditioner.null(cond)
+
+    def conditions_from_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """The model's conditions from a data batch (by each condition's data key)."""
+        return self.conditioner.from_batch(batch)
+
+    def prepare(
+        self, x: torch.Tensor, t: torch.Tensor | float, cond: dict[str, Any]
+    ) -> tuple[GridShape, torch.Tensor, Conditioning]:
+        """Check a call; return its token grid shape, the tokens [B, L, D] with positions and
+        the embedded conditions."""
+        shape = self.grid.check(x)
+        b = x.shape[0]
         t = torch.as_tensor(t, device=x.device)
         if t.ndim == 0:
             t = t.expand(b)
         if t.shape != (b,):
             raise ValueError(f"t must be a scalar or have shape [{b}], got {tuple(t.shape)}")
-        if self.y_embedder is None:
-            if y is not None:
-                raise ValueError(
-                    "this model is unconditional (num_classes=0) but labels y were given"
-                )
-        else:
-            if y is None:
-                raise ValueError(
-                    f"this model is class-conditional: pass labels y [B] in 0..{cfg.num_classes}"
-                    f" ({cfg.num_classes} = null class)"
-                )
-            y = torch.as_tensor(y, device=x.device)
-            if y.shape != (b,) or y.dtype not in (torch.int32, torch.int64):
-                raise ValueError(
-                    f"y must be integer labels of shape [{b}], got {y.dtype} {tuple(y.shape)}"
-                )
-            # Range check only off-GPU: on CUDA it would force a device sync every step.
-            if not y.is_cuda and (y.min() < 0 or y.max() > cfg.num_classes):
-                raise ValueError(f"labels must be in 0..{cfg.num_classes}, got {y.tolist()}")
-        return t, y
-
-    def token_grid(self, x: torch.Tensor) -> tuple[int, int]:
-        """(h, w) tokens per side for input x."""
-        p = self.config.patch_size
-        return x.shape[2] // p, x.shape[3] // p
-
-    def embed_patches(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, C, H, W] -> patch tokens [B, L, D] in raster order, positional embedding added."""
-        tokens = self.x_embedder(x)
-        if self.config.pos_embed == "learnable":
-            tokens = tokens + self.pos_embed
-        elif self.config.pos_embed == "sincos":
-            tokens = tokens + self._sincos_table(*self.token_grid(x), tokens)
-        return tokens
-
-    def _sincos_table(self, h: int, w: int, like: torch.Tensor) -> torch.Tensor:
-        """The fixed sin-cos table for an h x w grid in ``like``'s dtype and device, kept
-        between calls: building it on the host and copying it costs more than a DiT-B layer
-        at 38k tokens, and a CUDA graph cannot capture the copy."""
-        key = (h, w, like.device, like.dtype)
-        if self._sincos is None or self._sincos[0] != key:
-            table = sincos_2d(self.config.hidden_size, h, w).to(like)
-            self._sincos = (key, table)
-        return self._sincos[1]
-
-    def embed_condition(self, t: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-        """The adaLN condition c [B, D]: time embedding plus class embedding (if conditional)."""
-        c = self.t_embedder(t)
-        if self.y_embedder is not None:
-            c = c + self.y_embedder(y)
-        return c
-
-    def unpatchify(self, out: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        """[B, h*w, p*p*C_out] -> [B, C_out, h*p, w*p]."""
-        return unpatchify(out, h, w, self.config.patch_size)
+        cond = self.conditioner.check(cond, b, x.device)
+        return shape, self.grid(x, shape), self.conditioner(t, cond)
 
     def run_block(self, block: nn.Module, *args) -> torch.Tensor:
         """``block(*args)``, recomputed in the backward pass if ``grad_checkpointing`` is on."""
@@ -231,19 +206,38 @@ class DiffusionBackbone(nn.Module):
             return checkpoint(block, *args, use_reentrant=False)
         return block(*args)
 
+    def legacy_parameter_order(self) -> list[str]:
+        """Parameter names in the order the layout before the token grid and conditioner
+        listed them (the order of optimizer states in version-1 checkpoints)."""
+        names = [n for n, _ in self.named_parameters()]
+
+        def group(name: str) -> int:
+            for i, prefix in enumerate(_LEGACY_FIRST):
+                if name == prefix or (prefix.endswith(".") and name.startswith(prefix)):
+                    return i
+            return len(_LEGACY_FIRST)
+
+        return sorted(names, key=group)  # stable: keeps the order within a group
+
+    def check_loaded(self) -> None:
+        """Raise ValueError if loaded weights or buffers are unusable (subclasses extend it)."""
+
     # -- persistence --------------------------------------------------------------------------
     def save_pretrained(self, directory) -> None:
         """Write ``config.json`` + ``model.safetensors`` to ``directory`` (no pickle)."""
-        from zigma.models.io import save_pretrained
-
-        save_pretrained(self, directory)
+        io.save_pretrained(self, directory)
 
     @classmethod
     def from_pretrained(cls: type[ModelT], directory, map_location="cpu") -> ModelT:
         """Rebuild a model saved with ``save_pretrained`` exactly."""
-        from zigma.models.io import from_pretrained
-
-        model = from_pretrained(directory, map_location=map_location)
+        model = io.from_pretrained(directory, map_location=map_location)
         if not isinstance(model, cls):
             raise ValueError(f"{directory} holds a {type(model).__name__}, not a {cls.__name__}")
         return model
+
+
+def _rename_legacy_keys(module, state_dict, prefix, *args) -> None:
+    for key in [k for k in state_dict if k.startswith(prefix)]:
+        new = prefix + io.rename_legacy_key(key[len(prefix) :])
+        if new != key and new not in state_dict:
+            state_dict[new] = state_dict.pop(key)

@@ -1,8 +1,9 @@
 """DiT baseline (Peebles & Xie, 2023; ZigMa paper Table 5, Fig. 6a/b): the ZigMa stack with
 self-attention + MLP blocks under adaLN-Zero instead of the Mamba mixer.
 
-Embedders, conditioning, final layer, input checks and save/load are ZigMa's
-(``DiffusionBackbone``); attention goes through ``F.scaled_dot_product_attention``.
+Token grid, conditioning, final layer, input checks and save/load are ZigMa's
+(``DiffusionBackbone``); attention goes through ``F.scaled_dot_product_attention``. On a video
+every token attends to every other (full spatio-temporal attention).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from zigma.models.layers import (
     modulate,
     zero_,
 )
+from zigma.models.registry import register_family, sized_presets
 
 
 @dataclass
@@ -70,15 +72,15 @@ class DiTBlock(nn.Module):
 
 
 class DiT(DiffusionBackbone):
-    """DiT denoiser: ``model(x, t, y=None)`` -> prediction with x's shape (as ``ZigMa``)."""
+    """DiT denoiser: ``model(x, t, **cond)`` -> prediction with x's shape (as ``ZigMa``)."""
 
     config: DiTConfig
 
     def __init__(self, config: DiTConfig):
-        super().__init__(config)  # patch / time / label embedders, learnable positions
-        d, p = config.hidden_size, config.patch_size
+        super().__init__(config)  # token grid, time and condition embedders
+        d = config.hidden_size
         self.blocks = nn.ModuleList(DiTBlock(config) for _ in range(config.depth))
-        self.final_layer = FinalLayer(d, p, config.out_channels, "layernorm")
+        self.final_layer = FinalLayer(d, self.grid.patch_volume, config.out_channels, "layernorm")
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
@@ -95,14 +97,15 @@ class DiT(DiffusionBackbone):
             zero_(block.adaLN.linear)
         zero_(self.final_layer.adaLN.linear, self.final_layer.linear)
 
-    def forward(
-        self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        t, y = self._check_inputs(x, t, y)
-        h, w = self.token_grid(x)
-        tokens = self.embed_patches(x)  # [B, L, D]
-        c = self.embed_condition(t, y)  # [B, D]
+    def forward(self, x: torch.Tensor, t: torch.Tensor, **cond) -> torch.Tensor:
+        shape, tokens, conditioning = self.prepare(x, t, cond)  # tokens [B, L, D]
+        c = conditioning.vector  # [B, D]
         for block in self.blocks:
             tokens = self.run_block(block, tokens, c)  # [B, L, D]
-        out = self.final_layer(tokens, c)  # [B, L, p*p*C_out]
-        return self.unpatchify(out, h, w)
+        out = self.final_layer(tokens, c)  # [B, L, pt*p*p*C_out]
+        return self.grid.unpatchify(out, shape)
+
+
+register_family(
+    "DiT", DiT, DiTConfig, sized_presets("DiT", {"S": 12, "B": 12, "L": 24, "XL": 28}, heads=True)
+)

@@ -1,8 +1,8 @@
 """A denoiser's forward replayed as one CUDA graph.
 
 At batch 1 a ZigMa-B forward is about a thousand small kernels; below ~16k tokens launching
-them from Python takes longer than running them (H200: 27 ms eager at 1024 and 4096 tokens
-alike). A graph records the launches once and replays them in one call. Shapes, dtypes and
+them from Python takes longer than running them (BENCHMARKS.md has the figures). A graph
+records the launches once and replays them in one call. Shapes, dtypes and
 the device are fixed at capture; the inputs are copied into the graph's own buffers.
 """
 
@@ -16,18 +16,20 @@ from torch import nn
 
 
 class GraphedForward:
-    """``model(x, t, y)`` under ``torch.no_grad()`` (and bf16/fp16 autocast if ``dtype`` is
+    """``model(x, t, **cond)`` under ``torch.no_grad()`` (and bf16/fp16 autocast if ``dtype`` is
     given), captured for the shapes of the example inputs.
 
-    Calling it copies ``x, t, y`` into the captured input buffers and replays the graph. The
+    Calling it copies ``x``, ``t`` and every condition tensor into the captured input buffers
+    and replays the graph. The
     returned tensor is the graph's output buffer: the next call overwrites it (clone it to
     keep it). The model's weights are read in place, so weight updates are seen; a change of
     shapes, dtype or device needs a new capture.
 
     Args:
-        model: the denoiser (``DiffusionBackbone`` or any ``model(x, t, y)``), on a CUDA
+        model: the denoiser (``DiffusionBackbone`` or any ``model(x, t, **cond)``), on a CUDA
             device, in the mode it should run in (``eval()`` for sampling).
-        x, t, y: example inputs (``y`` None for unconditional models).
+        x, t: example inputs.
+        cond: example conditions by name (tensors, or None for an absent optional one).
         dtype: autocast dtype, or None to run in the weights' dtype.
         warmup: eager calls on a side stream before the capture (Triton compiles, cuBLAS
             picks its kernels, caches fill).
@@ -41,14 +43,15 @@ class GraphedForward:
         model: nn.Module | Callable,
         x: torch.Tensor,
         t: torch.Tensor,
-        y: torch.Tensor | None = None,
+        cond: dict[str, torch.Tensor | None] | None = None,
         dtype: torch.dtype | None = None,
         warmup: int = 2,
     ) -> None:
         if x.device.type != "cuda" or t.device != x.device:
             raise ValueError(f"CUDA graphs need CUDA inputs, got x on {x.device}, t on {t.device}")
         self.model, self.dtype = model, dtype
-        self.inputs = [x.clone(), t.clone(), None if y is None else y.clone()]
+        self.inputs = {"x": x.clone(), "t": t.clone()}
+        self.cond = {k: None if v is None else v.clone() for k, v in (cond or {}).items()}
         side = torch.cuda.Stream(x.device)
         side.wait_stream(torch.cuda.current_stream(x.device))
         with torch.cuda.stream(side):
@@ -68,19 +71,23 @@ class GraphedForward:
             else contextlib.nullcontext()
         )
         with torch.no_grad(), cast:
-            return self.model(*self.inputs)
+            return self.model(self.inputs["x"], self.inputs["t"], **self.cond)
 
-    def __call__(
-        self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        for name, buf, new in zip("xty", self.inputs, (x, t, y), strict=True):
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, **cond) -> torch.Tensor:
+        if set(cond) != set(self.cond):
+            raise ValueError(
+                f"conditions {sorted(cond)} but the graph was captured with {sorted(self.cond)}"
+            )
+        pairs = [(self.inputs["x"], x, "x"), (self.inputs["t"], t, "t")]
+        pairs += [(self.cond[k], cond[k], k) for k in self.cond]
+        for buf, new, name in pairs:
             if (buf is None) != (new is None) or (
                 buf is not None and (new.shape != buf.shape or new.device != buf.device)
             ):
                 want = None if buf is None else tuple(buf.shape)
                 got = None if new is None else tuple(new.shape)
                 raise ValueError(f"{name} is {got} but the graph was captured for {want}")
-        for buf, new in zip(self.inputs, (x, t, y), strict=True):
+        for buf, new, _ in pairs:
             if buf is not None:
                 buf.copy_(new)
         self.graph.replay()
@@ -88,7 +95,7 @@ class GraphedForward:
 
 
 class GraphCache:
-    """``model(x, t, y)`` through CUDA graphs: one ``GraphedForward`` per set of input shapes
+    """``model(x, t, **cond)`` through CUDA graphs: one ``GraphedForward`` per set of input shapes
     (a sampler calls the model with the same shapes at every step; a last, smaller batch gets
     its own graph). Returns a copy of the output, so callers may keep it across calls.
 
@@ -101,13 +108,12 @@ class GraphCache:
         self.model, self.dtype = model, dtype
         self.graphs: dict[tuple, GraphedForward] = {}
 
-    def __call__(
-        self, x: torch.Tensor, t: torch.Tensor | float, y: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, t: torch.Tensor | float, **cond) -> torch.Tensor:
         t = torch.as_tensor(t, device=x.device)
-        key = (tuple(x.shape), x.dtype, tuple(t.shape), t.dtype,
-               None if y is None else (tuple(y.shape), y.dtype))  # fmt: skip
+        key = (tuple(x.shape), x.dtype, tuple(t.shape), t.dtype) + tuple(
+            (k, None if v is None else (tuple(v.shape), v.dtype)) for k, v in sorted(cond.items())
+        )
         graphed = self.graphs.get(key)
         if graphed is None:
-            graphed = self.graphs[key] = GraphedForward(self.model, x, t, y, dtype=self.dtype)
-        return graphed(x, t, y).clone()
+            graphed = self.graphs[key] = GraphedForward(self.model, x, t, cond, dtype=self.dtype)
+        return graphed(x, t, **cond).clone()

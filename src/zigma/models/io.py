@@ -18,23 +18,29 @@ from safetensors.torch import load_file, save_file
 import zigma
 from zigma.artifacts import CONFIG_NAME, WEIGHTS_NAME, atomic_write, read_json_object
 from zigma.config import ConfigError, from_dict, short_repr, to_dict
-from zigma.models.dit import DiT, DiTConfig
-from zigma.models.uvit import UViT, UViTConfig
-from zigma.models.zigma import ZigMa, ZigMaConfig
+from zigma.models.registry import FAMILIES, family_of
 
-# class name in config.json -> (model class, its config dataclass)
-MODEL_CLASSES: dict[str, tuple[type[torch.nn.Module], type]] = {
-    "ZigMa": (ZigMa, ZigMaConfig),
-    "DiT": (DiT, DiTConfig),
-    "UViT": (UViT, UViTConfig),
-}
+# Parameter names of the layout before the token grid and the conditioner existed: files
+# saved then still load (``rename_legacy_key`` maps them, at load and in header checks).
+LEGACY_KEYS = (
+    ("x_embedder.", "grid."),
+    ("pos_embed", "grid.pos_embed"),
+    ("t_embedder.", "conditioner.time."),
+    ("y_embedder.embedding.", "conditioner.conditions.y.embedding."),
+)
+
+
+def rename_legacy_key(key: str) -> str:
+    """A parameter name of the earlier layout, renamed; any other name unchanged."""
+    for old, new in LEGACY_KEYS:
+        if key == old or (old.endswith(".") and key.startswith(old)):
+            return new + key[len(old) :]
+    return key
 
 
 def model_class_name(model: torch.nn.Module) -> str:
-    for name, (cls, _) in MODEL_CLASSES.items():
-        if type(model) is cls:
-            return name
-    raise TypeError(f"{type(model).__name__} is not a registered zigma model class")
+    """The name ``config.json`` stores for the model's family."""
+    return family_of(model).name
 
 
 def save_pretrained(model: torch.nn.Module, directory: str | os.PathLike) -> Path:
@@ -73,11 +79,11 @@ def read_config(directory: str | os.PathLike, config_name: str = CONFIG_NAME):
             f"{path} is not a zigma model config (expected keys class, zigma_version, config)"
         )
     name = meta["class"]
-    if not isinstance(name, str) or name not in MODEL_CLASSES:
+    if not isinstance(name, str) or name not in FAMILIES:
         raise ValueError(
-            f"{path}: unknown model class {short_repr(name)}; known: {', '.join(MODEL_CLASSES)}"
+            f"{path}: unknown model class {short_repr(name)}; known: {', '.join(FAMILIES)}"
         )
-    cls, cfg_cls = MODEL_CLASSES[name]
+    cls, cfg_cls = FAMILIES[name].model_class, FAMILIES[name].config_class
     try:
         config = from_dict(cfg_cls, meta["config"])
     except ConfigError as e:
@@ -190,7 +196,7 @@ def from_pretrained(
     where, weights = directory / config_name, directory / weights_name
     if not weights.is_file():
         raise FileNotFoundError(f"{weights} not found")
-    header = read_header(weights)
+    header = {rename_legacy_key(k): v for k, v in read_header(weights).items()}
     _check_buildable(config, header, where, weights)
     expected = expected_state(cls, config, where)
     check_weights(expected, header, weights, where)
@@ -203,8 +209,7 @@ def from_pretrained(
     model = model.to_empty(device="cpu")  # every entry is overwritten by the strict load
     try:
         model.load_state_dict(state, strict=True)
-        if isinstance(model, ZigMa):  # the saved orders must be permutations: check them now
-            model.orders_for(*config.grid_size, torch.device("cpu"))
+        model.check_loaded()  # e.g. saved scan orders must be permutations
     except (RuntimeError, ValueError) as e:
         raise ValueError(f"{weights} does not match {where.name}: {e}") from e
     return model.to(map_location)

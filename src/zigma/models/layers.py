@@ -1,6 +1,6 @@
-"""Layers shared by every backbone: patch embedding, positional, timestep and class embeddings,
-adaLN modulation, the final layer (DiT-style; paper §3.2, Fig. 4), and the attention and MLP
-of the transformer baselines.
+"""Layers shared by every backbone: sin-cos tables, the timestep embedding, adaLN modulation,
+the final layer (DiT-style; paper §3.2, Fig. 4), and the attention and MLP of the transformer
+baselines.
 
 Baselines (DiT, U-ViT, Vision-Mamba) reuse these so that only the token mixer differs.
 """
@@ -33,24 +33,6 @@ def make_norm(kind: str, dim: int, eps: float = 1e-6) -> nn.Module:
     if kind == "rmsnorm":
         return nn.RMSNorm(dim, elementwise_affine=False, eps=eps)
     raise ValueError(f"unknown norm {kind!r}; choose 'layernorm' or 'rmsnorm'")
-
-
-class PatchEmbed(nn.Module):
-    """Non-overlapping p×p patches -> tokens [B, h*w, D] in row-major (raster) order."""
-
-    def __init__(self, in_channels: int, hidden_size: int, patch_size: int):
-        super().__init__()
-        self.patch_size = patch_size
-        self.proj = nn.Conv2d(in_channels, hidden_size, patch_size, stride=patch_size)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return rearrange(self.proj(x), "b d h w -> b (h w) d")
-
-
-def unpatchify(x: torch.Tensor, h: int, w: int, patch_size: int) -> torch.Tensor:
-    """Inverse of PatchEmbed's token layout: [B, h*w, p*p*C] -> [B, C, h*p, w*p]."""
-    p = patch_size
-    return rearrange(x, "b (h w) (p q c) -> b c (h p) (w q)", h=h, w=w, p=p, q=p)
 
 
 def sincos_1d(dim: int, positions: torch.Tensor) -> torch.Tensor:
@@ -97,27 +79,6 @@ class TimestepEmbedder(nn.Module):
         return self.mlp(feats.to(self.mlp[0].weight.dtype))
 
 
-class LabelEmbedder(nn.Module):
-    """Class labels -> [B, D], with an extra learned null class (index ``num_classes``) used for
-    classifier-free guidance; during training labels are dropped to it with ``dropout_prob``."""
-
-    def __init__(self, num_classes: int, hidden_size: int, dropout_prob: float):
-        super().__init__()
-        self.num_classes = num_classes
-        self.dropout_prob = dropout_prob
-        self.embedding = nn.Embedding(num_classes + 1, hidden_size)
-
-    @property
-    def null_class(self) -> int:
-        return self.num_classes
-
-    def forward(self, labels: torch.Tensor) -> torch.Tensor:
-        if self.training and self.dropout_prob > 0:
-            drop = torch.rand(labels.shape, device=labels.device) < self.dropout_prob
-            labels = torch.where(drop, torch.full_like(labels, self.null_class), labels)
-        return self.embedding(labels)
-
-
 class AdaLN(nn.Module):
     """SiLU -> Linear(D -> n*D) producing n modulation vectors from the condition c [B, D].
     Zero-initialised by the model, so every modulated branch starts switched off."""
@@ -132,15 +93,16 @@ class AdaLN(nn.Module):
 
 
 class FinalLayer(nn.Module):
-    """norm -> adaLN (shift, scale) -> Linear to p*p*C_out per token."""
+    """norm -> adaLN (shift, scale) -> Linear to the output pixels of a token
+    (``patch_volume`` = pt*p*p of them, times ``out_channels``)."""
 
     def __init__(
-        self, hidden_size: int, patch_size: int, out_channels: int, norm: str = "layernorm"
+        self, hidden_size: int, patch_volume: int, out_channels: int, norm: str = "layernorm"
     ):
         super().__init__()
         self.norm = make_norm(norm, hidden_size)
         self.adaLN = AdaLN(hidden_size, 2)
-        self.linear = nn.Linear(hidden_size, patch_size * patch_size * out_channels)
+        self.linear = nn.Linear(hidden_size, patch_volume * out_channels)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         shift, scale = self.adaLN(c)

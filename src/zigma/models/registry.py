@@ -1,111 +1,139 @@
-"""Model presets by name (``ZigMa-B/2``, ``DiT-B/2`` ...), as DiT names its models.
+"""The one table of model families: each family is a model class, its config class and its
+presets by name (``ZigMa-B/2``, ``DiT-B/2`` ...), as DiT names its models.
+
+A model module registers its family with one ``register_family`` call at its end; save/load,
+``create_model``, the training config's model section and ``zigma models`` read this table.
 
 ZigMa widths match DiT's S/B/L/XL and depths are twice DiT's: a ZigMa block (Mamba mixer +
 adaLN, about 9·D² parameters) is half a DiT block (attention + MLP + adaLN, about 18·D²), so each
-preset has about the parameter count of the DiT preset of the same name.
-
-The baselines keep ZigMa's width per size and take the depth that brings their parameter count
-closest to the ZigMa preset of the same size and patch (within 5%, measured at the default 4x32x32
-unconditional input; see tests/models/test_baselines.py), except DiT, which keeps DiT's own
-depths and heads so that ``DiT-XL/2`` is the published model (DiT-S is 5.5-6.5% smaller than
-ZigMa-S):
-
-    family        model  config                                   S   B   L   XL   (depth)
-    ZigMa-*       ZigMa  zigzag, 8 orders, one per layer          24  24  48  56
-    Sweep-*       ZigMa  scan="sweep" (raster every layer)        24  24  48  56
-    Vim-*         ZigMa  scan="bidirectional" (Vision Mamba v2)   23  23  46  54
-    ZigMa-par4-*  ZigMa  zigzag, 4 orders in every layer          21  21  43  50
-    ZigMa-par8-*  ZigMa  zigzag, 8 orders in every layer          17  19  38  44
-    DiT-*         DiT    adaLN-Zero attention, heads 6/12/16/16   12  12  24  28
-    U-ViT-*       UViT   tokens + long skips, heads 6/12/16/16    17  17  35  41
+preset has about the parameter count of the DiT preset of the same name. Baselines keep ZigMa's
+width per size and take the depth that brings them closest to the ZigMa preset of the same size
+(within 5%, tests/models/test_baselines.py), except DiT, which keeps its published depths and
+heads (DiT-S is 5.5-6.5% smaller than ZigMa-S).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-import torch
+from zigma.config import ConfigError, suggest
 
-from zigma.config import ConfigError
-from zigma.models.backbone import BackboneConfig
-from zigma.models.dit import DiT
-from zigma.models.io import MODEL_CLASSES
-from zigma.models.uvit import UViT
-from zigma.models.zigma import ZigMa
+if TYPE_CHECKING:
+    from torch import nn
+
+    from zigma.models.backbone import BackboneConfig
 
 PATCH_SIZES = (1, 2, 4)
-_WIDTHS = {"S": 384, "B": 768, "L": 1024, "XL": 1152}
-_HEADS = {"S": 6, "B": 12, "L": 16, "XL": 16}  # DiT's (head width 64, 64, 64, 72)
+WIDTHS = {"S": 384, "B": 768, "L": 1024, "XL": 1152}
+HEADS = {"S": 6, "B": 12, "L": 16, "XL": 16}  # DiT's (head width 64, 64, 64, 72)
 
-# family -> (model class, fixed config fields, depth per size); the module docstring's table.
-_FAMILIES: dict[str, tuple[type[torch.nn.Module], dict, dict[str, int]]] = {
-    "ZigMa": (ZigMa, {}, {"S": 24, "B": 24, "L": 48, "XL": 56}),
-    "Sweep": (ZigMa, {"scan": "sweep"}, {"S": 24, "B": 24, "L": 48, "XL": 56}),
-    "Vim": (ZigMa, {"scan": "bidirectional"}, {"S": 23, "B": 23, "L": 46, "XL": 54}),
-    "ZigMa-par4": (
-        ZigMa,
-        {"scan_mode": "parallel", "num_orders": 4},
-        {"S": 21, "B": 21, "L": 43, "XL": 50},
-    ),
-    "ZigMa-par8": (
-        ZigMa,
-        {"scan_mode": "parallel", "num_orders": 8},
-        {"S": 17, "B": 19, "L": 38, "XL": 44},
-    ),
-    "DiT": (DiT, {}, {"S": 12, "B": 12, "L": 24, "XL": 28}),
-    "U-ViT": (UViT, {}, {"S": 17, "B": 17, "L": 35, "XL": 41}),
-}
 
-# name -> (model class, config fields); one explicit table, nothing generated at call time.
-PRESETS: dict[str, tuple[type[torch.nn.Module], dict]] = {
-    f"{family}-{size}/{patch}": (
-        cls,
-        {
+@dataclass(frozen=True)
+class Family:
+    """A model class, its config dataclass and its presets (name -> config fields).
+
+    ``name`` is what ``config.json`` stores as the model's class, so it never changes once
+    models of the family have been saved.
+    """
+
+    name: str
+    model_class: type[nn.Module]
+    config_class: type[BackboneConfig]
+    presets: dict[str, dict[str, Any]]
+
+
+FAMILIES: dict[str, Family] = {}
+PRESETS: dict[str, tuple[Family, dict[str, Any]]] = {}
+
+
+def register_family(
+    name: str,
+    model_class: type[nn.Module],
+    config_class: type[BackboneConfig],
+    presets: dict[str, dict[str, Any]],
+) -> Family:
+    """Add a family; its presets become buildable by name and its models saveable.
+
+    Raises:
+        ValueError: the family name, its model class or one of its preset names is taken.
+    """
+    if name in FAMILIES or any(f.model_class is model_class for f in FAMILIES.values()):
+        raise ValueError(f"model family {name!r} ({model_class.__name__}) is already registered")
+    taken = sorted(set(presets) & set(PRESETS))
+    if taken:
+        raise ValueError(f"preset names already registered: {', '.join(taken)}")
+    family = Family(name, model_class, config_class, dict(presets))
+    FAMILIES[name] = family
+    PRESETS.update({p: (family, fields) for p, fields in presets.items()})
+    return family
+
+
+def sized_presets(
+    prefix: str, depths: dict[str, int], fields: dict[str, Any] | None = None, heads: bool = False
+) -> dict[str, dict[str, Any]]:
+    """``{prefix}-{S,B,L,XL}/{1,2,4}`` presets: DiT's widths, ``depths`` per size, ``fields``
+    on top (and DiT's head counts when ``heads``)."""
+    return {
+        f"{prefix}-{size}/{patch}": {
             "hidden_size": width,
             "depth": depths[size],
             "patch_size": patch,
-            **({"num_heads": _HEADS[size]} if cls is not ZigMa else {}),
-            **fields,
-        },
-    )
-    for family, (cls, fields, depths) in _FAMILIES.items()
-    for size, width in _WIDTHS.items()
-    for patch in PATCH_SIZES
-}
+            **({"num_heads": HEADS[size]} if heads else {}),
+            **(fields or {}),
+        }
+        for size, width in WIDTHS.items()
+        for patch in PATCH_SIZES
+    }
 
-# model class -> its config dataclass (io's table of saveable classes)
-CONFIG_CLASSES: dict[type[torch.nn.Module], type] = {
-    cls: cfg_cls for cls, cfg_cls in MODEL_CLASSES.values()
-}
+
+def family_of(model_or_class: nn.Module | type) -> Family:
+    """The family a model (or model class) belongs to.
+
+    Raises:
+        TypeError: the class was never registered.
+    """
+    cls = model_or_class if isinstance(model_or_class, type) else type(model_or_class)
+    for family in FAMILIES.values():
+        if family.model_class is cls:
+            return family
+    raise TypeError(f"{cls.__name__} is not a registered zigma model class (register_family)")
+
+
+def config_classes() -> list[type[BackboneConfig]]:
+    """Every family's config class, in registration order (the train config's model section
+    is the union of their fields)."""
+    return [f.config_class for f in FAMILIES.values()]
 
 
 def list_models() -> list[str]:
-    """Names of every preset, in table order."""
+    """Names of every preset, in registration order."""
     return list(PRESETS)
 
 
-def preset_config(name: str, **overrides) -> BackboneConfig:
-    """The config of preset ``name`` (a ZigMaConfig, DiTConfig or UViTConfig) with
-    ``overrides`` (any field of that config) applied."""
+def preset_family(name: str) -> Family:
     if name not in PRESETS:
-        close = difflib.get_close_matches(name, PRESETS, n=3, cutoff=0.4)
-        hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        raise ValueError(f"unknown model {name!r}{hint}; choose from: {', '.join(PRESETS)}")
-    cls, fields = PRESETS[name]
-    cfg_cls = CONFIG_CLASSES[cls]
-    valid = {f.name for f in dataclasses.fields(cfg_cls)}
+        raise ValueError(
+            f"unknown model {name!r}{suggest(name, PRESETS)}; choose from: {', '.join(PRESETS)}"
+        )
+    return PRESETS[name][0]
+
+
+def preset_config(name: str, **overrides) -> BackboneConfig:
+    """The config of preset ``name`` with ``overrides`` (any field of its config) applied."""
+    family = preset_family(name)
+    valid = {f.name for f in dataclasses.fields(family.config_class)}
     for key in overrides:
         if key not in valid:
-            close = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
-            hint = f" (did you mean {', '.join(close)}?)" if close else ""
-            raise ConfigError(f"unknown {cfg_cls.__name__} field {key!r}{hint}")
-    return cfg_cls(**{**fields, **overrides})
+            raise ConfigError(
+                f"unknown {family.config_class.__name__} field {key!r}{suggest(key, valid)}"
+            )
+    return family.config_class(**{**PRESETS[name][1], **overrides})
 
 
-def create_model(name: str, **overrides) -> torch.nn.Module:
+def create_model(name: str, **overrides) -> nn.Module:
     """Build preset ``name``; e.g. ``create_model("ZigMa-B/2", num_classes=10, scan="sweep")``
     or ``create_model("DiT-S/2", input_size=64)``."""
-    cls, _ = PRESETS.get(name, (None, None))
     config = preset_config(name, **overrides)
-    return cls(config)
+    return preset_family(name).model_class(config)

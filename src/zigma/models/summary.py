@@ -91,11 +91,11 @@ def count_flops(model: torch.nn.Module, batch_size: int = 1, input_size=None) ->
     divide ``matmul`` by two to compare with those tables.
     """
     cfg = model.config
-    h, w = cfg.input_size if input_size is None else input_size
+    size = cfg.input_size if input_size is None else tuple(input_size)
     device = next(model.parameters()).device
-    x = torch.zeros(batch_size, cfg.in_channels, h, w, device=device)
+    x = torch.zeros(batch_size, cfg.in_channels, *size, device=device)
     t = torch.zeros(batch_size, device=device)
-    y = None if cfg.num_classes == 0 else torch.zeros(batch_size, dtype=torch.long, device=device)
+    cond = model.conditioner.example(batch_size, device)
     was_training = model.training
     model.eval()
     try:
@@ -104,7 +104,7 @@ def count_flops(model: torch.nn.Module, batch_size: int = 1, input_size=None) ->
             _flop_counter() as counter,
             count_scan_flops() as scan,
         ):
-            model(x, t, y)
+            model(x, t, **cond)
     finally:
         model.train(was_training)
     return FlopCount(matmul=int(counter.get_total_flops()), scan=int(scan.flops))
@@ -113,10 +113,12 @@ def count_flops(model: torch.nn.Module, batch_size: int = 1, input_size=None) ->
 def summarize(model: torch.nn.Module, name: str | None = None, flops: bool = True) -> str:
     """A short human-readable description of a model (used by ``zigma info``)."""
     cfg = model.config
-    h, w = cfg.grid_size
-    if hasattr(cfg, "scan"):  # a ZigMa (or one of its Mamba baselines)
+    shape = cfg.grid_shape
+    if cfg.uses_scan:  # a ZigMa (or one of its Mamba baselines)
         if cfg.scan_mode == "parallel":
             mixer = f" ({cfg.num_orders} orders in parallel in every layer)"
+        elif cfg.is_video:
+            mixer = f" ({cfg.num_orders} orders; layers {cfg.scan_pattern or 'sst'} repeated)"
         elif cfg.num_orders > 1:
             mixer = f" ({cfg.num_orders} orders, layer i uses order i mod {cfg.num_orders})"
         else:
@@ -124,15 +126,20 @@ def summarize(model: torch.nn.Module, name: str | None = None, flops: bool = Tru
         mixer = f"  scan             {cfg.scan}{mixer}"
     else:
         mixer = f"  attention        {cfg.num_heads} heads (scaled_dot_product_attention)"
+    size = "x".join(map(str, (cfg.in_channels, *cfg.input_size)))
+    grid = (
+        f"{shape.frames}x{shape.height}x{shape.width}"
+        if cfg.is_video
+        else (f"{shape.height}x{shape.width}")
+    )
+    patch = f"{cfg.temporal_patch}x{cfg.patch_size}" if cfg.is_video else str(cfg.patch_size)
     lines = [
         f"{name or type(model).__name__}",
-        f"  input            {cfg.in_channels}x{cfg.input_size[0]}x{cfg.input_size[1]}"
-        f" -> {h}x{w} = {h * w} tokens (patch {cfg.patch_size})",
+        f"  input            {size} -> {grid} = {shape.length} tokens (patch {patch})",
         f"  width x depth    {cfg.hidden_size} x {cfg.depth}",
         mixer,
         f"  positional emb.  {cfg.pos_embed}",
-        "  conditioning     "
-        + (f"{cfg.num_classes} classes + null class (CFG)" if cfg.num_classes else "unconditional"),
+        f"  conditioning     {model.conditioner.describe()}",
         f"  parameters       {count_parameters(model) / 1e6:.2f} M",
     ]
     if flops:

@@ -2,10 +2,10 @@
 class and image patches all as tokens, with long skip connections from the shallow half of the
 blocks to the deep half.
 
-Patch, time and class embedders, input checks and save/load are ZigMa's (``DiffusionBackbone``);
-attention goes through ``F.scaled_dot_product_attention``. Differences from the U-ViT code: the
-time token comes from ZigMa's timestep MLP, the patch-token positions may be sin-cos or none,
-and the learnable table starts from the sin-cos one.
+Token grid, time and class embedders, input checks and save/load are ZigMa's
+(``DiffusionBackbone``); attention goes through ``F.scaled_dot_product_attention``. Differences
+from the U-ViT code: the time token comes from ZigMa's timestep MLP, the patch-token positions
+may be sin-cos or none, and the learnable table starts from the sin-cos one.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from torch import nn
 
 from zigma.models.backbone import BackboneConfig, DiffusionBackbone, require
 from zigma.models.layers import Attention, Mlp
+from zigma.models.registry import register_family, sized_presets
 
 
 @dataclass
@@ -50,11 +51,6 @@ class UViTConfig(BackboneConfig):
         )
         require(self.mlp_ratio > 0, f"mlp_ratio must be > 0, got {self.mlp_ratio}")
 
-    @property
-    def num_extra_tokens(self) -> int:
-        """Condition tokens before the patches: time, and the class if conditional."""
-        return 1 + (self.num_classes > 0)
-
 
 class UViTBlock(nn.Module):
     """Pre-norm attention + MLP; an out-block first fuses its long skip: Linear(concat)."""
@@ -76,21 +72,24 @@ class UViTBlock(nn.Module):
 
 
 class UViT(DiffusionBackbone):
-    """U-ViT denoiser: ``model(x, t, y=None)`` -> prediction with x's shape (as ``ZigMa``)."""
+    """U-ViT denoiser: ``model(x, t, **cond)`` -> prediction with x's shape (as ``ZigMa``)."""
 
     config: UViTConfig
 
     def __init__(self, config: UViTConfig):
-        super().__init__(config)  # patch / time / label embedders, learnable positions
-        d, p, c_out = config.hidden_size, config.patch_size, config.out_channels
+        super().__init__(config)  # token grid, time and condition embedders
+        d, c_out = config.hidden_size, config.out_channels
         half = config.depth // 2
-        self.extra_pos_embed = nn.Parameter(torch.zeros(1, config.num_extra_tokens, d))
+        # one condition token each for time and every condition with a vector (the class)
+        extra = 1 + len(self.conditioner.names)
+        self.extra_pos_embed = nn.Parameter(torch.zeros(1, extra, d))
         self.in_blocks = nn.ModuleList(UViTBlock(config) for _ in range(half))
         self.mid_block = UViTBlock(config)
         self.out_blocks = nn.ModuleList(UViTBlock(config, skip=True) for _ in range(half))
         self.norm = nn.LayerNorm(d)
-        self.decoder_pred = nn.Linear(d, p * p * c_out)
-        self.final_conv = nn.Conv2d(c_out, c_out, 3, padding=1) if config.final_conv else None
+        self.decoder_pred = nn.Linear(d, self.grid.patch_volume * c_out)
+        conv = nn.Conv3d if config.is_video else nn.Conv2d
+        self.final_conv = conv(c_out, c_out, 3, padding=1) if config.final_conv else None
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
@@ -110,14 +109,11 @@ class UViT(DiffusionBackbone):
         nn.init.trunc_normal_(self.extra_pos_embed, std=0.02)
         self._init_embedders()  # xavier patch embed, sin-cos table, N(0, 0.02) time/labels
 
-    def forward(
-        self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        t, y = self._check_inputs(x, t, y)
-        h, w = self.token_grid(x)
-        extra = [self.t_embedder(t)] + ([] if y is None else [self.y_embedder(y)])
+    def forward(self, x: torch.Tensor, t: torch.Tensor, **cond) -> torch.Tensor:
+        shape, patches, conditioning = self.prepare(x, t, cond)  # patches [B, L, D]
+        extra = [conditioning.time, *conditioning.vectors.values()]  # one token each
         extra = torch.stack(extra, dim=1) + self.extra_pos_embed  # [B, E, D]
-        tokens = torch.cat([extra, self.embed_patches(x)], dim=1)  # [B, E+L, D]
+        tokens = torch.cat([extra, patches], dim=1)  # [B, E+L, D]
         skips = []
         for block in self.in_blocks:
             tokens = self.run_block(block, tokens)
@@ -126,5 +122,13 @@ class UViT(DiffusionBackbone):
         for block in self.out_blocks:
             tokens = self.run_block(block, tokens, skips.pop())
         tokens = self.norm(tokens)[:, extra.shape[1] :]  # drop the condition tokens [B, L, D]
-        out = self.unpatchify(self.decoder_pred(tokens), h, w)  # [B, C_out, H, W]
+        out = self.grid.unpatchify(self.decoder_pred(tokens), shape)  # [B, C_out, (T,) H, W]
         return out if self.final_conv is None else self.final_conv(out)
+
+
+register_family(
+    "UViT",
+    UViT,
+    UViTConfig,
+    sized_presets("U-ViT", {"S": 17, "B": 17, "L": 35, "XL": 41}, heads=True),
+)

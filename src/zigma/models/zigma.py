@@ -1,5 +1,6 @@
 """The ZigMa backbone (paper §3.2, Fig. 4): a DiT-style stack whose token mixer is a Mamba
-scan, with a per-layer scan order (layer i scans with S_(i mod K)) and adaLN-Zero modulation.
+scan, with a per-layer scan plan (images: layer i scans with S_(i mod K); videos: spatial,
+temporal and volume layers, ``zigma.models.plans``) and adaLN-Zero modulation.
 
 No attention anywhere in the token mixer; the scan order costs no parameters. The same class
 builds the Mamba baselines: sweep, Vision-Mamba bidirectional and the K-direction parallel scan.
@@ -9,14 +10,25 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import nn
 
 from zigma.models.backbone import BackboneConfig, DiffusionBackbone, require
+from zigma.models.grid import GridShape
 from zigma.models.layers import AdaLN, FinalLayer, gated_residual, make_norm, modulate, zero_
-from zigma.scan import inverse_orders, scan_orders
+from zigma.models.plans import (
+    LayerPlan,
+    build_plans,
+    check_pattern,
+    fold_tokens,
+    layer_folds,
+    spatial_orders,
+    unfold_tokens,
+    volume_orders,
+)
+from zigma.models.registry import register_family, sized_presets
 from zigma.ssm import Mamba, ParallelMamba
 
 ScanSchedule = Literal["zigzag", "sweep", "hilbert", "random", "bidirectional"]
@@ -40,12 +52,17 @@ class ZigMaConfig(BackboneConfig):
             "parallel": the K-direction parallel baseline (paper Fig. 6c/d): every layer scans
             all ``num_orders`` orders at once with its own SSM parameters per order and averages
             them (``zigma.ssm.ParallelMamba``), so parameters grow with ``num_orders``.
+        scan_pattern: video models only: the layers' kinds as letters repeated over the depth,
+            s (spatial), t (temporal) and v (volume); None: "sst" (``zigma.models.plans``).
     """
+
+    uses_scan: ClassVar[bool] = True
 
     scan: ScanSchedule = "zigzag"
     num_orders: int | None = None  # None: 8 for zigzag/hilbert/random, 1 for sweep/bidirectional
     scan_seed: int = 0  # seed of the "random" schedule
     scan_mode: Literal["layerwise", "parallel"] = "layerwise"
+    scan_pattern: str | None = None
     norm: Literal["layernorm", "rmsnorm"] = "layernorm"
     d_state: int = 16
     d_conv: int = 4
@@ -85,13 +102,24 @@ class ZigMaConfig(BackboneConfig):
             f"scan_mode='parallel' needs a multi-order scan (zigzag, hilbert, random), "
             f"got scan={self.scan!r}",
         )
+        require(
+            self.scan_mode == "layerwise" or not self.is_video,
+            "scan_mode='parallel' is an image baseline; video models scan layerwise",
+        )
+        check_pattern(self.scan_pattern, self.is_video)
+        if self.is_video and "v" in (self.scan_pattern or ""):
+            require(
+                self.scan != "hilbert",
+                "scan='hilbert' has no 3-D orders for volume (v) layers of scan_pattern",
+            )
 
 
 class ZigMaBlock(nn.Module):
-    """norm -> adaLN (shift, scale) -> Mamba in this layer's scan order -> gated residual.
+    """norm -> adaLN (shift, scale) -> Mamba over this layer's plan -> gated residual.
 
-    In the parallel scan mode the mixer is a ``ParallelMamba`` and ``order``/``inverse`` hold
-    all K orders ([K, L]) instead of one ([L]).
+    The plan folds frames or spatial locations into the batch where the layer scans them on
+    their own, gathers the tokens into the layer's order, and undoes both afterwards; in the
+    parallel scan mode the mixer is a ``ParallelMamba`` and the plan holds all K orders.
     """
 
     def __init__(self, config: ZigMaConfig):
@@ -105,40 +133,57 @@ class ZigMaBlock(nn.Module):
         else:
             self.mixer = Mamba(d, bidirectional=config.scan == "bidirectional", **mamba)
 
-    def forward(self, x, c, order=None, inverse=None):  # x [B, L, D], c [B, D]
+    def forward(
+        self, x: torch.Tensor, c: torch.Tensor, plan: LayerPlan, shape: GridShape
+    ) -> torch.Tensor:  # x [B, L, D], c [B, D]
         shift, scale, gate = self.adaLN(c)
-        h = self.mixer(modulate(self.norm(x), shift, scale), order, inverse)
-        return gated_residual(x, gate, h)
+        h = fold_tokens(modulate(self.norm(x), shift, scale), plan.fold, shape)  # [B', L', D]
+        h = self.mixer(h, plan.order, plan.inverse)
+        return gated_residual(x, gate, unfold_tokens(h, plan.fold, shape))
 
 
 class ZigMa(DiffusionBackbone):
-    """ZigMa denoiser: ``model(x, t, y=None)`` -> prediction with x's shape.
+    """ZigMa denoiser: ``model(x, t, **cond)`` -> prediction with x's shape.
 
-    x is [B, C, H, W] (image or latent), t is [B] (or a scalar) time in [0, 1], y is [B] class
-    labels (only for class-conditional models; ``model.null_class`` is the CFG null label).
+    x is [B, C, H, W] or [B, C, T, H, W] (pixels or latents), t is [B] (or a scalar) time in
+    [0, 1], ``cond`` the model's conditions (``y`` [B] class labels for a class-conditional
+    model; ``model.null_conditions`` gives their null values for guidance).
     """
 
     config: ZigMaConfig
 
     def __init__(self, config: ZigMaConfig):
-        super().__init__(config)  # patch / time / label embedders, learnable positions
-        d, p = config.hidden_size, config.patch_size
+        super().__init__(config)  # token grid, time and condition embedders
+        d = config.hidden_size
         self.blocks = nn.ModuleList(ZigMaBlock(config) for _ in range(config.depth))
-        self.final_layer = FinalLayer(d, p, config.out_channels, config.norm)
+        self.final_layer = FinalLayer(d, self.grid.patch_volume, config.out_channels, config.norm)
+        self.folds = layer_folds(config.scan_pattern, config.depth, config.is_video)
         # Orders for the configured grid are saved with the weights, so a "random" model
         # reloads with exactly the permutations it was trained with, whatever the RNG does.
-        orders = self._build_orders(*config.grid_size)
-        if orders is not None:
-            self.register_buffer("scan_orders", orders)
-        self._order_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        tables = self._order_tables(config.grid_shape)
+        spatial = tables.get("frames" if config.is_video else "none")
+        if spatial is not None:
+            self.register_buffer("scan_orders", spatial)
+        if tables.get("none") is not None and config.is_video:
+            self.register_buffer("volume_orders", tables["none"])
+        self._plan_cache: dict[tuple, list[LayerPlan]] = {}
         self.initialize_weights()
 
     # -- construction -------------------------------------------------------------------------
-    def _build_orders(self, h: int, w: int) -> torch.Tensor | None:
+    def _order_tables(self, shape: GridShape) -> dict[str, torch.Tensor | None]:
+        """The K orders of each fold the schedule uses, built for grid ``shape``."""
         cfg = self.config
-        if cfg.scan in ("sweep", "bidirectional"):
-            return None  # raster order: no gather at all
-        return scan_orders(cfg.scan, h, w, num=cfg.num_orders, seed=cfg.scan_seed)
+        args = (cfg.scan, cfg.num_orders, cfg.scan_seed, shape)
+        used = {fold for fold, _ in self.folds}
+        tables: dict[str, torch.Tensor | None] = {}
+        if not cfg.is_video:
+            tables["none"] = spatial_orders(*args)
+            return tables
+        if "frames" in used:
+            tables["frames"] = spatial_orders(*args)
+        if "none" in used:
+            tables["none"] = volume_orders(*args)
+        return tables
 
     def initialize_weights(self) -> None:
         """Every special-case init in one place (Mamba's own dt/A init is kept)."""
@@ -153,20 +198,29 @@ class ZigMa(DiffusionBackbone):
         zero_(self.final_layer.adaLN.linear, self.final_layer.linear)
 
     # -- helpers ------------------------------------------------------------------------------
-    def orders_for(self, h: int, w: int, device: torch.device):
-        """(orders [K, L], inverse [K, L]) for an h×w token grid, or (None, None) for raster."""
-        if self.config.scan in ("sweep", "bidirectional"):
-            return None, None
-        key = (h, w, str(device))
-        if key not in self._order_cache:
-            same = (h, w) == self.config.grid_size
-            orders = (self.scan_orders if same else self._build_orders(h, w)).cpu()
-            # inverse computed (and validated) once on the CPU, then moved; cached per device
-            self._order_cache[key] = (orders.to(device), inverse_orders(orders).to(device))
-        return self._order_cache[key]
+    def plans(self, shape: GridShape, device: torch.device) -> list[LayerPlan]:
+        """Every layer's scan plan for token grid ``shape`` on ``device`` (cached)."""
+        key = (shape, str(device))
+        if key not in self._plan_cache:
+            cfg = self.config
+            if shape == cfg.grid_shape:  # the stored orders (a random schedule's own)
+                tables = {"frames" if cfg.is_video else "none": self._buffers.get("scan_orders")}
+                if cfg.is_video:
+                    tables["none"] = self._buffers.get("volume_orders")
+                tables = {k: v.cpu() if v is not None else None for k, v in tables.items()}
+            else:
+                tables = self._order_tables(shape)
+            parallel = cfg.scan_mode == "parallel"
+            self._plan_cache[key] = build_plans(self.folds, tables, shape, parallel, device)
+        return self._plan_cache[key]
+
+    def check_loaded(self) -> None:
+        """Saved scan orders must be permutations: building the plans checks them."""
+        self._plan_cache.clear()
+        self.plans(self.config.grid_shape, torch.device("cpu"))
 
     def _load_from_state_dict(self, *args, **kwargs):
-        self._order_cache.clear()  # loaded orders replace the cached ones
+        self._plan_cache.clear()  # loaded orders replace the cached ones
         super()._load_from_state_dict(*args, **kwargs)
 
     def set_scan_backend(self, backend: str) -> None:
@@ -188,23 +242,33 @@ class ZigMa(DiffusionBackbone):
             block.mixer.recompute_branches = bool(on)
 
     # -- forward ------------------------------------------------------------------------------
-    def forward(
-        self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        t, y = self._check_inputs(x, t, y)
-        h, w = self.token_grid(x)
-        tokens = self.embed_patches(x)  # [B, L, D] raster order
-        c = self.embed_condition(t, y)  # [B, D]
-        orders, inverse = self.orders_for(h, w, x.device)
-        parallel = self.config.scan_mode == "parallel"
-        for i, block in enumerate(self.blocks):
-            if orders is None:
-                args = (tokens, c)
-            elif parallel:  # every layer scans all K orders
-                args = (tokens, c, orders, inverse)
-            else:  # layer i scans order i mod K
-                k = i % self.config.num_orders
-                args = (tokens, c, orders[k], inverse[k])
-            tokens = self.run_block(block, *args)
-        out = self.final_layer(tokens, c)  # [B, L, p*p*C_out]
-        return self.unpatchify(out, h, w)
+    def forward(self, x: torch.Tensor, t: torch.Tensor, **cond) -> torch.Tensor:
+        shape, tokens, conditioning = self.prepare(x, t, cond)  # tokens [B, L, D]
+        c = conditioning.vector  # [B, D]
+        for block, plan in zip(self.blocks, self.plans(shape, x.device), strict=True):
+            tokens = self.run_block(block, tokens, c, plan, shape)
+        out = self.final_layer(tokens, c)  # [B, L, pt*p*p*C_out]
+        return self.grid.unpatchify(out, shape)
+
+
+_MAMBA_DEPTHS = {"S": 24, "B": 24, "L": 48, "XL": 56}
+register_family(
+    "ZigMa",
+    ZigMa,
+    ZigMaConfig,
+    {
+        **sized_presets("ZigMa", _MAMBA_DEPTHS),
+        **sized_presets("Sweep", _MAMBA_DEPTHS, {"scan": "sweep"}),
+        **sized_presets("Vim", {"S": 23, "B": 23, "L": 46, "XL": 54}, {"scan": "bidirectional"}),
+        **sized_presets(
+            "ZigMa-par4",
+            {"S": 21, "B": 21, "L": 43, "XL": 50},
+            {"scan_mode": "parallel", "num_orders": 4},
+        ),
+        **sized_presets(
+            "ZigMa-par8",
+            {"S": 17, "B": 19, "L": 38, "XL": 44},
+            {"scan_mode": "parallel", "num_orders": 8},
+        ),
+    },
+)

@@ -31,9 +31,11 @@ from zigma.artifacts import (
 )
 from zigma.config import short_repr
 from zigma.models.io import model_class_name
+from zigma.train.optim import param_groups
 
 FORMAT = "zigma-train-checkpoint"
-VERSION = 1
+VERSION = 2  # 2: optimizer states carry their parameters' names
+READABLE_VERSIONS = (1, 2)
 FILES = (
     "config.json",
     "model.json",
@@ -108,8 +110,51 @@ def restore_rng(tensors: dict[str, torch.Tensor], states: dict[str, Any], device
 # ---------------------------------------------------------------- optimizer
 
 
-def flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
-    """Split ``opt.state_dict()`` into tensors ("state.<param>.<name>") and a JSON part."""
+def optimizer_param_names(opt: torch.optim.Optimizer, model: torch.nn.Module) -> list[str]:
+    """The name of the parameter at each index of ``opt.state_dict()`` (its groups in turn)."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    return [names[id(p)] for group in opt.param_groups for p in group["params"]]
+
+
+def legacy_optimizer_names(model: torch.nn.Module) -> list[str]:
+    """``optimizer_param_names`` as a version-1 checkpoint had them: the parameters in the
+    earlier layout's order (``legacy_parameter_order``), grouped by the same decay rule."""
+    named = {id(p): n for n, p in model.named_parameters()}
+    groups = param_groups(model, 0.0, model.legacy_parameter_order())
+    return [named[id(p)] for group in groups for p in group["params"]]
+
+
+def remap_optimizer_state(
+    saved: dict[str, Any], saved_names: list[str], opt: torch.optim.Optimizer, model
+) -> dict[str, Any]:
+    """``saved`` (an optimizer state dict whose index i is parameter ``saved_names[i]``)
+    re-indexed for ``opt``: states follow their parameters by name, whatever order the model
+    lists them in now.
+
+    Raises:
+        ValueError: the names or their groups differ from the optimizer's.
+    """
+    current = optimizer_param_names(opt, model)
+    if len(saved_names) != len(current) or set(saved_names) != set(current):
+        missing = sorted(set(current) - set(saved_names))[:3]
+        raise ValueError(f"the optimizer state names other parameters (lacks {missing})")
+    position = {n: i for i, n in enumerate(current)}
+    groups, first = [], 0
+    for g_saved, g_now in zip(saved["param_groups"], opt.param_groups, strict=True):
+        now = list(range(first, first + len(g_now["params"])))
+        first += len(g_now["params"])
+        if {saved_names[i] for i in g_saved["params"]} != {current[i] for i in now}:
+            raise ValueError("the optimizer state groups its parameters differently")
+        groups.append(dict(g_saved, params=now))
+    state = {position[saved_names[int(i)]]: st for i, st in saved["state"].items()}
+    return {"state": state, "param_groups": groups}
+
+
+def flatten_optimizer(
+    opt: torch.optim.Optimizer, param_names: list[str]
+) -> tuple[dict[str, torch.Tensor], dict]:
+    """Split ``opt.state_dict()`` into tensors ("state.<param>.<name>") and a JSON part that
+    also names the parameter of each index (``param_names``)."""
     sd = opt.state_dict()
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, dict[str, Any]] = {}
@@ -119,7 +164,8 @@ def flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tenso
                 tensors[f"state.{idx}.{key}"] = value.detach().cpu().contiguous()
             else:
                 scalars.setdefault(str(idx), {})[key] = value
-    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+    meta = {"param_groups": sd["param_groups"], "scalars": scalars, "param_names": param_names}
+    return tensors, meta
 
 
 def unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict[str, Any]:
@@ -205,7 +251,7 @@ def save_checkpoint(
     ckpt_root.mkdir(parents=True, exist_ok=True)
     name = checkpoint_name(step)
     final = ckpt_root / name
-    opt_tensors, opt_meta = flatten_optimizer(optimizer)
+    opt_tensors, opt_meta = flatten_optimizer(optimizer, optimizer_param_names(optimizer, model))
     full_state = {
         "format": FORMAT,
         "version": VERSION,
@@ -347,10 +393,10 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         raise CheckpointError(
             f"{path} is not a zigma training checkpoint (state.json has no format={FORMAT!r})"
         )
-    if state.get("version") != VERSION:
+    if state.get("version") not in READABLE_VERSIONS:
         raise CheckpointError(
             f"{path}: checkpoint version {short_repr(state.get('version'))} is not "
-            f"supported (this zigma reads version {VERSION})"
+            f"supported (this zigma reads versions {', '.join(map(str, READABLE_VERSIONS))})"
         )
     opt_meta, rng_states = state.get("optimizer"), state.get("rng")
     if not isinstance(opt_meta, dict) or not isinstance(rng_states, list):

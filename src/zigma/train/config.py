@@ -1,41 +1,33 @@
-"""``TrainConfig``: everything a training run depends on, as one typed, JSON-serialisable tree.
+"""``TrainConfig``: everything a training run depends on, as one typed, JSON-serialisable tree
+in sections (model, data, transport, optim, ema, preview, logging, export) plus the run's own
+fields (steps, batch size, seed, precision, checkpoints, ...).
 
 A config is built from a named preset, then a YAML/JSON file, then dotted ``key=value``
 overrides, then explicit flags (``build_config``); the model section names a model preset and
 only the fields that differ from it, so ``model.preset=ZigMa-B/2`` re-derives every other field.
+Configs written before the sections existed (flat ``sample_every``, ``cfg_scale``, ...) are
+read through ``LEGACY_KEYS``.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
 import json
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from zigma.config import ConfigError, apply_overrides, from_dict, short_repr, to_dict
+from zigma.config import ConfigError, apply_overrides, from_dict, short_repr, suggest, to_dict
 from zigma.data import DataConfig
-from zigma.models import (
-    BackboneConfig,
-    DiTConfig,
-    UViTConfig,
-    ZigMaConfig,
-    list_models,
-    preset_config,
-)
+from zigma.models import BackboneConfig, list_models, preset_config
+from zigma.models.registry import config_classes
 from zigma.train.config_file import read_config_file
 from zigma.train.presets import TRAIN_PRESETS
 from zigma.transport import TransportConfig
 
 Precision = Literal["fp32", "bf16", "fp16"]
-
-
-def _suggest(name: str, choices: typing.Iterable[str]) -> str:
-    close = difflib.get_close_matches(name, list(choices), n=3, cutoff=0.4)
-    return f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
 
 
 # Fields a resumed run takes from the command line (dotted for nested ones); every other
@@ -46,8 +38,6 @@ def _suggest(name: str, choices: typing.Iterable[str]) -> str:
 RESUME_MUTABLE = (
     "steps",
     "ckpt_every",
-    "log_every",
-    "sample_every",
     "keep_last_checkpoints",
     "num_workers",
     "cpu_threads",
@@ -56,20 +46,36 @@ RESUME_MUTABLE = (
     "precision",
     "grad_checkpointing",
     "recompute_scans",
-    "num_samples",
-    "sample_steps",
-    "sample_sampler",
-    "cfg_scale",
-    "export_dtype",
     "optim.lr",
     "optim.warmup_steps",
     "optim.decay",
     "optim.min_lr_ratio",
     "optim.grad_clip",
-    "tensorboard",
-    "wandb",
-    "wandb_project",
+    "preview.every",
+    "preview.num_samples",
+    "preview.steps",
+    "preview.sampler",
+    "preview.guidance_scale",
+    "logging.every",
+    "logging.tensorboard",
+    "logging.wandb",
+    "logging.wandb_project",
+    "export.dtype",
 )
+
+# Flat names of configs written before the sections existed -> where they live now.
+LEGACY_KEYS = {
+    "sample_every": "preview.every",
+    "num_samples": "preview.num_samples",
+    "sample_steps": "preview.steps",
+    "sample_sampler": "preview.sampler",
+    "cfg_scale": "preview.guidance_scale",
+    "log_every": "logging.every",
+    "tensorboard": "logging.tensorboard",
+    "wandb": "logging.wandb",
+    "wandb_project": "logging.wandb_project",
+    "export_dtype": "export.dtype",
+}
 
 
 @dataclass(frozen=True)
@@ -111,18 +117,20 @@ OPTIM_RANGES = {
     "min_lr_ratio": Bound(0.0, 1.0),
 }
 EMA_RANGES = {"decay": Bound(0.0, 1.0, hi_open=True), "update_every": Bound(1, 10**6)}
+PREVIEW_RANGES = {
+    "every": Bound(0, MAX_STEPS),
+    "num_samples": Bound(1, 4096),
+    "steps": Bound(1, 10_000),
+    "guidance_scale": Bound(0.0, 100.0),
+}
+LOGGING_RANGES = {"every": Bound(1, MAX_STEPS)}
 TRAIN_RANGES = {
     "steps": Bound(0, MAX_STEPS),
     "batch_size": Bound(1, 10**6),
     "seed": Bound(0, MAX_SEED),
     "num_workers": Bound(0, 1024),
     "cpu_threads": Bound(1, 4096),
-    "log_every": Bound(1, MAX_STEPS),
     "ckpt_every": Bound(0, MAX_STEPS),
-    "sample_every": Bound(0, MAX_STEPS),
-    "num_samples": Bound(1, 4096),
-    "sample_steps": Bound(1, 10_000),
-    "cfg_scale": Bound(0.0, 100.0),
     "keep_last_checkpoints": Bound(1, 10**6),
     "time_limit_minutes": Bound(0.0, 1e7, lo_open=True),
     "max_nonfinite": Bound(1, MAX_STEPS),
@@ -143,7 +151,7 @@ def check_ranges(cfg: Any, bounds: dict[str, Bound], prefix: str = "") -> None:
 def _model_spec_fields() -> list[tuple[str, Any, Any]]:
     out: list[tuple[str, Any, Any]] = [("preset", str, field(default="ZigMa-S/2"))]
     seen = {"preset"}
-    for cfg_cls in (ZigMaConfig, DiTConfig, UViTConfig):
+    for cfg_cls in config_classes():
         hints = typing.get_type_hints(cfg_cls)
         for f in dataclasses.fields(cfg_cls):
             if f.name not in seen:
@@ -167,11 +175,11 @@ ModelSpec = dataclasses.make_dataclass(
 
 @dataclass
 class OptimConfig:
-    """AdamW with a linear warm-up; the official defaults (lr 1e-4, wd 0, clip 2.0).
+    """AdamW with a linear warm-up (defaults lr 1e-4, wd 0, clip 2.0, the paper's).
 
-    ``grad_clip`` caps the global gradient norm before the optimizer step (the official
-    trainer clips after the step, which does nothing); None or 0 disables clipping.
-    Weight decay applies only to >= 2-D weights without ``_no_weight_decay`` (nanoGPT's rule).
+    ``grad_clip`` caps the global gradient norm before the optimizer step; None or 0 disables
+    clipping. Weight decay applies only to >= 2-D weights without ``_no_weight_decay``
+    (nanoGPT's rule).
     """
 
     lr: float = 1e-4
@@ -196,8 +204,8 @@ class OptimConfig:
 class EMAConfig:
     """EMA of the weights: decay_t = min(decay, (1 + step) / (10 + step)) with ``warmup``.
 
-    The warm-up lets the average forget the random init quickly; the official code uses a
-    fixed 0.9999 from step 0, so its EMA is still mostly the init after 10k steps.
+    The warm-up lets the average forget the random init quickly: with a fixed 0.9999 from
+    step 0 the average is still mostly the init after 10k steps.
     """
 
     decay: float = 0.9999
@@ -209,13 +217,51 @@ class EMAConfig:
 
 
 @dataclass
+class PreviewConfig:
+    """Sample grids of the EMA weights while training (``samples/step_XXXXXXX.png``), drawn
+    from the same noise every time so that grids compare across steps.
+
+    ``every`` steps (0: never); conditional models get their conditions spread over the grid
+    (classes in turn), guided with ``guidance_scale`` (1: no guidance).
+    """
+
+    every: int = 1000
+    num_samples: int = 16
+    steps: int = 25
+    sampler: Literal["euler", "heun"] = "heun"
+    guidance_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        check_ranges(self, PREVIEW_RANGES, "preview.")
+
+
+@dataclass
+class LoggingConfig:
+    """Log lines, metrics.jsonl and the loss plot ``every`` steps; optional trackers."""
+
+    every: int = 50
+    tensorboard: bool = False
+    wandb: bool = False
+    wandb_project: str = "zigma"
+
+    def __post_init__(self) -> None:
+        check_ranges(self, LOGGING_RANGES, "logging.")
+
+
+@dataclass
+class ExportConfig:
+    """The final ``model/`` folder: ``dtype`` of its weights (fp32-tagged SSM parameters stay
+    fp32); checkpoints always hold fp32."""
+
+    dtype: Literal["fp32", "fp16"] = "fp32"
+
+
+@dataclass
 class TrainConfig:
     """A full training run. ``batch_size`` is global (split evenly over the ranks).
 
-    Intervals in steps: ``ckpt_every`` 0 = only at the end, ``sample_every`` 0 = never.
-    ``max_nonfinite`` consecutive NaN/Inf losses stop the run (exit code 2 in the CLI).
-    ``export_dtype`` is the dtype of the exported ``model/`` weights (fp32-tagged SSM
-    parameters stay fp32); checkpoints always hold fp32.
+    ``ckpt_every`` steps between checkpoints (0: only at the end); ``max_nonfinite``
+    consecutive NaN/Inf losses stop the run (exit code 2 in the CLI).
     """
 
     model: ModelSpec = field(default_factory=ModelSpec)  # type: ignore[valid-type]
@@ -223,6 +269,9 @@ class TrainConfig:
     transport: TransportConfig = field(default_factory=TransportConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     ema: EMAConfig = field(default_factory=EMAConfig)
+    preview: PreviewConfig = field(default_factory=PreviewConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
     steps: int = 10_000
     batch_size: int = 64
     seed: int = 0
@@ -233,26 +282,16 @@ class TrainConfig:
     compile: bool = False
     num_workers: int = 0
     cpu_threads: int | None = None  # torch intra-op threads during the run; None: torch's default
-    log_every: int = 50
     ckpt_every: int = 1000
-    sample_every: int = 1000
-    num_samples: int = 16
-    sample_steps: int = 25
-    sample_sampler: Literal["euler", "heun"] = "heun"
-    cfg_scale: float = 1.0
     keep_last_checkpoints: int = 3
     # Stop early (with the usual final checkpoint and export) once training has run this long.
     time_limit_minutes: float | None = None
     max_nonfinite: int = 20
-    export_dtype: Literal["fp32", "fp16"] = "fp32"
-    tensorboard: bool = False
-    wandb: bool = False
-    wandb_project: str = "zigma"
 
     def __post_init__(self) -> None:
         check_ranges(self, TRAIN_RANGES)
         model = self.model_config()  # an unknown preset or an impossible model fails here, early
-        if self.recompute_scans and not isinstance(model, ZigMaConfig):
+        if self.recompute_scans and not model.uses_scan:
             raise ConfigError(
                 f"recompute_scans applies to Mamba models (ZigMa, Sweep, Vim), not "
                 f"{self.model.preset}"
@@ -278,7 +317,7 @@ class TrainConfig:
                 f"{channels} channels (data.channels)"
             )
         if name not in list_models():
-            raise ConfigError(f"unknown model.preset {name!r}{_suggest(name, list_models())}")
+            raise ConfigError(f"unknown model.preset {name!r}{suggest(name, list_models())}")
         patch = spec.get("patch_size", preset_config(name).patch_size)
         if res % patch:
             raise ConfigError(
@@ -317,9 +356,33 @@ def preset_dict(name: str) -> dict[str, Any]:
         return {"model": {"preset": name}, "data": {"name": "shapes", "resolution": size}}
     choices = [*TRAIN_PRESETS, *list_models()]
     raise ConfigError(
-        f"unknown preset {name!r}{_suggest(name, choices)}; training presets: "
+        f"unknown preset {name!r}{suggest(name, choices)}; training presets: "
         f"{', '.join(TRAIN_PRESETS)}; or any model preset (`zigma models`)"
     )
+
+
+def migrate(data: dict[str, Any]) -> dict[str, Any]:
+    """A config dict with the flat names of earlier versions (``LEGACY_KEYS``) moved into
+    their sections; a name given both ways keeps the sectioned value."""
+    if not isinstance(data, dict) or not set(data) & set(LEGACY_KEYS):
+        return data
+    out = {k: v for k, v in data.items() if k not in LEGACY_KEYS}
+    for old, new in LEGACY_KEYS.items():
+        if old in data:
+            section, leaf = new.split(".")
+            node = out.setdefault(section, {})
+            if isinstance(node, dict):
+                node.setdefault(leaf, data[old])
+    return out
+
+
+def migrate_overrides(overrides: typing.Iterable[str]) -> list[str]:
+    """``key=value`` overrides with flat names of earlier versions renamed."""
+    out = []
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        out.append(f"{LEGACY_KEYS.get(key.strip(), key)}{sep}{value}")
+    return out
 
 
 def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
@@ -345,12 +408,12 @@ def build_config(
     Raises:
         ConfigError: unknown preset, unknown key (with suggestions), wrong type or value.
     """
-    data: dict[str, Any] = preset_dict(preset) if preset else {}
-    data = merge(data, base or {})
+    data: dict[str, Any] = migrate(preset_dict(preset)) if preset else {}
+    data = merge(data, migrate(base or {}))
     if config_file is not None:
-        data = merge(data, read_config_file(config_file))
+        data = merge(data, migrate(read_config_file(config_file)))
     cfg = from_dict(TrainConfig, data)
-    cfg = apply_overrides(cfg, list(overrides))
+    cfg = apply_overrides(cfg, migrate_overrides(overrides))
     flags = {k: v for k, v in flags.items() if v is not None}
     if flags:
         cfg = apply_overrides(cfg, [f"{k}={json.dumps(v)}" for k, v in flags.items()])

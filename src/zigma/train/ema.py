@@ -1,7 +1,7 @@
 """Exponential moving average of model weights, with the usual warm-up of the decay.
 
 decay_t = min(decay, (1 + t) / (10 + t)) at optimizer step t, so early averages forget the
-random init fast; the official ZigMa trainer uses a fixed 0.9999 from step 0.
+random init fast (a fixed 0.9999 from step 0 is still mostly the init after 10k steps).
 """
 
 from __future__ import annotations

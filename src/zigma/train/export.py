@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Callable
-from contextlib import AbstractContextManager
 from pathlib import Path
 
 import torch
@@ -18,55 +16,41 @@ from torch import nn
 from zigma.artifacts import TRANSPORT_NAME, write_text_atomic
 from zigma.config import to_dict
 from zigma.data import derive_seed
-from zigma.models import ZigMaConfig, save_pretrained
+from zigma.generate import generate, grid_conditions
+from zigma.models import save_pretrained
 from zigma.train.config import TrainConfig
 from zigma.train.optim import TrainingDiverged
-from zigma.transport import as_velocity, class_guided, sample
 
 _SEED_SAMPLES = 3  # the sample noise is the same at every step, so grids are comparable
 
 
-@torch.no_grad()
-def sample_grid(
-    model: nn.Module,
-    cfg: TrainConfig,
-    mcfg: ZigMaConfig,
-    device: torch.device,
-    autocast: Callable[[], AbstractContextManager],
+def preview_grid(
+    model: nn.Module, cfg: TrainConfig, device: torch.device, autocast: torch.dtype | None
 ) -> torch.Tensor:
-    """``cfg.num_samples`` samples [N, C, H, W] in [-1, 1] with a fixed noise seed.
-
-    Class-conditional models get labels 0, 1, 2, ... cycling through the classes, guided with
-    ``cfg.cfg_scale`` (1 = no guidance).
-    """
+    """``cfg.preview.num_samples`` samples [N, C, H, W] in [-1, 1] from a fixed noise seed,
+    conditions spread over the grid (classes 0, 1, 2, ... in turn), through ``generate``."""
     was_training = model.training
-    model.eval()
-    g = torch.Generator().manual_seed(derive_seed(cfg.seed, _SEED_SAMPLES))
-    noise = torch.randn((cfg.num_samples, mcfg.in_channels, *mcfg.input_size), generator=g)
-    noise = noise.to(device)
-    velocity = as_velocity(model, cfg.transport.prediction, cfg.transport.path)
-    y = None
-    if mcfg.num_classes > 0:
-        y = (torch.arange(cfg.num_samples) % mcfg.num_classes).to(device)
-    fn, kwargs = class_guided(velocity, y, model.null_class, cfg.cfg_scale)
-    t_start, t_end = cfg.transport.sample_interval()
-    with autocast():
-        x = sample(
-            fn,
-            noise,
-            sampler=cfg.sample_sampler,
-            steps=cfg.sample_steps,
-            path=cfg.transport.path,
-            model_kwargs=kwargs,
-            t_start=t_start,
-            t_end=t_end,
+    p = cfg.preview
+    try:
+        return generate(
+            model,
+            cfg.transport,
+            p.num_samples,
+            cond=grid_conditions(model, p.num_samples),
+            seed=derive_seed(cfg.seed, _SEED_SAMPLES),
+            sampler=p.sampler,
+            steps=p.steps,
+            guidance_scale=p.guidance_scale,
+            batch_size=p.num_samples,
+            device=device,
+            autocast=autocast,
         )
-    model.train(was_training)
-    return x.float().clamp(-1, 1).cpu()
+    finally:
+        model.train(was_training)
 
 
 def export_model(ema_model: nn.Module, model: nn.Module, cfg: TrainConfig, directory: Path) -> Path:
-    """``save_pretrained`` of the EMA weights (in ``cfg.export_dtype``) + transport.json.
+    """``save_pretrained`` of the EMA weights (in ``cfg.export.dtype``) + transport.json.
 
     fp16 export keeps parameters tagged ``_keep_fp32`` (SSM A_log, D, dt bias) in fp32;
     ``from_pretrained`` loads either into an fp32 model.
@@ -86,7 +70,7 @@ def export_model(ema_model: nn.Module, model: nn.Module, cfg: TrainConfig, direc
         )
     keep32 = {n for n, p in model.named_parameters() if getattr(p, "_keep_fp32", False)}
     to_save = ema_model
-    if cfg.export_dtype == "fp16":
+    if cfg.export.dtype == "fp16":
         to_save = copy.deepcopy(ema_model)
         for name, p in to_save.named_parameters():
             if name not in keep32:

@@ -44,7 +44,7 @@ from zigma.artifacts import (
 from zigma.config import ConfigError, to_dict
 from zigma.data import derive_seed, iterate_batches, save_image_grid
 from zigma.models import count_parameters, create_model
-from zigma.train import distributed as D
+from zigma.train import distributed
 from zigma.train.checkpoint import capture_rng, save_checkpoint
 from zigma.train.config import TrainConfig
 from zigma.train.control import (
@@ -54,7 +54,7 @@ from zigma.train.control import (
     Whereabouts,
 )
 from zigma.train.ema import EMA
-from zigma.train.export import export_model, sample_grid
+from zigma.train.export import export_model, preview_grid
 from zigma.train.optim import (
     StepGuard,
     TrainingDiverged,
@@ -124,12 +124,12 @@ def train(
         OSError: the disk is full (the checkpoint is not left half-written) or another I/O
             failure.
     """
-    _, _, world = D.launcher_env()
+    _, _, world = distributed.launcher_env()
     if cfg.batch_size % world:  # checked before joining the process group, so nothing hangs
         raise ConfigError(f"batch_size {cfg.batch_size} is not divisible by the world size {world}")
     out = Path(out_dir)
     where = Whereabouts(out, cfg.steps)
-    env = D.setup(cfg.device)
+    env = distributed.setup(cfg.device)
     threads = torch.get_num_threads()
     try:
         with StopSignals() as stop, ExitStack() as stack:
@@ -140,14 +140,14 @@ def train(
         raise TrainingInterrupted(where.interrupted()) from None
     finally:
         torch.set_num_threads(threads)
-        D.cleanup(env)
+        distributed.cleanup(env)
 
 
 def _train(
     cfg: TrainConfig,
     out: Path,
     resume: bool,
-    env: D.DistEnv,
+    env: distributed.DistEnv,
     model_hook: Callable[[nn.Module], Any] | None,
     hint: str,
     stop: StopSignals,
@@ -199,7 +199,7 @@ def _train(
         num_workers=cfg.num_workers,
     )
     per_epoch = len(dataset) // env.world_size // per_rank
-    n_params, conditional = count_parameters(model), mcfg.num_classes > 0
+    n_params = count_parameters(model)
 
     # every rank passed its checks: only now is the folder locked and written (rank 0)
     lock = take_folder(out, ckpt and ckpt.path, resume, env)
@@ -222,7 +222,7 @@ def _train(
 
     def save() -> None:
         tensors, states = capture_rng(env.device)
-        everyone = D.all_gather_objects((tensors, states), env)
+        everyone = distributed.all_gather_objects((tensors, states), env)
         where.newest = out / CHECKPOINTS / checkpoint_name(prog.step)
         if run is None:
             return
@@ -245,12 +245,12 @@ def _train(
 
     def samples() -> None:
         assert run is not None
-        grid = sample_grid(ema.model, cfg, mcfg, env.device, autocast)
+        grid = preview_grid(ema.model, cfg, env.device, amp)
         path = save_image_grid(
             grid,
             out / "samples" / f"step_{prog.step:07d}.png",
             nrow=mcfg.num_classes if 0 < mcfg.num_classes <= 16 else None,
-            scale=max(1, 64 // max(mcfg.input_size)),
+            scale=max(1, 64 // max(mcfg.input_size[-2:])),
         )
         run.image(path, grid, prog.step)
         run.info("step %d: samples %s", prog.step, path.relative_to(out))
@@ -272,7 +272,8 @@ def _train(
         step = prog.step
         batch = next(batches)
         x = batch["image"].to(env.device, non_blocking=True)
-        kwargs = {"y": batch["label"].to(env.device)} if conditional else {}
+        # the model's conditions, found in the batch by name (class labels: "label")
+        kwargs = {k: v.to(env.device) for k, v in model.conditions_from_batch(batch).items()}
         # global-batch noise and times, this rank's rows: the layout DistributedSampler uses
         noise = torch.randn((cfg.batch_size, *x.shape[1:]), generator=noise_gen)
         t = sample_time(cfg.batch_size, cfg.transport, noise_gen)
@@ -298,10 +299,10 @@ def _train(
         bar.update(1)
         window_steps += 1
         done = prog.step == cfg.steps or _out_of_time(cfg, prog.step, start, env)
-        if prog.step % cfg.log_every == 0 or done:
+        if prog.step % cfg.logging.every == 0 or done:
             rate = window_steps / max(time.perf_counter() - t_window, 1e-9)
             final_loss = log_window(
-                run, prog.step, cfg.steps, cfg.log_every, prog.losses, prog.grad_norms, lr,
+                run, prog.step, cfg.steps, cfg.logging.every, prog.losses, prog.grad_norms, lr,
                 prog.nonfinite_total, rate, cfg.batch_size,
             )  # fmt: skip
             t_window, window_steps = time.perf_counter(), 0
@@ -313,7 +314,7 @@ def _train(
             if run is not None:
                 run.info("step %d: %s; checkpoint written, stopping", prog.step, name)
             raise TrainingPreempted(where.preempted(name))
-        if run and cfg.sample_every and (prog.step % cfg.sample_every == 0 or done):
+        if run and cfg.preview.every and (prog.step % cfg.preview.every == 0 or done):
             samples()
         t_window += time.perf_counter() - paused  # rates leave out checkpoints and samples
         if done and prog.step < cfg.steps:
@@ -328,18 +329,18 @@ def _train(
         run.plot(prog.losses)
         minutes = (time.perf_counter() - start) / 60
         run.info("done: step %d in %.1f min; EMA weights in %s", prog.step, minutes, export)
-    D.barrier(env)
+    distributed.barrier(env)
     seconds = time.perf_counter() - start
     return TrainSummary(out, prog.step, final_loss, prog.nonfinite_total, seconds, n_params, export)
 
 
-def _out_of_time(cfg: TrainConfig, step: int, start: float, env: D.DistEnv) -> bool:
+def _out_of_time(cfg: TrainConfig, step: int, start: float, env: distributed.DistEnv) -> bool:
     """Whether ``time_limit_minutes`` has run out; checked every ``log_every`` steps, and
     agreed by all ranks (any rank over the limit stops all) so none waits on a collective."""
-    if cfg.time_limit_minutes is None or step % cfg.log_every:
+    if cfg.time_limit_minutes is None or step % cfg.logging.every:
         return False
     over = float(time.perf_counter() - start > 60 * cfg.time_limit_minutes)
-    return bool(D.all_reduce_sum(torch.tensor([over], device=env.device), env).item() > 0)
+    return bool(distributed.all_reduce_sum(torch.tensor([over], device=env.device), env).item() > 0)
 
 
 def _skipped(
@@ -375,7 +376,7 @@ def _skipped(
 
 
 def _header_lines(
-    cfg: TrainConfig, env: D.DistEnv, n_params: int, n_data: int, resumed: Path | None
+    cfg: TrainConfig, env: distributed.DistEnv, n_params: int, n_data: int, resumed: Path | None
 ) -> dict[str, str]:
     m, d = cfg.model, cfg.data
     threads = f" ({torch.get_num_threads()} threads)" if env.device.type == "cpu" else ""

@@ -24,13 +24,10 @@ _GPU_S: dict[str, Any] = {
     "steps": 50_000,
     "batch_size": 128,
     "precision": "bf16",
-    "export_dtype": "fp16",
-    "log_every": 100,
     "ckpt_every": 2500,
-    "sample_every": 2500,
-    "num_samples": 64,
-    "sample_steps": 50,
-    "cfg_scale": 2.0,
+    "preview": {"every": 2500, "num_samples": 64, "steps": 50, "guidance_scale": 2.0},
+    "logging": {"every": 100},
+    "export": {"dtype": "fp16"},
 }
 
 # The CPU recipe shared by the demo and the shipped checkpoint. What makes shapes appear in CPU
@@ -53,13 +50,15 @@ _CPU_SHAPES: dict[str, Any] = {
     "steps": 5000,
     "batch_size": 32,
     "precision": "fp32",
-    "log_every": 100,
     "ckpt_every": 1000,
-    "sample_every": 1000,
-    "num_samples": 16,
-    "sample_steps": 20,
-    "sample_sampler": "euler",
-    "cfg_scale": 3.0,
+    "preview": {
+        "every": 1000,
+        "num_samples": 16,
+        "steps": 20,
+        "sampler": "euler",
+        "guidance_scale": 3.0,
+    },
+    "logging": {"every": 100},
 }
 
 TRAIN_PRESETS: dict[str, Preset] = {
@@ -70,7 +69,12 @@ TRAIN_PRESETS: dict[str, Preset] = {
     # The recipe of the checkpoint shipped in pretrained/shapes-cpu.
     "shapes-cpu": Preset(
         "the demo's model and data, 4x the steps (the shipped checkpoint; under 1 h on a CPU)",
-        {**_CPU_SHAPES, "steps": 20_000, "ckpt_every": 2000, "sample_every": 2000},
+        {
+            **_CPU_SHAPES,
+            "steps": 20_000,
+            "ckpt_every": 2000,
+            "preview": {**_CPU_SHAPES["preview"], "every": 2000},
+        },
     ),
     # A small full-style model for one GPU.
     "shapes-small": Preset(
@@ -83,12 +87,9 @@ TRAIN_PRESETS: dict[str, Preset] = {
             "steps": 3000,
             "batch_size": 256,
             "precision": "bf16",
-            "log_every": 100,
             "ckpt_every": 250,
-            "sample_every": 1000,
-            "num_samples": 64,
-            "sample_steps": 30,
-            "cfg_scale": 2.0,
+            "preview": {"every": 1000, "num_samples": 64, "steps": 30, "guidance_scale": 2.0},
+            "logging": {"every": 100},
         },
     ),
     # ~7M parameters: the exported fp16 EMA weights stay under 20 MB.

@@ -23,15 +23,17 @@ from zigma import artifacts
 from zigma.artifacts import CHECKPOINTS, CONFIG_NAME, LOCK_NAME, STEP_NAME, ArtifactError, RunLock
 from zigma.config import ConfigError, from_dict, short_repr, to_dict
 from zigma.data import build_dataset, derive_seed
-from zigma.train import distributed as D
+from zigma.train import distributed
 from zigma.train.checkpoint import (
     Checkpoint,
     CheckpointError,
     bounded_count,
+    legacy_optimizer_names,
     load_checkpoint,
+    remap_optimizer_state,
     restore_rng,
 )
-from zigma.train.config import RESUME_MUTABLE, TrainConfig
+from zigma.train.config import RESUME_MUTABLE, TrainConfig, migrate
 from zigma.train.ema import EMA
 from zigma.train.optim import StepGuard, get_lr
 from zigma.train.tracking import check_trackers
@@ -129,7 +131,9 @@ class PeerRefused(RunDirError):
     """Rank 0 refused the run folder; other ranks raise this (the CLI prints rank 0's line)."""
 
 
-def take_folder(out: Path, ckpt: Path | None, resume: bool, env: D.DistEnv) -> RunLock | None:
+def take_folder(
+    out: Path, ckpt: Path | None, resume: bool, env: distributed.DistEnv
+) -> RunLock | None:
     """Rank 0 locks the run folder and checks that it is as ``prepare`` read it; every rank
     learns the outcome, so a refusal ends all of them instead of leaving some waiting."""
     lock, error = None, None
@@ -147,7 +151,7 @@ def take_folder(out: Path, ckpt: Path | None, resume: bool, env: D.DistEnv) -> R
             if lock is not None:
                 lock.release()
             error = e
-    refusal = D.broadcast_object(None if error is None else str(error), env)
+    refusal = distributed.broadcast_object(None if error is None else str(error), env)
     if error is not None:
         raise error
     if refusal is not None:
@@ -201,7 +205,11 @@ def seed_local(seed: int, rank: int, step: int = 0) -> None:
 
 
 def prepare(
-    cfg: TrainConfig, out: Path, resume: bool, env: D.DistEnv, hint: str = DEFAULT_RESUME_HINT
+    cfg: TrainConfig,
+    out: Path,
+    resume: bool,
+    env: distributed.DistEnv,
+    hint: str = DEFAULT_RESUME_HINT,
 ) -> tuple[TrainConfig, Any, Checkpoint | None, list[str]]:
     """Every check that can fail on user input, before anything is written.
 
@@ -213,11 +221,11 @@ def prepare(
     if latest is not None:
         ckpt = load_checkpoint(latest)
         try:
-            saved = from_dict(TrainConfig, ckpt.config)
+            saved = from_dict(TrainConfig, migrate(ckpt.config))
         except ConfigError as e:
             raise CheckpointError(f"{ckpt.path}/config.json is not a valid TrainConfig: {e}") from e
         cfg, notes = resume_config(saved, cfg)
-    check_trackers(cfg.tensorboard and env.is_main, cfg.wandb and env.is_main)
+    check_trackers(cfg.logging.tensorboard and env.is_main, cfg.logging.wandb and env.is_main)
     if cfg.batch_size % env.world_size:
         raise ConfigError(
             f"batch_size {cfg.batch_size} is not divisible by the world size {env.world_size}"
@@ -264,7 +272,7 @@ def _progress(ckpt: Checkpoint) -> Progress:
     )
 
 
-def _restore_rng(ckpt: Checkpoint, env: D.DistEnv) -> None:
+def _restore_rng(ckpt: Checkpoint, env: distributed.DistEnv) -> None:
     try:
         restore_rng(ckpt.rng_tensors[env.rank], ckpt.state["rng"][env.rank], env.device)
     except (RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
@@ -276,7 +284,7 @@ def _restore_rng(ckpt: Checkpoint, env: D.DistEnv) -> None:
 
 def restore(
     ckpt: Checkpoint,
-    env: D.DistEnv,
+    env: distributed.DistEnv,
     seed: int,
     model: nn.Module,
     ema: EMA,
@@ -294,7 +302,12 @@ def restore(
     try:
         model.load_state_dict(ckpt.model)
         ema.load_state_dict(ckpt.ema)
-        opt.load_state_dict(ckpt.optimizer)
+        names = ckpt.state["optimizer"].get("param_names")
+        if names is None:  # version 1: states by position in the earlier parameter order
+            names = legacy_optimizer_names(model)
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ValueError("optimizer param_names must be a list of names")
+        opt.load_state_dict(remap_optimizer_state(ckpt.optimizer, names, opt, model))
         _check_optimizer_state(opt, ckpt.step)
     except refused as e:
         raise CheckpointError(

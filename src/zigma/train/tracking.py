@@ -48,17 +48,20 @@ class RunLog:
         if logger.getEffectiveLevel() > logging.INFO:
             logger.setLevel(logging.INFO)
         if resume_step is not None:
-            self._truncate_metrics(resume_step, cfg.log_every)
+            self._truncate_metrics(resume_step, cfg.logging.every)
         self.tb = self.wandb = None
-        if cfg.tensorboard:
+        if cfg.logging.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             self.tb = SummaryWriter(str(out_dir / "tensorboard"))
-        if cfg.wandb:
+        if cfg.logging.wandb:
             import wandb as wandb_module
 
             self.wandb = wandb_module.init(
-                project=cfg.wandb_project, config=to_dict(cfg), dir=str(out_dir), resume="allow"
+                project=cfg.logging.wandb_project,
+                config=to_dict(cfg),
+                dir=str(out_dir),
+                resume="allow",
             )
 
     def _truncate_metrics(self, step: int, log_every: int) -> None:

@@ -4,7 +4,7 @@ Time runs from t = 0 (data) to t = 1 (noise), the paper's convention; see ``path
 and for the conversion from SiT's (and the official code's) opposite direction.
 """
 
-from .guidance import cfg_velocity, class_guided
+from .guidance import cfg_velocity, guided
 from .losses import TransportConfig, sample_time, training_loss
 from .paths import PATHS, get_path
 from .samplers import SAMPLERS, as_velocity, likelihood, sample
@@ -15,8 +15,8 @@ __all__ = [
     "TransportConfig",
     "as_velocity",
     "cfg_velocity",
-    "class_guided",
     "get_path",
+    "guided",
     "likelihood",
     "sample",
     "sample_time",

@@ -1,7 +1,6 @@
-"""Classifier-free guidance (Ho & Salimans 2022) for any condition, wrapping a velocity model.
-
-Both branches run in one batched forward call; guidance may be limited to a time interval
-(Kynkäänniemi et al. 2024). The official code has no CFG; DiT guides 3 of 4 channels, we guide all.
+"""Classifier-free guidance (Ho & Salimans 2022) for any named conditions, wrapping a velocity
+model: every channel is guided, both branches run in one batched forward call, and guidance
+may be limited to a time interval (Kynkäänniemi et al. 2024).
 """
 
 from __future__ import annotations
@@ -106,23 +105,23 @@ def cfg_velocity(
     return guided
 
 
-def class_guided(
+def guided(
     model_fn: ModelFn,
-    labels: torch.Tensor | None,
-    null_label: int | None,
+    cond: Mapping[str, Any],
+    null: Mapping[str, Any],
     scale: float = 1.0,
     interval: tuple[float, float] | None = None,
 ) -> tuple[ModelFn, dict[str, Any]]:
-    """``(model_fn, model_kwargs)`` to hand to ``sample`` for a label-conditioned model.
+    """``(model_fn, model_kwargs)`` to hand to ``sample`` for a model with conditions ``cond``.
 
-    Labels go in as ``y``; with ``scale != 1`` they are guided against ``null_label`` through
-    ``cfg_velocity``. ``labels=None`` (an unconditional model) returns ``model_fn`` unchanged.
+    With ``scale != 1`` every condition is guided against its null value in ``null`` (the
+    model's ``null_conditions(cond)``: the null class, the null text, ...) through
+    ``cfg_velocity``; with no conditions ``model_fn`` is returned unchanged.
     """
-    if labels is None:
+    if not cond:
+        if scale != 1.0:
+            raise ValueError("classifier-free guidance needs a conditional model")
         return model_fn, {}
     if scale == 1.0:
-        return model_fn, {"y": labels}
-    if null_label is None:
-        raise ValueError("classifier-free guidance needs a null label")
-    null = torch.full_like(labels, null_label)
-    return cfg_velocity(model_fn, scale, {"y": labels}, {"y": null}, interval), {}
+        return model_fn, dict(cond)
+    return cfg_velocity(model_fn, scale, cond, null, interval), {}

@@ -36,18 +36,15 @@ class TransportConfig:
         prediction: the network output: "velocity" (eq. 12), "score" (eq. 11) or "noise" (ε).
         loss_weight: for score/noise only: None (unweighted), "velocity" ((λ_t/σ_t)², so the
             loss equals the velocity error of the implied velocity) or "likelihood" (λ_t/σ_t²,
-            i.e. λ_t·‖ŝ − s‖², the maximum-likelihood weighting); λ_t is ``Path.score_coef``.
+            i.e. λ_t·‖ŝ − s‖², the maximum-likelihood weighting); λ_t is ``Interpolant.score_coef``.
             A velocity model takes None or "velocity" (both mean unweighted).
-        train_eps, sample_eps: None resolves to SiT's defaults (the official code's):
+        train_eps, sample_eps: None resolves to these defaults (SiT's):
             linear/gvp + velocity: 0 and 0, since v = α̇ x_* + σ̇ ε is regular on [0, 1];
             vp (any prediction): 1e-5 and 1e-3, guarding t = 0 where σ̇ = ∞;
             linear/gvp + score/noise: 1e-3 and 1e-3, guarding t = 0 (σ = 0: the score is
             unbounded, ε is not identifiable, the likelihood weight is infinite) and t = 1
             (α = 0: converting to velocity and the velocity weight divide by α).
-            SiT defaults ``sample_eps`` only when ``train_eps is None`` (a typo for
-            ``sample_eps is None``), so giving just train_eps leaves sample_eps unset; here
-            each eps resolves on its own, and an explicit value is always kept (SiT overwrites
-            both with 0 for linear/gvp velocity models).
+            Each eps resolves on its own, and an explicit value is always kept.
         time_dist: how training times are drawn on the train interval: "uniform" (SiT) or
             "logit-normal" (t = sigmoid(m + s·n), n ~ N(0, 1); Esser et al. 2024, SD3), which
             spends more steps at mid times, where the velocity is hardest to predict, and

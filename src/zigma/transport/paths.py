@@ -5,7 +5,7 @@ Time convention, used everywhere in ``zigma.transport`` (the paper's, eq. 13): t
 (α_0 = 1, σ_0 = 0), t = 1 is noise, ε ~ N(0, I); the velocity is v = dx_t/dt = α̇_t·x_* + σ̇_t·ε
 and sampling integrates from t = 1 down to t = 0. SiT and the official ZigMa code run time the
 other way (t = 0 noise, t = 1 data): t_ours = 1 − t_SiT, v_ours = −v_SiT; α, σ, score, noise and
-data are unchanged, and SiT's ``drift_var`` equals our ``Path.score_coef``.
+data are unchanged, and SiT's ``drift_var`` equals our ``Interpolant.score_coef``.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def expand_t(t: Tensor | float, x: Tensor) -> Tensor:
     return t
 
 
-class Path:
+class Interpolant:
     """Base class: subclasses define ``alpha``, ``sigma``, ``d_alpha``, ``d_sigma`` of a tensor t.
 
     ``train_eps`` / ``sample_eps`` are the default distances from a singular endpoint used when a
@@ -150,7 +150,7 @@ class Path:
         return self.convert(v, x_t, t, "velocity", "score")
 
 
-class LinearPath(Path):
+class LinearInterpolant(Interpolant):
     """α_t = 1 − t, σ_t = t (eq. 13): the straight path ZigMa trains with."""
 
     name = "linear"
@@ -168,7 +168,7 @@ class LinearPath(Path):
         return torch.ones_like(t)
 
 
-class GVPPath(Path):
+class GVPInterpolant(Interpolant):
     """Generalised variance-preserving path: α_t = cos(πt/2), σ_t = sin(πt/2), α² + σ² = 1."""
 
     name = "gvp"
@@ -187,7 +187,7 @@ class GVPPath(Path):
         return 0.5 * math.pi * self.alpha(t)
 
 
-class VPPath(Path):
+class VPInterpolant(Interpolant):
     """SiT's variance-preserving path (β_min = 0.1, β_max = 20) in our time direction.
 
     log α_t = −¼ t² (β_max − β_min) − ½ t β_min, σ_t = √(1 − α_t²). σ̇_t = −α_t α̇_t/σ_t is
@@ -203,7 +203,7 @@ class VPPath(Path):
         self.beta_min, self.beta_max = beta_min, beta_max
 
     def __repr__(self) -> str:
-        return f"VPPath(beta_min={self.beta_min}, beta_max={self.beta_max})"
+        return f"VPInterpolant(beta_min={self.beta_min}, beta_max={self.beta_max})"
 
     def _log_alpha(self, t: Tensor) -> Tensor:
         return -0.25 * t**2 * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
@@ -222,12 +222,16 @@ class VPPath(Path):
         return -self.alpha(t) * self.d_alpha(t) / self.sigma(t)
 
 
-PATHS: dict[str, type[Path]] = {"linear": LinearPath, "gvp": GVPPath, "vp": VPPath}
+PATHS: dict[str, type[Interpolant]] = {
+    "linear": LinearInterpolant,
+    "gvp": GVPInterpolant,
+    "vp": VPInterpolant,
+}
 
 
-def get_path(path: str | Path) -> Path:
+def get_path(path: str | Interpolant) -> Interpolant:
     """Return a path instance by name (one of ``PATHS``); a ``Path`` instance passes through."""
-    if isinstance(path, Path):
+    if isinstance(path, Interpolant):
         return path
     check_choice("path", path, PATHS)
     return PATHS[path]()

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .paths import PREDICTIONS, Path, check_choice, get_path, time_dtype
+from .paths import PREDICTIONS, Interpolant, check_choice, get_path, time_dtype
 
 ModelFn = Callable[..., Tensor]
 Callback = Callable[[dict[str, Any]], None]
@@ -50,8 +50,8 @@ def _report(callback: Callback | None, **info: Any) -> None:
         callback(info)
 
 
-def as_velocity(model_fn: ModelFn, prediction: str, path: str | Path = "linear") -> ModelFn:
-    """Wrap a score/noise/data model so that it returns the velocity (``Path.convert``).
+def as_velocity(model_fn: ModelFn, prediction: str, path: str | Interpolant = "linear") -> ModelFn:
+    """Wrap a score/noise/data model so that it returns the velocity (``Interpolant.convert``).
 
     Converting from score or noise divides by α_t, which is 0 at t = 1 on linear/gvp: sample such
     models on ``TransportConfig.sample_interval()``.
@@ -154,11 +154,11 @@ def sample_dopri5(
 # ---------------------------------------------------------------- SDE samplers
 
 
-def diffusion_coef(form: str, path: Path, t: Tensor, norm: float = 1.0) -> Tensor:
+def diffusion_coef(form: str, path: Interpolant, t: Tensor, norm: float = 1.0) -> Tensor:
     """The diffusion coefficient w_t of the reverse SDE, in our time (t = 1 noise, t = 0 data).
 
     Forms keep SiT's names (which describe w along sampling, i.e. as t goes from 1 to 0); with
-    n = ``norm``: constant n; SBDM n·λ_t (``Path.score_coef``; on vp λ_t = β(t)/2, so √(2w)
+    n = ``norm``: constant n; SBDM n·λ_t (``Interpolant.score_coef``; on vp λ_t = β(t)/2, so √(2w)
     is the VP-SDE's √β); sigma n·σ_t; linear n·t; decreasing ¼(1 − n·cos πt)² (1 at noise,
     0 at data for n = 1); increasing-decreasing n·sin²(πt). Each is SiT's form at 1 − t.
     """
@@ -177,7 +177,7 @@ def diffusion_coef(form: str, path: Path, t: Tensor, norm: float = 1.0) -> Tenso
 
 
 def _sde_parts(
-    model_fn: ModelFn, path: Path, form: str, norm: float, kw: dict[str, Any]
+    model_fn: ModelFn, path: Interpolant, form: str, norm: float, kw: dict[str, Any]
 ) -> tuple[Callable[[Tensor, float], tuple[Tensor, Tensor]], Callable[[float, Tensor], Tensor]]:
     """Return drift(x, t) -> (v − w·s, v) and w(t) for the reverse-time SDE.
 
@@ -201,7 +201,7 @@ def _sde_parts(
 
 
 def _last_step(
-    kind: str, drift: Callable, path: Path, x: Tensor, t: float, t_end: float
+    kind: str, drift: Callable, path: Interpolant, x: Tensor, t: float, t_end: float
 ) -> tuple[Tensor, Tensor]:
     """The final, noise-free step from t to t_end; returns (x_end, velocity at t).
 
@@ -237,7 +237,7 @@ def sample_sde_euler(
     x: Tensor,
     ts: Sequence[float],
     *,
-    path: str | Path = "linear",
+    path: str | Interpolant = "linear",
     diffusion_form: DiffusionForm = "sigma",
     diffusion_norm: float = 1.0,
     last_step: LastStep = "mean",
@@ -274,7 +274,7 @@ def sample_sde_heun(
     x: Tensor,
     ts: Sequence[float],
     *,
-    path: str | Path = "linear",
+    path: str | Interpolant = "linear",
     diffusion_form: DiffusionForm = "sigma",
     diffusion_norm: float = 1.0,
     last_step: LastStep = "mean",
@@ -345,7 +345,7 @@ def sample(
     noise: Tensor,
     sampler: str = "euler",
     steps: int = 50,
-    path: str | Path = "linear",
+    path: str | Interpolant = "linear",
     *,
     model_kwargs: dict[str, Any] | None = None,
     t_start: float | None = None,
@@ -443,7 +443,7 @@ def _divergence(v: Tensor, x: Tensor, probes: Tensor | None) -> Tensor:
 def likelihood(
     model_fn: ModelFn,
     x_data: Tensor,
-    path: str | Path = "linear",
+    path: str | Interpolant = "linear",
     steps: int = 100,
     sampler: str = "heun",
     num_probes: int = 1,

@@ -20,7 +20,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[2] / "src"))
 
 from zigma.bench import device_name  # noqa: E402
-from zigma.evaluate import generate, load_for_sampling  # noqa: E402
+from zigma.evaluate import load_for_sampling  # noqa: E402
+from zigma.generate import generate  # noqa: E402
 from zigma.models import create_model  # noqa: E402
 
 SMALL = {"hidden_size": 16, "depth": 2, "input_size": 8, "in_channels": 3}
@@ -85,7 +86,14 @@ def main() -> None:
     loaded = load_for_sampling(HERE.parents[2] / "pretrained" / "shapes-cpu")
     labels = torch.arange(8)
     tensors["pretrained/samples"] = generate(
-        loaded, 8, seed=0, sampler="heun", steps=6, cfg_scale=3.0, labels=labels
+        loaded.model,
+        loaded.transport,
+        8,
+        cond={"y": labels},
+        seed=0,
+        sampler="heun",
+        steps=6,
+        guidance_scale=3.0,
     ).contiguous()
     info = {
         "cases": json.dumps(meta, sort_keys=True),

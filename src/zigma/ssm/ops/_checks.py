@@ -196,3 +196,44 @@ def check_scan_tokens_inputs(
     if order is not None:
         check_index("order", order, length, u.device)
     return batch, length, dim, n_state
+
+
+def describe_shape(t: object) -> str:
+    if not isinstance(t, torch.Tensor):
+        return type(t).__name__
+    return "[" + ", ".join(str(s) for s in t.shape) + "]"
+
+
+def check_conv_tokens_args(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    order: torch.Tensor | None,
+    activation: str | None,
+) -> None:
+    """Validate the arguments of a token-layout causal conv (shapes, dtypes, devices only).
+
+    Raises:
+        ValueError: naming the offending argument.
+    """
+    if activation not in ("silu", None):
+        raise ValueError(f"activation must be 'silu' or None, got {activation!r}")
+    if not isinstance(x, torch.Tensor) or x.dim() != 3:
+        raise ValueError(f"x must be [batch, L, dim], got {describe_shape(x)}")
+    _, length, dim = x.shape
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2 or weight.shape[0] != dim:
+        raise ValueError(
+            f"weight must be [dim, width] with dim = {dim}, got {describe_shape(weight)}"
+        )
+    if weight.shape[1] < 1:
+        raise ValueError("weight must have width >= 1")
+    if bias is not None and (not isinstance(bias, torch.Tensor) or tuple(bias.shape) != (dim,)):
+        raise ValueError(f"bias must be [dim] = [{dim}] or None, got {describe_shape(bias)}")
+    for name, t in (("x", x), ("weight", weight), ("bias", bias)):
+        if t is not None and t.dtype not in _FLOATS:
+            raise ValueError(f"{name} must be fp16/bf16/fp32/fp64, got {t.dtype}")
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and t.device != x.device:
+            raise ValueError(f"{name} is on {t.device} but x is on {x.device}")
+    if order is not None:
+        check_index("order", order, length, x.device)

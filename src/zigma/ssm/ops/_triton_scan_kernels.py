@@ -9,8 +9,8 @@ next, and saves the state every ``T`` steps. The backward goes back a group of T
 time and, inside a group, one state at a time: it recomputes that state's T values from the
 group's checkpoint, keeps them in registers, walks them back, and sums the state's dB/dC terms
 over the tile's channels once per group (a warp reduce-scatter in PTX). Loop bodies are kept
-small on purpose: an earlier version that unrolled whole groups of steps and states (45-140 KB
-of SASS per loop iteration) took 5-15 ms per call on an H100 at batch 8, dim 1536, L 4096.
+small on purpose: unrolling whole groups of steps and states made them tens of kilobytes of
+machine code and the kernels several times slower (BENCHMARKS.md).
 fp32 math, ``exp2`` on a pre-scaled ``A``.
 """
 

@@ -12,56 +12,21 @@ import torch
 import torch.nn.functional as F
 
 import zigma.ssm.ops as ops
-from zigma.ssm.ops._checks import check_index, check_scan_inputs, compute_dtype, no_autocast
+from zigma.ssm.ops._checks import (
+    check_conv_tokens_args,
+    check_index,
+    check_scan_inputs,
+    compute_dtype,
+    describe_shape,
+    no_autocast,
+)
 
 __all__ = [
     "causal_conv1d_tokens_ref",
-    "check_conv_tokens_args",
     "conv_tokens",
     "scan_tokens",
     "selective_scan_tokens_ref",
 ]
-
-_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
-
-def _shape(t: object) -> str:
-    if not isinstance(t, torch.Tensor):
-        return type(t).__name__
-    return "[" + ", ".join(str(s) for s in t.shape) + "]"
-
-
-def check_conv_tokens_args(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    order: torch.Tensor | None,
-    activation: str | None,
-) -> None:
-    """Validate the arguments of a token-layout causal conv (shapes, dtypes, devices only).
-
-    Raises:
-        ValueError: naming the offending argument.
-    """
-    if activation not in ("silu", None):
-        raise ValueError(f"activation must be 'silu' or None, got {activation!r}")
-    if not isinstance(x, torch.Tensor) or x.dim() != 3:
-        raise ValueError(f"x must be [batch, L, dim], got {_shape(x)}")
-    _, length, dim = x.shape
-    if not isinstance(weight, torch.Tensor) or weight.dim() != 2 or weight.shape[0] != dim:
-        raise ValueError(f"weight must be [dim, width] with dim = {dim}, got {_shape(weight)}")
-    if weight.shape[1] < 1:
-        raise ValueError("weight must have width >= 1")
-    if bias is not None and (not isinstance(bias, torch.Tensor) or tuple(bias.shape) != (dim,)):
-        raise ValueError(f"bias must be [dim] = [{dim}] or None, got {_shape(bias)}")
-    for name, t in (("x", x), ("weight", weight), ("bias", bias)):
-        if t is not None and t.dtype not in _FLOATS:
-            raise ValueError(f"{name} must be fp16/bf16/fp32/fp64, got {t.dtype}")
-    for name, t in (("weight", weight), ("bias", bias)):
-        if t is not None and t.device != x.device:
-            raise ValueError(f"{name} is on {t.device} but x is on {x.device}")
-    if order is not None:
-        check_index("order", order, length, x.device)
 
 
 def _to_tokens(y: torch.Tensor, order: torch.Tensor | None) -> torch.Tensor:
@@ -141,7 +106,7 @@ def selective_scan_tokens_ref(
         ValueError: on malformed inputs.
     """
     if not isinstance(u, torch.Tensor) or u.dim() != 3:
-        raise ValueError(f"u must be [batch, L, dim], got {_shape(u)}")
+        raise ValueError(f"u must be [batch, L, dim], got {describe_shape(u)}")
     if order is not None:
         check_index("order", order, u.shape[1], u.device)
 
@@ -149,7 +114,9 @@ def selective_scan_tokens_ref(
         if t is None:
             return None
         if t.dim() != 3:
-            raise ValueError(f"token-layout scan inputs must be [batch, L, *], got {_shape(t)}")
+            raise ValueError(
+                f"token-layout scan inputs must be [batch, L, *], got {describe_shape(t)}"
+            )
         return (t if order is None else t[:, order]).transpose(1, 2)  # [b, *, L] scan order
 
     args = (*map(to_scan, (u, delta)), A, *map(to_scan, (B, C)), D, to_scan(z), delta_bias)

@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from zigma.ssm.ops.tokens import check_conv_tokens_args
+from zigma.ssm.ops._checks import check_conv_tokens_args
 
 __all__ = ["causal_conv1d_tokens"]
 
