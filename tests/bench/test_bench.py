@@ -120,11 +120,13 @@ def test_cuda_graph_forward_matches_eager():
     g = torch.Generator(device="cuda").manual_seed(0)
     x = torch.randn(2, 4, 16, 16, device="cuda", generator=g)
     t, y = torch.rand(2, device="cuda", generator=g), torch.tensor([1, 3], device="cuda")
-    graphed = GraphedForward(model, x, t, y, dtype=torch.bfloat16)
+    graphed = GraphedForward(model, x, t, {"y": y}, dtype=torch.bfloat16)
     for _ in range(2):  # new inputs are copied in; the output buffer is rewritten
         x, t = torch.randn_like(x), torch.rand_like(t)
         with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
-            want = model(x, t, y)
-        torch.testing.assert_close(graphed(x, t, y), want, rtol=0, atol=0)
+            want = model(x, t, y=y)
+        torch.testing.assert_close(graphed(x, t, y=y), want, rtol=0, atol=0)
     with pytest.raises(ValueError, match="captured for"):
-        graphed(x[:1], t[:1], y[:1])
+        graphed(x[:1], t[:1], y=y[:1])
+    with pytest.raises(ValueError, match="conditions"):
+        graphed(x, t)

@@ -49,6 +49,8 @@ class GraphedForward:
     ) -> None:
         if x.device.type != "cuda" or t.device != x.device:
             raise ValueError(f"CUDA graphs need CUDA inputs, got x on {x.device}, t on {t.device}")
+        if cond is not None and not isinstance(cond, dict):
+            raise TypeError(f"cond must be a dict of named conditions, got {type(cond).__name__}")
         self.model, self.dtype = model, dtype
         self.inputs = {"x": x.clone(), "t": t.clone()}
         self.cond = {k: None if v is None else v.clone() for k, v in (cond or {}).items()}
