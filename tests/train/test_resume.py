@@ -5,6 +5,7 @@ process, across epoch boundaries and with label dropout drawing from the global 
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -126,3 +127,12 @@ def test_the_help_lists_every_resume_mutable_field(capsys):
     text = " ".join(capsys.readouterr().out.split())
     listed = text.split("the checkpoint's config wins, except ")[1].split(", which take")[0]
     assert listed.split(", ") == list(RESUME_MUTABLE)
+
+
+def test_resume_past_the_last_step_trains_nothing_and_reports_the_last_loss(tmp_path):
+    out = tmp_path / "run"
+    first = train(tiny(steps=10), out)
+    again = train(tiny(steps=6), out, resume=True)
+    assert again.steps == 10 and math.isfinite(again.final_loss)
+    assert again.final_loss == first.final_loss
+    assert "step 10 is at or past steps=6: nothing to train" in (out / "log.txt").read_text()

@@ -267,7 +267,12 @@ def _train(
     if not bar.disable:  # console log lines go through tqdm.write, not across the bar
         stack.enter_context(logging_redirect_tqdm())
     start = t_window = time.perf_counter()
-    window_steps, final_loss = 0, math.nan
+    window_steps = 0
+    # a resumed run that has nothing left to train reports its last logged window
+    tail = [v for v in prog.losses[-cfg.logging.every :] if math.isfinite(v)]
+    final_loss = sum(tail) / len(tail) if tail else math.nan
+    if run is not None and prog.step >= cfg.steps > 0:
+        run.info("step %d is at or past steps=%d: nothing to train", prog.step, cfg.steps)
     while prog.step < cfg.steps:
         step = prog.step
         batch = next(batches)
