@@ -2,8 +2,10 @@
 same weights and inputs give the same outputs, in eval and in training mode (label dropout), and
 the shipped pretrained model samples the same images.
 
-Bit-exact on a machine like the recording one (same CPU model and torch); elsewhere CPU matrix
-kernels may round differently, so other machines get a tight tolerance instead.
+Compared to a tight tolerance, not bit for bit: even on the recording CPU model and torch
+version, CPU matrix kernels round differently with another thread count or CPU generation (a
+DiT output moved by 1.2e-7 between two "AMD EPYC" machines), and a change of layout that moves
+an output by more than rounding still fails.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from zigma.bench import device_name
 from zigma.evaluate import load_for_sampling
 from zigma.generate import generate
 from zigma.models import create_model
@@ -29,14 +30,10 @@ with safe_open(str(GOLDEN), "pt") as f:
     INFO = f.metadata()
 CASES = json.loads(INFO["cases"])
 TENSORS = load_file(GOLDEN)
-SAME_MACHINE = INFO["cpu"] == device_name("cpu") and INFO["torch"] == torch.__version__
 
 
 def check(got: torch.Tensor, want: torch.Tensor) -> None:
-    if SAME_MACHINE:
-        assert torch.equal(got, want), (got - want).abs().max()
-    else:
-        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
 def _case(name: str) -> dict[str, torch.Tensor]:
