@@ -17,7 +17,16 @@ import torch
 from torch import nn
 
 from zigma.models import GraphCache
-from zigma.transport import SAMPLERS, TransportConfig, as_velocity, guided, sample
+from zigma.models.layers import CrossAttention
+from zigma.transport import (
+    SAMPLERS,
+    TransportConfig,
+    as_velocity,
+    guided,
+    num_rows,
+    sample,
+    take_rows,
+)
 
 OutputStage = Callable[[torch.Tensor], torch.Tensor]
 
@@ -54,8 +63,53 @@ def grid_conditions(model: nn.Module, num: int, **given: Any) -> dict[str, Any]:
     return out
 
 
+class AttentionMaps:
+    """Cross-attention weights of a text model recorded while ``generate`` samples: for each
+    sample, the attention of every image token to every context token, averaged over heads,
+    layers and sampler steps (the conditional branch only, under guidance).
+
+    Pass one to ``generate(..., attention=maps)``; afterwards ``maps.maps`` is
+    [num, L_img, 1 + L_text] (context token 0 is the null token that leads every context) and
+    ``maps.grid`` the (frames, h, w) of the image tokens, in the token grid's numbering.
+    """
+
+    def __init__(self) -> None:
+        self.maps: torch.Tensor | None = None
+        self.grid: tuple[int, int, int] | None = None
+        self._parts: list[torch.Tensor] = []
+        self._sum: torch.Tensor | None = None
+        self._calls = 0
+        self._rows = 0
+
+    def _record(self, weights: torch.Tensor) -> None:  # [B or 2B, L, S]
+        w = weights[: self._rows].float()
+        self._sum = w if self._sum is None else self._sum + w
+        self._calls += 1
+
+    @contextlib.contextmanager
+    def attached(self, model: nn.Module, rows: int):
+        """Record every cross-attention of ``model`` for a batch of ``rows`` samples."""
+        layers = [m for m in model.modules() if isinstance(m, CrossAttention)]
+        if not layers:
+            raise ValueError("attention maps need a text model (one with cross-attention)")
+        self._sum, self._calls, self._rows = None, 0, rows
+        for layer in layers:
+            layer.recorder = self._record
+        try:
+            yield
+        finally:
+            for layer in layers:
+                layer.recorder = None
+        if self._sum is not None:
+            self._parts.append((self._sum / self._calls).cpu())
+
+    def finish(self, grid: tuple[int, int, int]) -> None:
+        self.maps = torch.cat(self._parts) if self._parts else None
+        self.grid = grid
+
+
 def _batch(cond: Mapping[str, Any], lo: int, hi: int, device) -> dict[str, Any]:
-    return {k: v[lo:hi].to(device) if torch.is_tensor(v) else v[lo:hi] for k, v in cond.items()}
+    return {k: take_rows(v, lo, hi, device) for k, v in cond.items()}
 
 
 @torch.no_grad()
@@ -76,6 +130,7 @@ def generate(
     cuda_graphs: bool = False,
     progress: bool = False,
     output: OutputStage = to_images,
+    attention: AttentionMaps | None = None,
     **sampler_kw: Any,
 ) -> torch.Tensor:
     """Draw ``num`` samples of ``model`` (left in eval mode on ``device``), on the CPU.
@@ -88,6 +143,8 @@ def generate(
         autocast: run the model under autocast in this dtype (None: the weights' dtype).
         cuda_graphs: replay each model call as a captured CUDA graph (CUDA only).
         output: applied to each batch of samples (``to_images`` clamps to [-1, 1]).
+        attention: records a text model's cross-attention maps (``AttentionMaps``); the model
+            then runs its attention explicitly, without SDPA's fused kernels (and no graphs).
 
     The same call on the same machine gives the same bits, whatever ``progress`` says. The
     noise does not depend on ``batch_size``; other batch sizes still differ by rounding, as
@@ -108,6 +165,8 @@ def generate(
     device = torch.device(device)
     if cuda_graphs and device.type != "cuda":
         raise ValueError(f"cuda_graphs needs a CUDA device, got {device}")
+    if cuda_graphs and attention is not None:
+        raise ValueError("attention maps are recorded eagerly: turn cuda_graphs off")
     cond = dict(cond or {})
     names = set(model.condition_names)
     if set(cond) != names:
@@ -117,8 +176,9 @@ def generate(
     if guidance_scale != 1.0 and not names:
         raise ValueError("classifier-free guidance needs a conditional model")
     for name, value in cond.items():
-        if len(value) != num:
-            raise ValueError(f"condition {name} has {len(value)} rows for {num} samples")
+        rows = num_rows(value) if isinstance(value, (torch.Tensor, tuple)) else len(value)
+        if rows != num:
+            raise ValueError(f"condition {name} has {rows} rows for {num} samples")
     model = model.to(device).eval()
     cfg = model.config
     noise = initial_noise(num, (cfg.in_channels, *cfg.input_size), seed)
@@ -140,10 +200,14 @@ def generate(
             velocity, part, model.null_conditions(part), guidance_scale, guidance_interval
         )
         gens = [sde_generator(seed, i, device) for i in range(lo, lo + len(x))] if sde else None
-        with cast():
+        record = attention.attached(model, len(x)) if attention else contextlib.nullcontext()
+        with cast(), record:
             samples = sample(
                 fn, x, sampler, steps, transport.path, model_kwargs=kwargs, t_start=t_start,
                 t_end=t_end, generator=gens, progress=progress, **sampler_kw,
             )  # fmt: skip
         out.append(output(samples.float()).cpu())
+    if attention is not None:
+        g = model.grid.shape_of_size(tuple(noise.shape[2:]))
+        attention.finish((g.frames, g.height, g.width))
     return torch.cat(out)

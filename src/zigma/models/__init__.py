@@ -7,7 +7,13 @@ Importing this package registers every family (each model module ends with its
 """
 
 from zigma.models.backbone import BackboneConfig, DiffusionBackbone
-from zigma.models.conditions import ClassCondition, Condition, Conditioner, Conditioning
+from zigma.models.conditions import (
+    ClassCondition,
+    Condition,
+    Conditioner,
+    Conditioning,
+    TextCondition,
+)
 from zigma.models.dit import DiT, DiTBlock, DiTConfig
 from zigma.models.graphs import GraphCache, GraphedForward
 from zigma.models.grid import GridShape, TokenGrid
@@ -38,6 +44,7 @@ __all__ = [
     "Condition",
     "Conditioner",
     "Conditioning",
+    "TextCondition",
     "DiT",
     "DiTBlock",
     "DiTConfig",

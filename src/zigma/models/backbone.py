@@ -17,7 +17,14 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from zigma.models import io
-from zigma.models.conditions import ClassCondition, Condition, Conditioner, Conditioning
+from zigma.models.conditions import (
+    TEXT_NULLS,
+    ClassCondition,
+    Condition,
+    Conditioner,
+    Conditioning,
+    TextCondition,
+)
 from zigma.models.grid import POS_EMBEDS, GridShape, TokenGrid
 
 
@@ -40,6 +47,14 @@ class BackboneConfig:
             null class ``num_classes`` for classifier-free guidance.
         pos_embed: positional embedding of the patch tokens: a learnable table (initialised to
             the sin-cos one), the fixed sin-cos table, or none.
+        text_dim: width of a text encoder's token features; 0 for a model without text. A text
+            model takes ``text=(tokens, mask)`` and adds cross-attention to every block.
+        text_dropout_prob: caption dropout: the probability a training sample gets the null text.
+        text_null: the null text's vector and context token: "learned" or "zero".
+        cross_attn_heads, cross_attn_head_dim: the cross-attention's heads and their width (the
+            official ZigMa's default: 8 x 64).
+        text_encoder, text_encoder_hash: the encoder the model was trained with ("minilm" or a
+            directory) and the sha256 of its weights, so prompts are encoded the same way later.
     """
 
     # Whether the token mixer is a scan (a Mamba model): the one place this is asked.
@@ -55,6 +70,13 @@ class BackboneConfig:
     num_classes: int = 0
     class_dropout_prob: float = 0.1
     pos_embed: Literal["none", "sincos", "learnable"] = "learnable"
+    text_dim: int = 0
+    text_dropout_prob: float = 0.1
+    text_null: Literal["learned", "zero"] = "learned"
+    cross_attn_heads: int = 8
+    cross_attn_head_dim: int = 64
+    text_encoder: str = ""
+    text_encoder_hash: str = ""
 
     def __post_init__(self) -> None:
         if isinstance(self.input_size, int):
@@ -99,11 +121,26 @@ class BackboneConfig:
             self.pos_embed in POS_EMBEDS,
             f"pos_embed must be one of {list(POS_EMBEDS)}, got {self.pos_embed!r}",
         )
+        require(self.text_dim >= 0, f"text_dim must be >= 0, got {self.text_dim}")
+        require(
+            0.0 <= self.text_dropout_prob < 1.0,
+            f"text_dropout_prob must be in [0, 1), got {self.text_dropout_prob}",
+        )
+        require(
+            self.text_null in TEXT_NULLS,
+            f"text_null must be one of {list(TEXT_NULLS)}, got {self.text_null!r}",
+        )
+        for name in ("cross_attn_heads", "cross_attn_head_dim"):
+            require(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
         if self.pos_embed == "sincos":
             require(
                 self.hidden_size % 4 == 0,
                 f"sincos pos_embed needs hidden_size % 4 == 0, got {self.hidden_size}",
             )
+
+    @property
+    def has_text(self) -> bool:
+        return self.text_dim > 0
 
     @property
     def is_video(self) -> bool:
@@ -137,7 +174,7 @@ class DiffusionBackbone(nn.Module):
     """
 
     # the conditions a model of this class understands; its config decides which it has
-    condition_types: ClassVar[tuple[type[Condition], ...]] = (ClassCondition,)
+    condition_types: ClassVar[tuple[type[Condition], ...]] = (ClassCondition, TextCondition)
 
     def __init__(self, config: BackboneConfig):
         super().__init__()
@@ -170,6 +207,14 @@ class DiffusionBackbone(nn.Module):
             nn.init.zeros_(lin.bias)
         if "y" in self.conditioner.conditions:
             nn.init.normal_(self.conditioner.conditions["y"].embedding.weight, std=0.02)
+        text = self.conditioner.conditions["text"] if self.config.has_text else None
+        if text is not None:
+            for lin in (text.proj[0], text.proj[2]):
+                nn.init.xavier_uniform_(lin.weight)
+                nn.init.zeros_(lin.bias)
+            if text.null == "learned":
+                nn.init.normal_(text.null_vector, std=0.02)
+                nn.init.normal_(text.null_token, std=0.02)
 
     # -- the contract -------------------------------------------------------------------------
     @property
@@ -199,6 +244,12 @@ class DiffusionBackbone(nn.Module):
             raise ValueError(f"t must be a scalar or have shape [{b}], got {tuple(t.shape)}")
         cond = self.conditioner.check(cond, b, x.device)
         return shape, self.grid(x, shape), self.conditioner(t, cond)
+
+    @staticmethod
+    def text_context(conditioning: Conditioning) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The cross-attention context (tokens [B, S, D], mask [B, S]) of a text model, else
+        (None, None)."""
+        return conditioning.context.get("text", (None, None))
 
     def run_block(self, block: nn.Module, *args) -> torch.Tensor:
         """``block(*args)``, recomputed in the backward pass if ``grad_checkpointing`` is on."""

@@ -17,6 +17,8 @@ from torch import nn
 
 from zigma.models.layers import TimestepEmbedder
 
+TEXT_NULLS: tuple[str, ...] = ("learned", "zero")
+
 
 @dataclass
 class Conditioning:
@@ -152,6 +154,120 @@ class ClassCondition(Condition):
         if not 0 <= value < self.num_classes:
             raise ValueError(f"class must be in 0..{self.num_classes - 1}, got {value}")
         return torch.full((num,), value, dtype=torch.long)
+
+
+class TextCondition(Condition):
+    """Text ``text=(tokens, mask)``: a text encoder's token features [B, L, text_dim] and their
+    padding mask [B, L] (True = a real token), e.g. from ``zigma.text``.
+
+    The tokens are projected to the model width (a two-layer MLP, as PixArt's caption
+    projection); their masked mean is the adaLN vector and the sequence is the cross-attention
+    context. The null text, what guidance and caption dropout use, is the all-False mask: its
+    adaLN vector is ``null_vector`` and its context the single ``null_token`` that leads every
+    context (so a query always has a key to attend to). ``null`` "learned" trains both; "zero"
+    keeps them zero.
+    """
+
+    name = "text"
+    data_key = "text"
+    description = "text tokens"
+
+    def __init__(
+        self, text_dim: int, hidden_size: int, dropout_prob: float, null: str = "learned"
+    ) -> None:
+        super().__init__()
+        if null not in TEXT_NULLS:
+            raise ValueError(f"text_null must be one of {list(TEXT_NULLS)}, got {null!r}")
+        self.text_dim, self.null = text_dim, null
+        self.dropout_prob = dropout_prob
+        self.proj = nn.Sequential(
+            nn.Linear(text_dim, hidden_size),
+            nn.GELU(approximate="tanh"),
+            nn.Linear(hidden_size, hidden_size),
+        )
+        if null == "learned":
+            self.null_vector = nn.Parameter(torch.zeros(hidden_size))
+            self.null_token = nn.Parameter(torch.zeros(hidden_size))
+        else:
+            self.register_buffer("null_vector", torch.zeros(hidden_size))
+            self.register_buffer("null_token", torch.zeros(hidden_size))
+
+    @classmethod
+    def from_config(cls, config: Any) -> TextCondition | None:
+        if not getattr(config, "text_dim", 0):
+            return None
+        return cls(config.text_dim, config.hidden_size, config.text_dropout_prob, config.text_null)
+
+    def describe(self) -> str:
+        return (
+            f"text=(tokens [B, L, {self.text_dim}] float, mask [B, L] bool) "
+            "(an all-False mask = null text)"
+        )
+
+    def check(self, value: Any, batch: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+        if isinstance(value, torch.Tensor):
+            value = (value, None)
+        if not isinstance(value, (tuple, list)) or len(value) != 2:
+            raise ValueError(
+                f"text must be a pair (tokens [B, L, {self.text_dim}], mask [B, L]), got "
+                f"{type(value).__name__}"
+            )
+        tokens, mask = value
+        tokens = torch.as_tensor(tokens, device=device)
+        if (
+            tokens.ndim != 3
+            or tokens.shape[0] != batch
+            or tokens.shape[1] < 1
+            or tokens.shape[2] != self.text_dim
+            or not tokens.is_floating_point()
+        ):
+            raise ValueError(
+                f"text tokens must be float [{batch}, L >= 1, {self.text_dim}], got "
+                f"{tokens.dtype} {tuple(tokens.shape)}"
+            )
+        if mask is None:
+            mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=device)
+        mask = torch.as_tensor(mask, device=device)
+        if mask.shape != tokens.shape[:2] or mask.dtype != torch.bool:
+            raise ValueError(
+                f"text mask must be bool {list(tokens.shape[:2])}, got {mask.dtype} "
+                f"{tuple(mask.shape)}"
+            )
+        return tokens, mask
+
+    def null_like(self, value: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        tokens, mask = value
+        return torch.zeros_like(tokens), torch.zeros_like(mask)
+
+    def drop(self, value: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        tokens, mask = value
+        keep = torch.rand(mask.shape[0], device=mask.device) >= self.dropout_prob
+        return tokens, mask & keep[:, None]
+
+    def embed(self, value: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, Any]:
+        tokens, mask = value
+        h = self.proj(tokens.to(self.proj[0].weight.dtype))  # [B, L, D]
+        weights = mask.to(h.dtype).unsqueeze(-1)
+        count = weights.sum(1)  # [B, 1]
+        mean = (h * weights).sum(1) / count.clamp(min=1)
+        vector = torch.where(count > 0, mean, self.null_vector.to(h.dtype))
+        b = h.shape[0]
+        lead = self.null_token.to(h.dtype).expand(b, 1, -1)
+        context = torch.cat([lead, h], dim=1)  # [B, 1 + L, D]
+        keep = torch.cat([mask.new_ones(b, 1), mask], dim=1)
+        return vector, (context, keep)
+
+    def example(self, batch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        tokens = torch.randn(batch, 8, self.text_dim, device=device)
+        return tokens, torch.ones(batch, 8, dtype=torch.bool, device=device)
+
+    def spread(self, num: int) -> tuple[torch.Tensor, torch.Tensor]:
+        # Text has no natural spread: without prompts a grid shows the null text.
+        return torch.zeros(num, 1, self.text_dim), torch.zeros(num, 1, dtype=torch.bool)
+
+    def repeat(self, value: Any, num: int) -> tuple[torch.Tensor, torch.Tensor]:
+        tokens, mask = self.check(value, 1, torch.device("cpu"))
+        return tokens.expand(num, -1, -1).clone(), mask.expand(num, -1).clone()
 
 
 class Conditioner(nn.Module):

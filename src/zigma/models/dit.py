@@ -18,6 +18,7 @@ from zigma.models.backbone import BackboneConfig, DiffusionBackbone, require
 from zigma.models.layers import (
     AdaLN,
     Attention,
+    CrossAttention,
     FinalLayer,
     Mlp,
     gated_residual,
@@ -54,7 +55,9 @@ class DiTConfig(BackboneConfig):
 
 
 class DiTBlock(nn.Module):
-    """adaLN-Zero block: gated attention then gated MLP, each on a modulated norm."""
+    """adaLN-Zero block: gated attention then gated MLP, each on a modulated norm. A text model
+    puts a cross-attention to the text tokens between them, unmodulated, on a plain norm, as
+    PixArt-alpha does (its output projection starts at zero: a fresh model ignores the text)."""
 
     def __init__(self, config: DiTConfig):
         super().__init__()
@@ -64,10 +67,21 @@ class DiTBlock(nn.Module):
         self.norm2 = make_norm("layernorm", d)
         self.mlp = Mlp(d, int(d * config.mlp_ratio), approximate="tanh")
         self.adaLN = AdaLN(d, 6)
+        if config.has_text:
+            self.norm_cross = make_norm("layernorm", d)
+            self.cross_attn = CrossAttention(d, config.cross_attn_heads, config.cross_attn_head_dim)
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:  # x [B, L, D], c [B, D]
+    def forward(
+        self,
+        x: torch.Tensor,
+        c: torch.Tensor,
+        context: torch.Tensor | None = None,
+        context_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:  # x [B, L, D], c [B, D], context [B, S, D]
         shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN(c)
         x = gated_residual(x, gate1, self.attn(modulate(self.norm1(x), shift1, scale1)))
+        if hasattr(self, "cross_attn"):
+            x = x + self.cross_attn(self.norm_cross(x), context, context_mask)
         return gated_residual(x, gate2, self.mlp(modulate(self.norm2(x), shift2, scale2)))
 
 
@@ -95,13 +109,16 @@ class DiT(DiffusionBackbone):
         self._init_embedders()  # xavier patch embed, sin-cos table, N(0, 0.02) time/labels
         for block in self.blocks:
             zero_(block.adaLN.linear)
+            if hasattr(block, "cross_attn"):
+                zero_(block.cross_attn.proj)
         zero_(self.final_layer.adaLN.linear, self.final_layer.linear)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, **cond) -> torch.Tensor:
         shape, tokens, conditioning = self.prepare(x, t, cond)  # tokens [B, L, D]
         c = conditioning.vector  # [B, D]
+        context, mask = self.text_context(conditioning)  # [B, S, D], [B, S] or None
         for block in self.blocks:
-            tokens = self.run_block(block, tokens, c)  # [B, L, D]
+            tokens = self.run_block(block, tokens, c, context, mask)  # [B, L, D]
         out = self.final_layer(tokens, c)  # [B, L, pt*p*p*C_out]
         return self.grid.unpatchify(out, shape)
 

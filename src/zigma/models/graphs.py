@@ -15,6 +15,24 @@ import torch
 from torch import nn
 
 
+def _tree(value, fn):
+    """``fn`` over a condition value: a tensor, a tuple of tensors (text), or None."""
+    if value is None:
+        return None
+    if isinstance(value, tuple):
+        return tuple(fn(v) for v in value)
+    return fn(value)
+
+
+def _pairs(buf, new, name: str) -> list[tuple]:
+    """(captured buffer, new input, name) for each tensor of a condition value."""
+    if isinstance(buf, tuple) and isinstance(new, tuple) and len(buf) == len(new):
+        return [(b, n, f"{name}[{i}]") for i, (b, n) in enumerate(zip(buf, new, strict=True))]
+    if isinstance(buf, tuple) or isinstance(new, tuple):
+        raise ValueError(f"{name} does not have the structure the graph was captured with")
+    return [(buf, new, name)]
+
+
 class GraphedForward:
     """``model(x, t, **cond)`` under ``torch.no_grad()`` (and bf16/fp16 autocast if ``dtype`` is
     given), captured for the shapes of the example inputs.
@@ -29,7 +47,8 @@ class GraphedForward:
         model: the denoiser (``DiffusionBackbone`` or any ``model(x, t, **cond)``), on a CUDA
             device, in the mode it should run in (``eval()`` for sampling).
         x, t: example inputs.
-        cond: example conditions by name (tensors, or None for an absent optional one).
+        cond: example conditions by name (tensors, tuples of tensors such as text's
+            (tokens, mask), or None for an absent optional one).
         dtype: autocast dtype, or None to run in the weights' dtype.
         warmup: eager calls on a side stream before the capture (Triton compiles, cuBLAS
             picks its kernels, caches fill).
@@ -53,7 +72,7 @@ class GraphedForward:
             raise TypeError(f"cond must be a dict of named conditions, got {type(cond).__name__}")
         self.model, self.dtype = model, dtype
         self.inputs = {"x": x.clone(), "t": t.clone()}
-        self.cond = {k: None if v is None else v.clone() for k, v in (cond or {}).items()}
+        self.cond = {k: _tree(v, torch.Tensor.clone) for k, v in (cond or {}).items()}
         side = torch.cuda.Stream(x.device)
         side.wait_stream(torch.cuda.current_stream(x.device))
         with torch.cuda.stream(side):
@@ -81,7 +100,8 @@ class GraphedForward:
                 f"conditions {sorted(cond)} but the graph was captured with {sorted(self.cond)}"
             )
         pairs = [(self.inputs["x"], x, "x"), (self.inputs["t"], t, "t")]
-        pairs += [(self.cond[k], cond[k], k) for k in self.cond]
+        for k in self.cond:
+            pairs += _pairs(self.cond[k], cond[k], k)
         for buf, new, name in pairs:
             if (buf is None) != (new is None) or (
                 buf is not None and (new.shape != buf.shape or new.device != buf.device)
@@ -113,7 +133,7 @@ class GraphCache:
     def __call__(self, x: torch.Tensor, t: torch.Tensor | float, **cond) -> torch.Tensor:
         t = torch.as_tensor(t, device=x.device)
         key = (tuple(x.shape), x.dtype, tuple(t.shape), t.dtype) + tuple(
-            (k, None if v is None else (tuple(v.shape), v.dtype)) for k, v in sorted(cond.items())
+            (k, _tree(v, lambda a: (tuple(a.shape), a.dtype))) for k, v in sorted(cond.items())
         )
         graphed = self.graphs.get(key)
         if graphed is None:

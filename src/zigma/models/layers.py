@@ -1,6 +1,6 @@
 """Layers shared by every backbone: sin-cos tables, the timestep embedding, adaLN modulation,
-the final layer (DiT-style; paper §3.2, Fig. 4), and the attention and MLP of the transformer
-baselines.
+the final layer (DiT-style; paper §3.2, Fig. 4), the cross-attention of text models, and the
+attention and MLP of the transformer baselines.
 
 Baselines (DiT, U-ViT, Vision-Mamba) reuse these so that only the token mixer differs.
 """
@@ -125,6 +125,40 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         qkv = rearrange(self.qkv(x), "b l (three h e) -> three b h l e", three=3, h=self.num_heads)
         out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])  # [B, heads, L, D/heads]
+        return self.proj(rearrange(out, "b h l e -> b l (h e)"))
+
+
+class CrossAttention(nn.Module):
+    """Multi-head cross-attention: queries from x [B, L, D], keys and values from a context
+    [B, S, D] with a padding mask [B, S] (True = attend), through SDPA.
+
+    ``recorder``, when set, is called with the attention weights averaged over heads [B, L, S]
+    (computed explicitly then, for attention maps; SDPA does not return them).
+    """
+
+    def __init__(self, dim: int, num_heads: int, head_dim: int):
+        super().__init__()
+        if num_heads < 1 or head_dim < 1:
+            raise ValueError(f"cross-attention needs heads and head width >= 1, got "
+                             f"{num_heads} x {head_dim}")  # fmt: skip
+        inner = num_heads * head_dim
+        self.num_heads = num_heads
+        self.q = nn.Linear(dim, inner)
+        self.kv = nn.Linear(dim, 2 * inner)
+        self.proj = nn.Linear(inner, dim)
+        self.recorder = None
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        q = rearrange(self.q(x), "b l (h e) -> b h l e", h=self.num_heads)
+        k, v = rearrange(self.kv(context), "b s (two h e) -> two b h s e", two=2, h=self.num_heads)
+        keep = mask[:, None, None, :]  # [B, 1, 1, S], broadcast over heads and queries
+        if self.recorder is None:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep)
+        else:
+            scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+            weights = scores.masked_fill(~keep, float("-inf")).softmax(-1)  # [B, H, L, S]
+            self.recorder(weights.mean(1))
+            out = weights @ v
         return self.proj(rearrange(out, "b h l e -> b l (h e)"))
 
 

@@ -50,6 +50,11 @@ class UViTConfig(BackboneConfig):
             f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}",
         )
         require(self.mlp_ratio > 0, f"mlp_ratio must be > 0, got {self.mlp_ratio}")
+        require(
+            self.text_dim == 0,
+            "U-ViT has no text conditioning in zigma; for text use ZigMa or DiT (text_dim > 0 "
+            "adds cross-attention to them)",
+        )
 
 
 class UViTBlock(nn.Module):

@@ -17,7 +17,15 @@ from torch import nn
 
 from zigma.models.backbone import BackboneConfig, DiffusionBackbone, require
 from zigma.models.grid import GridShape
-from zigma.models.layers import AdaLN, FinalLayer, gated_residual, make_norm, modulate, zero_
+from zigma.models.layers import (
+    AdaLN,
+    CrossAttention,
+    FinalLayer,
+    gated_residual,
+    make_norm,
+    modulate,
+    zero_,
+)
 from zigma.models.plans import (
     LayerPlan,
     build_plans,
@@ -115,7 +123,9 @@ class ZigMaConfig(BackboneConfig):
 
 
 class ZigMaBlock(nn.Module):
-    """norm -> adaLN (shift, scale) -> Mamba over this layer's plan -> gated residual.
+    """norm -> adaLN (shift, scale) -> Mamba over this layer's plan -> gated residual; a text
+    model then adds norm -> adaLN -> cross-attention to the text tokens -> gated residual
+    (paper §3.2, Fig. 4), with its own shift, scale and gate.
 
     The plan folds frames or spatial locations into the batch where the layer scans them on
     their own, gathers the tokens into the layer's order, and undoes both afterwards; in the
@@ -126,20 +136,35 @@ class ZigMaBlock(nn.Module):
         super().__init__()
         d = config.hidden_size
         self.norm = make_norm(config.norm, d)
-        self.adaLN = AdaLN(d, 3)
+        self.adaLN = AdaLN(d, 6 if config.has_text else 3)
         mamba = {"d_state": config.d_state, "d_conv": config.d_conv, "expand": config.expand}
         if config.scan_mode == "parallel":
             self.mixer = ParallelMamba(d, config.num_orders, **mamba)
         else:
             self.mixer = Mamba(d, bidirectional=config.scan == "bidirectional", **mamba)
+        if config.has_text:
+            self.norm2 = make_norm(config.norm, d)
+            self.cross_attn = CrossAttention(d, config.cross_attn_heads, config.cross_attn_head_dim)
 
     def forward(
-        self, x: torch.Tensor, c: torch.Tensor, plan: LayerPlan, shape: GridShape
-    ) -> torch.Tensor:  # x [B, L, D], c [B, D]
-        shift, scale, gate = self.adaLN(c)
+        self,
+        x: torch.Tensor,
+        c: torch.Tensor,
+        plan: LayerPlan,
+        shape: GridShape,
+        context: torch.Tensor | None = None,
+        context_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:  # x [B, L, D], c [B, D], context [B, S, D]
+        mods = self.adaLN(c)
+        shift, scale, gate = mods[:3]
         h = fold_tokens(modulate(self.norm(x), shift, scale), plan.fold, shape)  # [B', L', D]
         h = self.mixer(h, plan.order, plan.inverse)
-        return gated_residual(x, gate, unfold_tokens(h, plan.fold, shape))
+        x = gated_residual(x, gate, unfold_tokens(h, plan.fold, shape))
+        if len(mods) == 3:
+            return x
+        shift, scale, gate = mods[3:]
+        h = self.cross_attn(modulate(self.norm2(x), shift, scale), context, context_mask)
+        return gated_residual(x, gate, h)
 
 
 class ZigMa(DiffusionBackbone):
@@ -147,7 +172,8 @@ class ZigMa(DiffusionBackbone):
 
     x is [B, C, H, W] or [B, C, T, H, W] (pixels or latents), t is [B] (or a scalar) time in
     [0, 1], ``cond`` the model's conditions (``y`` [B] class labels for a class-conditional
-    model; ``model.null_conditions`` gives their null values for guidance).
+    model, ``text=(tokens, mask)`` for a text model; ``model.null_conditions`` gives their null
+    values for guidance).
     """
 
     config: ZigMaConfig
@@ -189,9 +215,16 @@ class ZigMa(DiffusionBackbone):
         """Every special-case init in one place (Mamba's own dt/A init is kept)."""
         if self.is_meta:
             return
+        config = self.config
         self._init_embedders()  # xavier patch embed, sin-cos table, N(0, 0.02) time/labels
         for block in self.blocks:
-            zero_(block.adaLN.linear)  # adaLN-Zero: every block starts as the identity
+            # adaLN-Zero: every block starts as the identity (a fresh text model as the
+            # unconditional one: the cross-attention's gate is zero too)
+            zero_(block.adaLN.linear)
+            if config.has_text:
+                for lin in (block.cross_attn.q, block.cross_attn.kv, block.cross_attn.proj):
+                    nn.init.xavier_uniform_(lin.weight)
+                    nn.init.zeros_(lin.bias)
             # GPT-2/Mamba residual rescale: keep the stream's variance independent of depth.
             block.mixer.out_proj.weight.data.div_(math.sqrt(self.config.depth))
         # untrained model outputs exactly zero
@@ -245,8 +278,9 @@ class ZigMa(DiffusionBackbone):
     def forward(self, x: torch.Tensor, t: torch.Tensor, **cond) -> torch.Tensor:
         shape, tokens, conditioning = self.prepare(x, t, cond)  # tokens [B, L, D]
         c = conditioning.vector  # [B, D]
+        context, mask = self.text_context(conditioning)  # [B, S, D], [B, S] or None
         for block, plan in zip(self.blocks, self.plans(shape, x.device), strict=True):
-            tokens = self.run_block(block, tokens, c, plan, shape)
+            tokens = self.run_block(block, tokens, c, plan, shape, context, mask)
         out = self.final_layer(tokens, c)  # [B, L, pt*p*p*C_out]
         return self.grid.unpatchify(out, shape)
 

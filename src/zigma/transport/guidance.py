@@ -15,6 +15,36 @@ from torch import Tensor
 ModelFn = Callable[..., Tensor]
 
 
+# A condition value is a tensor with the batch first, or a tuple of them (text: tokens and their
+# mask); these helpers treat both alike, so guidance and generation batch any condition.
+def is_batched(value: Any) -> bool:
+    """Whether ``value`` is a tensor or a non-empty tuple of tensors (rows along dim 0)."""
+    if isinstance(value, Tensor):
+        return value.ndim > 0
+    return isinstance(value, tuple) and len(value) > 0 and all(isinstance(v, Tensor) for v in value)
+
+
+def num_rows(value: Any) -> int:
+    """The batch size of a batched condition value."""
+    return value.shape[0] if isinstance(value, Tensor) else value[0].shape[0]
+
+
+def take_rows(value: Any, lo: int, hi: int, device: Any = None) -> Any:
+    """Rows ``lo:hi`` of a batched value (moved to ``device`` if given); others unchanged."""
+    if isinstance(value, Tensor):
+        return value[lo:hi].to(device) if device is not None else value[lo:hi]
+    if is_batched(value):
+        return tuple(take_rows(v, lo, hi, device) for v in value)
+    return value
+
+
+def cat_rows(a: Any, b: Any) -> Any:
+    """``a`` and ``b`` stacked along the batch (element-wise for tuples)."""
+    if isinstance(a, Tensor):
+        return torch.cat([a, b])
+    return tuple(cat_rows(x, y) for x, y in zip(a, b, strict=True))
+
+
 def _check_branches(cond: Mapping[str, Any], uncond: Mapping[str, Any]) -> None:
     if set(cond) != set(uncond):
         raise ValueError(
@@ -23,13 +53,20 @@ def _check_branches(cond: Mapping[str, Any], uncond: Mapping[str, Any]) -> None:
         )
     for key in cond:
         a, b = cond[key], uncond[key]
-        if isinstance(a, Tensor) != isinstance(b, Tensor):
+        if isinstance(a, Tensor) != isinstance(b, Tensor) or is_batched(a) != is_batched(b):
             raise ValueError(f"kwarg {key!r} must be a tensor in both branches or in neither")
-        if isinstance(a, Tensor):
-            if a.ndim == 0 or b.ndim == 0 or a.shape[0] != b.shape[0]:
+        if isinstance(a, Tensor) and (a.ndim == 0 or b.ndim == 0):
+            raise ValueError(f"kwarg {key!r} needs a batch dimension, got a scalar")
+        if is_batched(a):
+            if num_rows(a) != num_rows(b):
                 raise ValueError(
                     f"kwarg {key!r} needs a matching batch dimension in both branches, got "
-                    f"{tuple(a.shape)} and {tuple(b.shape)}"
+                    f"{num_rows(a)} and {num_rows(b)} rows"
+                )
+            if isinstance(a, tuple) and [x.shape for x in a] != [y.shape for y in b]:
+                raise ValueError(
+                    f"kwarg {key!r} needs the same shapes in both branches, got "
+                    f"{[tuple(x.shape) for x in a]} and {[tuple(y.shape) for y in b]}"
                 )
         elif a != b:
             raise ValueError(f"non-tensor kwarg {key!r} must be equal in both branches")
@@ -47,7 +84,8 @@ def cfg_velocity(
     v_c = model_fn(x, t, **cond_kwargs, **shared), v_u likewise with ``uncond_kwargs``; one call
     on the batch [x; x] with t and every tensor kwarg concatenated along dim 0 (non-tensor kwargs
     must be equal in both branches and are passed once). ``shared`` kwargs, e.g. a sampler's
-    model_kwargs, go to both branches (tensors are duplicated).
+    model_kwargs, go to both branches (tensors are duplicated). A condition may also be a tuple
+    of tensors (text: tokens and their mask), stacked element-wise.
 
     Args:
         model_fn: velocity model ``model_fn(x, t, **kw)``.
@@ -79,9 +117,9 @@ def cfg_velocity(
         if clash:
             raise ValueError(f"kwargs {clash} given both as shared and as condition")
         for key, value in cond.items():
-            if isinstance(value, Tensor) and value.shape[0] != batch:
+            if is_batched(value) and num_rows(value) != batch:
                 raise ValueError(
-                    f"kwarg {key!r} has batch {value.shape[0]} but x has batch {batch}"
+                    f"kwarg {key!r} has batch {num_rows(value)} but x has batch {batch}"
                 )
         inside = torch.ones_like(t, dtype=torch.bool)
         if interval is not None:
@@ -89,9 +127,7 @@ def cfg_velocity(
         if scale == 1.0 or not bool(inside.any()):
             return model_fn(x, t, **cond, **shared)
 
-        kwargs = {
-            k: torch.cat([v, uncond[k]]) if isinstance(v, Tensor) else v for k, v in cond.items()
-        }
+        kwargs = {k: cat_rows(v, uncond[k]) if is_batched(v) else v for k, v in cond.items()}
         for k, v in shared.items():
             kwargs[k] = torch.cat([v, v]) if isinstance(v, Tensor) and v.ndim > 0 else v
         out = model_fn(torch.cat([x, x]), torch.cat([t, t]), **kwargs)
