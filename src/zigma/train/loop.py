@@ -154,7 +154,7 @@ def _train(
     where: Whereabouts,
     stack: ExitStack,
 ) -> TrainSummary:
-    cfg, dataset, ckpt, notes = prepare(cfg, out, resume, env, hint)
+    cfg, dataset, ckpt, notes, text = prepare(cfg, out, resume, env, hint)
     if cfg.cpu_threads is not None:
         # on a busy machine one thread can beat two: OpenMP barriers stall when a core is taken
         torch.set_num_threads(cfg.cpu_threads)
@@ -245,11 +245,11 @@ def _train(
 
     def samples() -> None:
         assert run is not None
-        grid = preview_grid(ema.model, cfg, env.device, amp)
+        grid, nrow = preview_grid(ema.model, cfg, env.device, amp, text, dataset)
         path = save_image_grid(
             grid,
             out / "samples" / f"step_{prog.step:07d}.png",
-            nrow=mcfg.num_classes if 0 < mcfg.num_classes <= 16 else None,
+            nrow=nrow,
             scale=max(1, 64 // max(mcfg.input_size[-2:])),
         )
         run.image(path, grid, prog.step)
@@ -277,8 +277,10 @@ def _train(
         step = prog.step
         batch = next(batches)
         x = batch["image"].to(env.device, non_blocking=True)
+        if text is not None:  # captions -> (tokens, mask), this rank's rows
+            batch["text"] = text(batch["caption"])
         # the model's conditions, found in the batch by name (class labels: "label")
-        kwargs = {k: v.to(env.device) for k, v in model.conditions_from_batch(batch).items()}
+        kwargs = {k: _to(v, env.device) for k, v in model.conditions_from_batch(batch).items()}
         # global-batch noise and times, this rank's rows: the layout DistributedSampler uses
         noise = torch.randn((cfg.batch_size, *x.shape[1:]), generator=noise_gen)
         t = sample_time(cfg.batch_size, cfg.transport, noise_gen)
@@ -339,6 +341,13 @@ def _train(
     return TrainSummary(out, prog.step, final_loss, prog.nonfinite_total, seconds, n_params, export)
 
 
+def _to(value: Any, device: torch.device) -> Any:
+    """A condition value (a tensor, or a tuple of them such as text's) on ``device``."""
+    if isinstance(value, tuple):
+        return tuple(v.to(device, non_blocking=True) for v in value)
+    return value.to(device, non_blocking=True)
+
+
 def _out_of_time(cfg: TrainConfig, step: int, start: float, env: distributed.DistEnv) -> bool:
     """Whether ``time_limit_minutes`` has run out; checked every ``log_every`` steps, and
     agreed by all ranks (any rank over the limit stops all) so none waits on a collective."""
@@ -396,6 +405,12 @@ def _header_lines(
         "data": f"{d.name} {d.resolution}px x{d.channels}, {n_data} images; batch "
         f"{cfg.batch_size} ({cfg.batch_size // env.world_size} per rank), {cfg.steps} steps",
     }
+    if cfg.text.encoder:
+        lines["text"] = (
+            f"{cfg.text.encoder}: {m.text_dim}-d tokens, weights {m.text_encoder_hash[:12]}, "
+            f"caption dropout {m.text_dropout_prob}"
+            + (f", cache {cfg.text.cache}" if cfg.text.cache else "")
+        )
     if resumed is not None:
         lines["resumed"] = str(resumed)
     return lines

@@ -36,6 +36,7 @@ from zigma.train.checkpoint import (
 from zigma.train.config import RESUME_MUTABLE, TrainConfig, migrate
 from zigma.train.ema import EMA
 from zigma.train.optim import StepGuard, get_lr
+from zigma.train.text import TextFeatures
 from zigma.train.tracking import check_trackers
 
 logger = logging.getLogger("zigma.train")
@@ -210,11 +211,12 @@ def prepare(
     resume: bool,
     env: distributed.DistEnv,
     hint: str = DEFAULT_RESUME_HINT,
-) -> tuple[TrainConfig, Any, Checkpoint | None, list[str]]:
+) -> tuple[TrainConfig, Any, Checkpoint | None, list[str], TextFeatures | None]:
     """Every check that can fail on user input, before anything is written.
 
     Returns:
-        (resolved config, dataset, checkpoint or None, notes to log about the config).
+        (resolved config, dataset, checkpoint or None, notes to log about the config, the
+        captions' text features for a text model).
     """
     latest = check_out_dir(out, resume, hint)
     ckpt, notes = None, []
@@ -237,7 +239,22 @@ def prepare(
             f"the dataset has {len(dataset)} images, fewer than one batch of {cfg.batch_size}"
             + (f" ({skipped})" if skipped else "")
         )
-    return cfg.resolved(getattr(dataset, "num_classes", 0)), dataset, ckpt, notes
+    features = None
+    if cfg.text.encoder:
+        try:
+            features = TextFeatures(cfg.text.encoder, cfg.text.cache)
+        except ImportError as e:
+            raise ConfigError(str(e)) from None
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"text: {e}") from e
+    text_hash = features.identity["weights_hash"] if features else ""
+    return (
+        cfg.resolved(getattr(dataset, "num_classes", 0), text_hash),
+        dataset,
+        ckpt,
+        notes,
+        features,
+    )
 
 
 def _check_optimizer_state(opt: torch.optim.Optimizer, step: int) -> None:
