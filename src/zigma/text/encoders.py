@@ -235,7 +235,7 @@ class HFTextEncoder(TextEncoder):
             warnings.warn(
                 f"{cut} of {len(captions)} captions are longer than {self.name}'s limit of "
                 f"{self.max_length} tokens and were truncated",
-                stacklevel=3,
+                stacklevel=4,  # the caller of encode()
             )
         batch = self.tokenizer(
             captions,
