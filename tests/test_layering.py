@@ -16,11 +16,32 @@ ALLOWED = {
     "scan": {"config"},
     "ssm": {"config"},
     "transport": {"config"},
+    "text": {"artifacts", "config"},
     "data": {"artifacts", "config"},
     "models": {"artifacts", "config", "scan", "ssm"},
     "generate": {"artifacts", "config", "scan", "ssm", "models", "transport"},
-    "train": {"artifacts", "config", "scan", "ssm", "models", "transport", "data", "generate"},
-    "evaluate": {"artifacts", "config", "scan", "ssm", "models", "transport", "data", "generate"},
+    "train": {
+        "artifacts",
+        "config",
+        "scan",
+        "ssm",
+        "models",
+        "transport",
+        "data",
+        "generate",
+        "text",
+    },
+    "evaluate": {
+        "artifacts",
+        "config",
+        "scan",
+        "ssm",
+        "models",
+        "transport",
+        "data",
+        "generate",
+        "text",
+    },
     "bench": {"artifacts", "config", "scan", "ssm", "models"},
     "cli": {
         "artifacts",
@@ -34,6 +55,7 @@ ALLOWED = {
         "train",
         "evaluate",
         "bench",
+        "text",
     },
     "__init__": set(),
     "__main__": {"cli"},
@@ -180,7 +202,7 @@ def test_developers_md_lists_every_package():
 
 def test_import_is_light():
     code = (
-        "import sys, zigma, zigma.models, zigma.scan, zigma.ssm, zigma.cli\n"
+        "import sys, zigma, zigma.models, zigma.scan, zigma.ssm, zigma.cli, zigma.text\n"
         "heavy = [m for m in ('triton', 'transformers', 'diffusers', 'matplotlib', 'torchvision')"
         " if m in sys.modules]\n"
         "print(heavy)"

@@ -1,0 +1,24 @@
+"""Text encoders (caption -> token features) and an on-disk text-feature cache.
+
+``transformers`` is imported only when an encoder is loaded (``pip install 'zigma[text]'``);
+the cache needs only safetensors, so a GPU machine can train from cached features alone.
+"""
+
+from zigma.text.cache import TextFeatureCache, caption_key
+from zigma.text.encoders import (
+    HFTextEncoder,
+    TextEncoder,
+    check_captions,
+    load_text_encoder,
+    minilm,
+)
+
+__all__ = [
+    "HFTextEncoder",
+    "TextEncoder",
+    "TextFeatureCache",
+    "caption_key",
+    "check_captions",
+    "load_text_encoder",
+    "minilm",
+]
