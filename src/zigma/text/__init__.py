@@ -9,6 +9,7 @@ from zigma.text.encoders import (
     HFTextEncoder,
     TextEncoder,
     check_captions,
+    encoder_dim,
     load_text_encoder,
     minilm,
 )
@@ -19,6 +20,7 @@ __all__ = [
     "TextFeatureCache",
     "caption_key",
     "check_captions",
+    "encoder_dim",
     "load_text_encoder",
     "minilm",
 ]

@@ -352,3 +352,30 @@ def load_text_encoder(spec: str = "minilm", device: str | torch.device = "cpu") 
             f"text encoder {short_repr(str(spec))} is neither 'minilm' nor an existing folder"
         )
     return HFTextEncoder.from_directory(spec, device)
+
+
+MINILM_DIM = 384
+
+
+def encoder_dim(spec: str = "minilm") -> int:
+    """The token-feature width of encoder ``spec`` from its config alone (no weights, no
+    transformers): what a text model's ``text_dim`` must be.
+
+    Raises:
+        FileNotFoundError / ValueError: as ``load_text_encoder`` would for the folder.
+    """
+    if str(spec).lower() in ("minilm", MINILM_NAME.lower()):
+        return MINILM_DIM
+    if not Path(spec).is_dir():
+        raise FileNotFoundError(
+            f"text encoder {short_repr(str(spec))} is neither 'minilm' nor an existing folder"
+        )
+    _, config = _inspect_directory(Path(spec))
+    text_config = config.get("text_config") or {}  # a full CLIP folder nests the text tower
+    for source in (text_config, config):
+        for key in ("hidden_size", "d_model"):
+            if isinstance(source.get(key), int) and not isinstance(source.get(key), bool):
+                if source is config and config.get("model_type") == "clip" and text_config:
+                    continue
+                return int(source[key])
+    raise ValueError(f"cannot tell the feature width of text encoder {spec} from its config")
