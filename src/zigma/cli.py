@@ -413,6 +413,40 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_text_cache(args: argparse.Namespace) -> int:
+    from zigma.data import build_dataset
+    from zigma.text import TextFeatureCache, load_text_encoder
+    from zigma.train import build_config
+
+    if not (args.preset or args.config):
+        raise UsageError("give --preset NAME or --config FILE: the run whose captions to cache")
+    cfg = build_config(args.preset, args.config, args.overrides)
+    spec = args.encoder or cfg.text.encoder
+    if not spec:
+        raise UsageError("no text encoder: the config has no text.encoder; pass --encoder")
+    try:
+        encoder = load_text_encoder(spec)
+    except ImportError as e:
+        raise UsageError(str(e)) from None
+    cache = TextFeatureCache(args.out, encoder.identity())  # refuses another encoder's folder
+    dataset = build_dataset(cfg.data, "train")
+    every = getattr(dataset, "all_captions", None)  # every caption an item may draw
+    captions: dict[str, None] = {}
+    for i in range(len(dataset)):
+        for c in every(i) if every else [dataset[i]["caption"]]:
+            if c.strip():
+                captions[c] = None
+    captions.update(dict.fromkeys(p for p in cfg.text.prompts))
+    new = cache.add(list(captions), encoder, batch_size=args.batch_size)
+    print(
+        f"{len(captions)} distinct captions of {cfg.data.name} ({len(dataset)} items): {new} "
+        f"encoded, {len(captions) - new} already cached; {len(cache)} in {args.out} "
+        f"({encoder.name}, {encoder.dim}-d)"
+    )
+    print(f"train from it with: text.encoder={spec} text.cache={args.out}")
+    return 0
+
+
 def _train_base_config(out: str) -> dict:
     """``--resume`` without --preset/--config: the run's own config, from its newest
     checkpoint, else the config.json an earlier attempt wrote before its first checkpoint."""
@@ -820,6 +854,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--list-presets", action="store_true", help="print the training presets")
     p.set_defaults(func=cmd_train)
+    p = sub.add_parser(
+        "text-cache",
+        help="encode a run's captions once into a text-feature folder (text.cache=DIR)",
+        description="Encodes every caption the run's dataset can draw (all paraphrases of "
+        "every item) and its preview prompts with the text encoder, into safetensors shards "
+        "keyed by caption. A run with text.cache=DIR reads them instead of encoding, so it "
+        "can train where the encoder is not installed.",
+    )
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="train config overrides")
+    p.add_argument("--preset", help="training preset whose data to read")
+    p.add_argument("--config", metavar="FILE", help="a train config (.yaml or .json)")
+    p.add_argument(
+        "--out", required=True, metavar="DIR", help="the cache folder (new or same encoder)"
+    )
+    p.add_argument(
+        "--encoder", help="minilm or a local folder (default: the config's text.encoder)"
+    )
+    p.add_argument("--batch-size", type=_int_arg(1), default=256, help="captions per encoder call")
+    p.set_defaults(func=cmd_text_cache)
     p = sub.add_parser("demo", help="train a small model on the embedded shapes, sample a grid")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="train config overrides")
     p.add_argument(
