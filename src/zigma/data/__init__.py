@@ -1,5 +1,6 @@
-"""Datasets for zigma: procedural shapes (offline default), MNIST / Fashion-MNIST from IDX
-files, image folders; transforms without torchvision; deterministic, resumable loaders.
+"""Datasets for zigma: procedural shapes (offline default) and captioned scenes, MNIST /
+Fashion-MNIST from IDX files, image folders; transforms without torchvision; deterministic,
+resumable loaders.
 
 Every item is ``{"image": float32 [C, H, W] in [-1, 1], "label": int64 scalar (-1 if
 unlabelled), "caption": str}``.
@@ -37,6 +38,16 @@ from zigma.data.loader import (
     seed_worker,
 )
 from zigma.data.sampler import EpochSampler, SkipSampler, derive_seed, epoch_permutation
+from zigma.data.scenes import (
+    SceneObject,
+    ScenesDataset,
+    SceneSpec,
+    make_object,
+    make_scene,
+    random_scene,
+    render_scene,
+    scene_captions,
+)
 from zigma.data.shapes import ShapesDataset
 from zigma.data.transforms import (
     ImageTransform,
@@ -64,6 +75,9 @@ __all__ = [
     "IdxFormatError",
     "ImageFolderDataset",
     "ImageTransform",
+    "SceneObject",
+    "SceneSpec",
+    "ScenesDataset",
     "SeededItems",
     "ShapesDataset",
     "SkipSampler",
@@ -78,14 +92,19 @@ __all__ = [
     "iterate_batches",
     "make_image_grid",
     "make_loader",
+    "make_object",
+    "make_scene",
     "mnist",
     "parse_idx",
     "random_crop",
     "random_hflip",
+    "random_scene",
     "read_caption_index",
     "read_idx",
+    "render_scene",
     "resize_shorter",
     "save_image_grid",
+    "scene_captions",
     "seed_worker",
     "to_channels",
     "to_tensor",

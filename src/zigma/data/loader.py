@@ -24,13 +24,14 @@ from zigma.config import ConfigError
 from zigma.data.folder import ImageFolderDataset
 from zigma.data.idx import fashion_mnist, mnist
 from zigma.data.sampler import EpochSampler, SkipSampler, derive_seed
+from zigma.data.scenes import MAX_OBJECTS, MIN_RESOLUTION, ScenesDataset
 from zigma.data.shapes import STYLES, ShapesDataset
 
 logger = logging.getLogger(__name__)
 
-DatasetName = Literal["shapes", "mnist", "fashion-mnist", "folder"]
-DATASET_NAMES: tuple[str, ...] = ("shapes", "mnist", "fashion-mnist", "folder")
-_NATURAL_CHANNELS = {"shapes": 3, "mnist": 1, "fashion-mnist": 1, "folder": 3}
+DatasetName = Literal["shapes", "scenes", "mnist", "fashion-mnist", "folder"]
+DATASET_NAMES: tuple[str, ...] = ("shapes", "scenes", "mnist", "fashion-mnist", "folder")
+_NATURAL_CHANNELS = {"shapes": 3, "scenes": 3, "mnist": 1, "fashion-mnist": 1, "folder": 3}
 _FLIPPABLE = ("fashion-mnist", "folder")  # digits and generated captions are not mirror-safe
 
 
@@ -39,15 +40,18 @@ class DataConfig:
     """Which dataset, at which size.
 
     Args:
-        name: "shapes" (procedural, offline), "mnist", "fashion-mnist" or "folder".
+        name: "shapes" (procedural, offline), "scenes" (procedural captioned scenes of 1-3
+            objects on a 3x3 grid, offline), "mnist", "fashion-mnist" or "folder".
         resolution: square output side in pixels.
         channels: 1 or 3; None takes the dataset's own (3 for shapes/folder, 1 for the MNISTs).
         data_dir: the image folder ("folder", required) or where the IDX files are (MNISTs).
-        num_samples: length of the shapes dataset.
-        seed: content seed of the shapes dataset (shuffling has its own seed in make_loader).
+        num_samples: length of the shapes / scenes dataset.
+        seed: content seed of the shapes / scenes dataset (shuffling has its own seed in
+            make_loader).
         style: "full", "simple" (one shape on a plain background) or "centered" (one large
             shape near the middle: the CPU demo's data); read by "shapes" only, so
             a preset that sets it can still be pointed at another dataset.
+        max_objects: "scenes" only: each scene holds 1 to this many objects (1..3).
         flip: random left-right mirror ("folder" and "fashion-mnist" only).
         crop: "center" or "random" square crop ("folder" only).
         label_mode: "auto", "folders" or "none": how a folder gets labels (ImageFolderDataset).
@@ -63,6 +67,7 @@ class DataConfig:
     num_samples: int = 50_000
     seed: int = 0
     style: Literal["full", "simple", "centered"] = "full"
+    max_objects: int = MAX_OBJECTS
     flip: bool = False
     crop: Literal["center", "random"] = "center"
     label_mode: Literal["auto", "folders", "none"] = "auto"
@@ -72,7 +77,7 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.name not in DATASET_NAMES:
             raise ConfigError(f"name must be one of {list(DATASET_NAMES)}, got {self.name!r}")
-        low = 8 if self.name == "shapes" else 1
+        low = {"shapes": 8, "scenes": MIN_RESOLUTION}.get(self.name, 1)
         if not low <= self.resolution <= 1024:
             raise ConfigError(
                 f"resolution must be in [{low}, 1024] for {self.name}, got {self.resolution}"
@@ -89,6 +94,10 @@ class DataConfig:
             raise ConfigError(
                 f"flip=True is supported for name in {list(_FLIPPABLE)}, not {self.name!r}"
             )
+        if not 1 <= self.max_objects <= MAX_OBJECTS:
+            raise ConfigError(f"max_objects must be in [1, {MAX_OBJECTS}], got {self.max_objects}")
+        if self.name == "scenes" and self.channels == 1:
+            raise ConfigError("channels=1 is not supported for name='scenes' (colour is content)")
         if self.style not in STYLES:
             raise ConfigError(f"style must be one of {list(STYLES)}, got {self.style!r}")
         if self.crop not in ("center", "random"):
@@ -117,6 +126,8 @@ def build_dataset(cfg: DataConfig, split: Literal["train", "test"] = "train") ->
     channels = cfg.resolved_channels
     if cfg.name == "shapes":
         return ShapesDataset(cfg.num_samples, cfg.resolution, channels, cfg.seed, split, cfg.style)
+    if cfg.name == "scenes":
+        return ScenesDataset(cfg.num_samples, cfg.resolution, cfg.seed, split, cfg.max_objects)
     if cfg.name in ("mnist", "fashion-mnist"):
         make = mnist if cfg.name == "mnist" else fashion_mnist
         return make(
