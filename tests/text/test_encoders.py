@@ -180,3 +180,27 @@ def test_to_moves_and_casts(encoder_dirs):
     tokens, _ = enc.encode(CAPTIONS)
     assert tokens.dtype == torch.float32
     torch.testing.assert_close(tokens, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_a_full_clip_folder_uses_its_text_tower(tmp_path):
+    tf = pytest.importorskip("transformers")
+    from tests.text.tiny import build_tokenizer
+
+    tokenizer, vocab = build_tokenizer("clip")
+    ids = {k: vocab[t] for k, t in [("pad", "<pad>"), ("bos", "<|startoftext|>")]}
+    text = dict(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                intermediate_size=64, max_position_embeddings=10, pad_token_id=ids["pad"],
+                bos_token_id=ids["bos"], eos_token_id=vocab["<|endoftext|>"])  # fmt: skip
+    vision = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                  intermediate_size=64, image_size=8, patch_size=4)  # fmt: skip
+    torch.manual_seed(0)
+    full = tf.CLIPModel(tf.CLIPConfig(text_config=text, vision_config=vision, projection_dim=16))
+    full.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    enc = HFTextEncoder.from_directory(tmp_path)
+    assert (enc.kind, enc.dim, enc.max_length) == ("clip", 32, 10)
+    tokens, mask = enc.encode(CAPTIONS)
+    batch = tokenizer(CAPTIONS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        ref = full.eval().text_model(**batch).last_hidden_state
+    torch.testing.assert_close(tokens[mask], ref[mask], rtol=1e-5, atol=1e-5)
