@@ -19,13 +19,13 @@ SPECS = {
 MAX_LENGTH = {"bert": 16, "clip": 10, "t5": 12}
 
 
-def build_tokenizer(kind):
+def build_tokenizer(kind, words=WORDS):
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     s = SPECS[kind]
     specials = [t for t in (s["pad"], s["unk"], s["bos"], s["eos"]) if t]
-    vocab = {w: i for i, w in enumerate(specials + list(WORDS))}
+    vocab = {w: i for i, w in enumerate(specials + list(words))}
     tok = Tokenizer(models.WordLevel(vocab, unk_token=s["unk"]))
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
@@ -46,11 +46,11 @@ def build_tokenizer(kind):
     return fast, vocab
 
 
-def build_model(kind, vocab):
+def build_model(kind, vocab, seed=None):
     import torch
     import transformers as tf
 
-    torch.manual_seed({"bert": 1, "clip": 2, "t5": 3}[kind])
+    torch.manual_seed({"bert": 1, "clip": 2, "t5": 3}[kind] if seed is None else seed)
     s = SPECS[kind]
     if kind == "bert":
         cfg = tf.BertConfig(
@@ -88,3 +88,11 @@ def build_model(kind, vocab):
         decoder_start_token_id=vocab[s["pad"]],
     )
     return tf.T5EncoderModel(cfg)
+
+
+def save_encoder(kind, folder, words=WORDS, seed=None):
+    """A tiny encoder of ``kind`` over ``words`` saved to ``folder``; returns the folder."""
+    tokenizer, vocab = build_tokenizer(kind, words)
+    build_model(kind, vocab, seed).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -291,6 +291,10 @@ class ScenesDataset(Dataset):
     def captions(spec: SceneSpec) -> list[str]:
         return scene_captions(spec)
 
+    def all_captions(self, index: int) -> list[str]:
+        """Every caption item ``index`` may draw (what ``zigma text-cache`` encodes)."""
+        return scene_captions(self.scene_spec(int(index)))
+
     def get_item(
         self, index: int, generator: torch.Generator | None = None
     ) -> dict[str, torch.Tensor | str]:

@@ -336,10 +336,14 @@ class TrainConfig:
         spec.setdefault("in_channels", channels)
         spec.setdefault("num_classes", num_classes or 0)
         if self.text.encoder:
-            from zigma.text import encoder_dim  # reads the encoder's config only, no weights
+            from zigma.text import TextFeatureCache, encoder_dim
 
-            try:
-                spec.setdefault("text_dim", encoder_dim(self.text.encoder))
+            try:  # the width from the cache, or the encoder's config: no weights are loaded
+                if self.text.cache is not None:
+                    dim = TextFeatureCache.open(self.text.cache).dim
+                else:
+                    dim = encoder_dim(self.text.encoder)
+                spec.setdefault("text_dim", dim)
             except (OSError, ValueError) as e:
                 raise ConfigError(f"text.encoder: {e}") from e
             spec["text_encoder"] = self.text.encoder

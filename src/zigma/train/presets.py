@@ -61,6 +61,29 @@ _CPU_SHAPES: dict[str, Any] = {
     "logging": {"every": 100},
 }
 
+# Text-to-image on the procedural scenes (one object: its colour, kind, size and cell are in the
+# caption). The CPU recipe keeps the demo's model and adds cross-attention; 24 px at patch 4 is a
+# 6 x 6 token grid, two tokens per cell of the scenes' 3 x 3 layout.
+_TEXT_PROMPTS = (
+    "a large red circle in the top left",
+    "a large blue square in the bottom right",
+    "a large yellow triangle in the center",
+    "a large green circle at the top",
+)
+_CPU_TEXT: dict[str, Any] = {
+    **_CPU_SHAPES,
+    "model": {
+        **_CPU_SHAPES["model"],
+        "num_classes": 0,
+        "cross_attn_heads": 4,
+        "cross_attn_head_dim": 32,
+    },
+    "data": {"name": "scenes", "resolution": 24, "num_samples": 20_000, "max_objects": 1},
+    "text": {"encoder": "minilm", "prompts": list(_TEXT_PROMPTS)},
+    "steps": 4000,
+    "preview": {**_CPU_SHAPES["preview"], "num_samples": 16, "guidance_scale": 3.0},
+}
+
 TRAIN_PRESETS: dict[str, Preset] = {
     "demo": Preset(
         "tiny class-conditional ZigMa on the embedded shapes (centered style) at 16 px; CPU",
@@ -96,6 +119,35 @@ TRAIN_PRESETS: dict[str, Preset] = {
     "shapes-s": Preset(
         "class-conditional ZigMa (~7M params) on shapes at 32 px for one GPU; bf16",
         {**_GPU_S, "data": {"name": "shapes", "resolution": 32}},
+    ),
+    "text-demo": Preset(
+        "tiny text-to-image ZigMa (cross-attention, MiniLM captions) on one-object scenes at "
+        "24 px; CPU, needs zigma[text]",
+        _CPU_TEXT,
+    ),
+    "text-shapes-small": Preset(
+        "text-to-image ZigMa (~6M params) on scenes of 1-3 objects at 32 px for one GPU; "
+        "bf16; train from a text cache (zigma text-cache) where the encoder is not installed",
+        {
+            "model": {
+                "preset": "ZigMa-S/2",
+                "hidden_size": 256,
+                "depth": 8,
+                "patch_size": 2,
+                "num_classes": 0,
+            },
+            "data": {"name": "scenes", "resolution": 32, "num_samples": 50_000},
+            "text": {"encoder": "minilm", "prompts": list(_TEXT_PROMPTS)},
+            "transport": {"time_dist": "logit-normal"},
+            "optim": {"lr": 5e-4, "warmup_steps": 500},
+            "ema": {"decay": 0.999},
+            "steps": 8000,
+            "batch_size": 256,
+            "precision": "bf16",
+            "ckpt_every": 1000,
+            "preview": {"every": 2000, "num_samples": 32, "steps": 30, "guidance_scale": 3.0},
+            "logging": {"every": 100},
+        },
     ),
     "fashion-mnist": Preset(
         "class-conditional ZigMa on Fashion-MNIST (1 channel, padded to 32 px) for one GPU",
