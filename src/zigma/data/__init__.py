@@ -6,7 +6,7 @@ Every item is ``{"image": float32 [C, H, W] in [-1, 1], "label": int64 scalar (-
 unlabelled), "caption": str}``.
 """
 
-from zigma.data.captions import read_caption_index
+from zigma.data.captions import pick_caption, read_caption_index, split_captions
 from zigma.data.folder import (
     IMAGE_EXTENSIONS,
     IMAGE_FORMATS,
@@ -16,8 +16,10 @@ from zigma.data.folder import (
 )
 from zigma.data.grid import make_image_grid, save_image_grid
 from zigma.data.idx import (
+    FASHION_MNIST_CAPTIONS,
     FASHION_MNIST_CLASSES,
     FASHION_MNIST_DEBIAN_DIR,
+    MNIST_CAPTIONS,
     MNIST_CLASSES,
     IdxDataset,
     IdxFormatError,
@@ -63,10 +65,12 @@ from zigma.data.transforms import (
 
 __all__ = [
     "DATASET_NAMES",
+    "FASHION_MNIST_CAPTIONS",
     "FASHION_MNIST_CLASSES",
     "FASHION_MNIST_DEBIAN_DIR",
     "IMAGE_EXTENSIONS",
     "IMAGE_FORMATS",
+    "MNIST_CAPTIONS",
     "MNIST_CLASSES",
     "DataConfig",
     "DataLoadError",
@@ -96,6 +100,7 @@ __all__ = [
     "make_scene",
     "mnist",
     "parse_idx",
+    "pick_caption",
     "random_crop",
     "random_hflip",
     "random_scene",
@@ -106,6 +111,7 @@ __all__ = [
     "save_image_grid",
     "scene_captions",
     "seed_worker",
+    "split_captions",
     "to_channels",
     "to_tensor",
     "uint8_to_tensor",
