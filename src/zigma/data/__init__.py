@@ -6,11 +6,13 @@ Every item is ``{"image": float32 [C, H, W] in [-1, 1], "label": int64 scalar (-
 unlabelled), "caption": str}``.
 """
 
+from zigma.data.captioned import CocoCaptions, MMCelebAHQ, read_coco_captions
 from zigma.data.captions import pick_caption, read_caption_index, split_captions
 from zigma.data.folder import (
     IMAGE_EXTENSIONS,
     IMAGE_FORMATS,
     DataLoadError,
+    ImageFilesDataset,
     ImageFolderDataset,
     check_image,
 )
@@ -72,12 +74,15 @@ __all__ = [
     "IMAGE_FORMATS",
     "MNIST_CAPTIONS",
     "MNIST_CLASSES",
+    "CocoCaptions",
     "DataConfig",
     "DataLoadError",
     "EpochSampler",
     "IdxDataset",
     "IdxFormatError",
+    "ImageFilesDataset",
     "ImageFolderDataset",
+    "MMCelebAHQ",
     "ImageTransform",
     "SceneObject",
     "SceneSpec",
@@ -105,6 +110,7 @@ __all__ = [
     "random_hflip",
     "random_scene",
     "read_caption_index",
+    "read_coco_captions",
     "read_idx",
     "render_scene",
     "resize_shorter",
