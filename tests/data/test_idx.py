@@ -1,4 +1,5 @@
 import gzip
+import re
 import struct
 import tracemalloc
 import zlib
@@ -302,3 +303,46 @@ def test_mnist_style_files_are_checked_from_their_headers(tmp_path, images, labe
     with pytest.raises(IdxFormatError, match=match) as err:
         mnist("train", data_dir=tmp_path)
     assert str(tmp_path) in str(err.value)
+
+
+def test_paraphrased_captions_one_per_epoch():
+    from zigma.data import MNIST_CAPTIONS, MNIST_CLASSES, IdxDataset, SeededItems
+
+    digits = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+    imgs = np.random.default_rng(0).integers(0, 256, (10, 28, 28), dtype=np.uint8)
+    ds = IdxDataset(imgs, np.arange(10), MNIST_CLASSES, MNIST_CAPTIONS, flip=True)
+    assert len(set(ds.caption_choices[7])) == len(MNIST_CAPTIONS) >= 4
+    for label in range(10):
+        assert ds[label]["caption"] == f"a handwritten digit {digits[label]}"  # the first
+        for caption in ds.caption_choices[label]:
+            words = re.findall(r"\w+", caption)
+            named = [w for w in words if w in digits or w.isdigit()]
+            assert named in ([digits[label]], [str(label)]), caption
+    varied = 0
+    for i in range(10):
+        per_epoch = [SeededItems(ds, 3, epoch)[i]["caption"] for epoch in range(8)]
+        assert per_epoch == [SeededItems(ds, 3, epoch)[i]["caption"] for epoch in range(8)]
+        assert set(per_epoch) <= set(ds.caption_choices[i])
+        varied += len(set(per_epoch)) > 1
+    assert varied >= 9
+    # the caption is drawn after the flip: the flip is what one draw of the generator says
+    for seed in range(6):
+        item = ds.get_item(4, torch.Generator().manual_seed(seed))
+        flipped = float(torch.rand((), generator=torch.Generator().manual_seed(seed))) < 0.5
+        pixels = torch.from_numpy(imgs[4]).float() / 127.5 - 1
+        assert torch.equal(item["image"][0], pixels.flip(-1) if flipped else pixels)
+
+
+def test_fashion_paraphrases_name_the_class():
+    from zigma.data import FASHION_MNIST_CAPTIONS, IdxDataset
+
+    imgs, lbls = np.zeros((10, 28, 28), np.uint8), np.arange(10)
+    ds = IdxDataset(imgs, lbls, FASHION_MNIST_CLASSES, FASHION_MNIST_CAPTIONS)
+    for label, name in enumerate(FASHION_MNIST_CLASSES):
+        assert ds[label]["caption"] == ds.caption_choices[label][0]
+        assert all(name in c for c in ds.caption_choices[label])
+        assert all(
+            f"{'an' if name[0] in 'aeiou' else 'a'} {name}" in c for c in ds.caption_choices[label]
+        )
+    with pytest.raises(ValueError, match="template"):
+        IdxDataset(imgs, lbls, FASHION_MNIST_CLASSES, ())

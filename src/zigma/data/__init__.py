@@ -6,18 +6,22 @@ Every item is ``{"image": float32 [C, H, W] in [-1, 1], "label": int64 scalar (-
 unlabelled), "caption": str}``.
 """
 
-from zigma.data.captions import read_caption_index
+from zigma.data.captioned import CocoCaptions, MMCelebAHQ, read_coco_captions
+from zigma.data.captions import pick_caption, read_caption_index, split_captions
 from zigma.data.folder import (
     IMAGE_EXTENSIONS,
     IMAGE_FORMATS,
     DataLoadError,
+    ImageFilesDataset,
     ImageFolderDataset,
     check_image,
 )
 from zigma.data.grid import make_image_grid, save_image_grid
 from zigma.data.idx import (
+    FASHION_MNIST_CAPTIONS,
     FASHION_MNIST_CLASSES,
     FASHION_MNIST_DEBIAN_DIR,
+    MNIST_CAPTIONS,
     MNIST_CLASSES,
     IdxDataset,
     IdxFormatError,
@@ -63,17 +67,22 @@ from zigma.data.transforms import (
 
 __all__ = [
     "DATASET_NAMES",
+    "FASHION_MNIST_CAPTIONS",
     "FASHION_MNIST_CLASSES",
     "FASHION_MNIST_DEBIAN_DIR",
     "IMAGE_EXTENSIONS",
     "IMAGE_FORMATS",
+    "MNIST_CAPTIONS",
     "MNIST_CLASSES",
+    "CocoCaptions",
     "DataConfig",
     "DataLoadError",
     "EpochSampler",
     "IdxDataset",
     "IdxFormatError",
+    "ImageFilesDataset",
     "ImageFolderDataset",
+    "MMCelebAHQ",
     "ImageTransform",
     "SceneObject",
     "SceneSpec",
@@ -96,16 +105,19 @@ __all__ = [
     "make_scene",
     "mnist",
     "parse_idx",
+    "pick_caption",
     "random_crop",
     "random_hflip",
     "random_scene",
     "read_caption_index",
+    "read_coco_captions",
     "read_idx",
     "render_scene",
     "resize_shorter",
     "save_image_grid",
     "scene_captions",
     "seed_worker",
+    "split_captions",
     "to_channels",
     "to_tensor",
     "uint8_to_tensor",

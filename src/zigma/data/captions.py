@@ -1,15 +1,20 @@
 """Captions of an image folder: ``NAME.txt`` sidecars and a root ``captions.jsonl`` /
 ``captions.csv``, read as hostile input: UTF-8 only, bounded per line and per sidecar, and every
 problem a ``ValueError`` naming the file and line.
+
+An image may have several captions (the non-empty lines of a sidecar; the paraphrases of a
+class or a scene); ``pick_caption`` draws one per item per epoch from the loader's generator.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Container, Iterator
+from collections.abc import Container, Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
+
+import torch
 
 CAPTION_FILES = ("captions.jsonl", "captions.csv")
 MAX_CAPTION_BYTES = 1 << 16  # a sidecar, or one line of an index: captions are sentences
@@ -107,3 +112,22 @@ def read_sidecar(path: Path) -> str | None:
         return raw.decode("utf-8").strip()
     except UnicodeDecodeError as e:
         raise ValueError(f"caption file {path} is not UTF-8 text (byte {e.start})") from None
+
+
+def split_captions(text: str) -> tuple[str, ...]:
+    """The non-empty lines of ``text``, stripped: one caption each."""
+    return tuple(line.strip() for line in text.splitlines() if line.strip())
+
+
+def pick_caption(choices: Sequence[str], generator: torch.Generator | None) -> str:
+    """One of ``choices``, drawn from ``generator``; the first without one (``dataset[i]``),
+    and "" when there are none.
+
+    Called after an item's random transforms, so adding captions leaves those draws unchanged;
+    a single choice draws nothing.
+    """
+    if not choices:
+        return ""
+    if generator is None or len(choices) == 1:
+        return choices[0]
+    return choices[int(torch.randint(len(choices), (), generator=generator))]

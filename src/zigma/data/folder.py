@@ -12,7 +12,7 @@ import logging
 import os
 import stat
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Literal
@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from zigma.data.captions import read_caption_index, read_sidecar
+from zigma.data.captions import pick_caption, read_caption_index, read_sidecar, split_captions
 from zigma.data.sampler import derive_seed
 from zigma.data.transforms import SUPPORTED_MODES, CropMode, ImageTransform
 
@@ -125,103 +125,86 @@ def check_image(path: Path, *, min_size: int = 8, verify: bool = True) -> str | 
     return None
 
 
-class ImageFolderDataset(Dataset):
-    """Every usable image under ``root``, resized and cropped to a square.
+class ImageFilesDataset(Dataset):
+    """Given image files, each with a label and its captions: checked at indexing (bad files
+    skipped and counted), then loaded, resized and cropped to a square with a stand-in for a
+    file that fails later. ``ImageFolderDataset`` finds files in a folder; the COCO and
+    MM-CelebA-HQ readers (``zigma.data.captioned``) list them from their annotations.
 
     Args:
-        root: the folder.
-        resolution: output side in pixels.
-        channels: 3 (RGB) or 1 (L); see ``to_channels`` for how other modes convert.
-        label_mode: "folders": each immediate subfolder is a class (sorted names are labels 0..K-1;
-            images are found recursively inside; loose images in ``root`` are skipped).
-            "none": every image, label -1. "auto": "folders" if some subfolder holds images.
-        crop: "center" or "random" square crop after resizing the shorter side.
-        flip: random left-right mirror.
-        min_size: images with a side shorter than this are skipped.
-        verify: check every file's data while indexing (see ``check_image``: catches truncated
-            and corrupt files up front); without it only headers are read, and a bad file is
-            found (and replaced) only when loaded.
-
-    Captions: a sidecar ``NAME.txt`` next to ``NAME.png`` wins over an entry in the root's
-    ``captions.jsonl`` / ``captions.csv`` (see ``read_caption_index``); otherwise "".
+        root: the folder the files are in (named in messages).
+        files: the image files.
+        labels: one per file (None: all -1, unlabelled).
+        captions: called with the usable files (after the checks) and returns each one's
+            captions (may be empty; None: no captions). Called once, so annotation files are
+            read only for the images that will be used.
+        resolution, channels, crop, flip, min_size, verify: as in ``ImageFolderDataset``.
+        class_names: names of the labels.
+        skipped: (path, reason) of files left out before these (e.g. outside any class).
+        kind: what the files are, for messages ("image folder", "COCO images").
 
     Raises:
-        FileNotFoundError / NotADirectoryError: ``root`` is missing or not a folder.
-        ValueError: no usable image was found (the message counts the skipped files by
-            reason), or a caption file is malformed.
+        ValueError: no usable image (the message counts the skipped files by reason).
     """
 
     def __init__(
         self,
         root: str | os.PathLike,
+        files: list[Path],
         resolution: int = 32,
         channels: int = 3,
         *,
-        label_mode: Literal["auto", "folders", "none"] = "auto",
+        labels: list[int] | None = None,
+        captions: Callable[[list[Path]], list[tuple[str, ...]]] | None = None,
+        class_names: tuple[str, ...] = (),
         crop: CropMode = "center",
         flip: bool = False,
         min_size: int = 8,
         verify: bool = True,
+        skipped: list[tuple[str, str]] | None = None,
+        kind: str = "image folder",
     ) -> None:
-        if label_mode not in ("auto", "folders", "none"):
-            raise ValueError(f"label_mode must be 'auto', 'folders' or 'none', got {label_mode!r}")
         if min_size < 1:
             raise ValueError(f"min_size must be >= 1, got {min_size}")
+        if labels is not None and len(labels) != len(files):
+            raise ValueError(f"{len(labels)} labels for {len(files)} files")
         self.root = Path(root)
-        if not self.root.exists():
-            raise FileNotFoundError(f"image folder {self.root} does not exist")
-        if not self.root.is_dir():
-            raise NotADirectoryError(f"{self.root} is not a folder")
         self.transform = ImageTransform(resolution, channels, crop, flip)
         self.resolution, self.channels = resolution, channels
+        self.class_names, self.num_classes = class_names, len(class_names)
         # (path, reason) of every file left out; files that fail at load time are added in the
         # process that loads them (each DataLoader worker has its own copy)
-        self.skipped: list[tuple[str, str]] = []
+        self.skipped: list[tuple[str, str]] = list(skipped or [])
         self._unloadable: set[int] = set()
 
-        files = _image_files(self.root, self.skipped)
-        subdirs = sorted(
-            {f.relative_to(self.root).parts[0] for f in files if f.parent != self.root}
-        )
-        labelled = label_mode == "folders" or (label_mode == "auto" and bool(subdirs))
-        self.class_names: tuple[str, ...] = tuple(subdirs) if labelled else ()
-        self.num_classes = len(self.class_names)
-        if labelled:
-            for f in files:
-                if f.parent == self.root:
-                    self.skipped.append((str(f), "outside any class folder"))
-            files = [f for f in files if f.parent != self.root]
-
         problems = self._check_all(files, min_size, verify)
-        self.paths: list[str] = []
+        usable: list[Path] = []
         self.labels: list[int] = []
-        rels: list[str] = []
-        for f, problem in zip(files, problems, strict=True):
+        for k, (f, problem) in enumerate(zip(files, problems, strict=True)):
             if problem is not None:
                 self.skipped.append((str(f), problem))
                 continue
-            rel = f.relative_to(self.root)
-            self.paths.append(str(f))
-            self.labels.append(self.class_names.index(rel.parts[0]) if labelled else -1)
-            rels.append(rel.as_posix())
-        index = read_caption_index(self.root, wanted=set(rels))
-        self.captions: list[str] = []
-        for path, rel_name in zip(self.paths, rels, strict=True):
-            sidecar = read_sidecar(Path(path).with_suffix(".txt"))
-            self.captions.append(sidecar if sidecar is not None else index.get(rel_name, ""))
-
+            usable.append(f)
+            self.labels.append(labels[k] if labels is not None else -1)
+        self.paths: list[str] = [str(f) for f in usable]
         if not self.paths:
             raise ValueError(
                 f"no usable images in {self.root} (extensions {', '.join(IMAGE_EXTENSIONS)}); "
                 f"{self.skip_summary}"
             )
+        # every caption of each image; ``captions`` keeps the first (what dataset[i] returns)
+        self.caption_choices: list[tuple[str, ...]] = (
+            captions(usable) if captions is not None else [()] * len(usable)
+        )
+        self.captions: list[str] = [c[0] if c else "" for c in self.caption_choices]
         # a warning when files were dropped: a silently shrunken dataset is easy to miss
         logger.log(
             logging.WARNING if self.skipped else logging.INFO,
-            "image folder %s: %d images, %s; %s",
+            "%s %s: %d images, %s; %s",
+            kind,
             self.root,
             len(self.paths),
-            f"{self.num_classes} classes" if labelled else "unlabelled",
+            f"{self.num_classes} classes" if class_names else "unlabelled",
             self.skip_summary,
         )
 
@@ -274,7 +257,8 @@ class ImageFolderDataset(Dataset):
     def get_item(
         self, index: int, generator: torch.Generator | None = None
     ) -> dict[str, torch.Tensor | str]:
-        """Item ``index``; random crop/flip draw from ``generator`` (None: torch's global RNG).
+        """Item ``index``; random crop/flip, then the caption, draw from ``generator`` (None:
+        torch's global RNG for crop/flip, the first caption).
 
         A file that fails to load (changed since indexing, or damage the index check cannot
         see) is skipped and counted in ``skipped`` of this process, and a stand-in is
@@ -299,7 +283,7 @@ class ImageFolderDataset(Dataset):
             return {
                 "image": image,
                 "label": torch.tensor(self.labels[i], dtype=torch.long),
-                "caption": self.captions[i],
+                "caption": pick_caption(self.caption_choices[i], generator),
             }
         raise DataLoadError(
             f"none of the {len(self.paths)} images in {self.root} loads any more (they were "
@@ -316,3 +300,87 @@ class ImageFolderDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | str]:
         return self.get_item(index)
+
+
+class ImageFolderDataset(ImageFilesDataset):
+    """Every usable image under ``root``, resized and cropped to a square.
+
+    Args:
+        root: the folder.
+        resolution: output side in pixels.
+        channels: 3 (RGB) or 1 (L); see ``to_channels`` for how other modes convert.
+        label_mode: "folders": each immediate subfolder is a class (sorted names are labels 0..K-1;
+            images are found recursively inside; loose images in ``root`` are skipped).
+            "none": every image, label -1. "auto": "folders" if some subfolder holds images.
+        crop: "center" or "random" square crop after resizing the shorter side.
+        flip: random left-right mirror.
+        min_size: images with a side shorter than this are skipped.
+        verify: check every file's data while indexing (see ``check_image``: catches truncated
+            and corrupt files up front); without it only headers are read, and a bad file is
+            found (and replaced) only when loaded.
+
+    Captions: a sidecar ``NAME.txt`` next to ``NAME.png`` wins over an entry in the root's
+    ``captions.jsonl`` / ``captions.csv`` (see ``read_caption_index``); otherwise "". Each
+    non-empty line of a sidecar is one caption: ``get_item`` with a generator draws one per
+    item and epoch, ``dataset[i]`` returns the first.
+
+    Raises:
+        FileNotFoundError / NotADirectoryError: ``root`` is missing or not a folder.
+        ValueError: no usable image was found (the message counts the skipped files by
+            reason), or a caption file is malformed.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        resolution: int = 32,
+        channels: int = 3,
+        *,
+        label_mode: Literal["auto", "folders", "none"] = "auto",
+        crop: CropMode = "center",
+        flip: bool = False,
+        min_size: int = 8,
+        verify: bool = True,
+    ) -> None:
+        if label_mode not in ("auto", "folders", "none"):
+            raise ValueError(f"label_mode must be 'auto', 'folders' or 'none', got {label_mode!r}")
+        root = Path(root)
+        if not root.exists():
+            raise FileNotFoundError(f"image folder {root} does not exist")
+        if not root.is_dir():
+            raise NotADirectoryError(f"{root} is not a folder")
+        skipped: list[tuple[str, str]] = []
+        files = _image_files(root, skipped)
+        subdirs = sorted({f.relative_to(root).parts[0] for f in files if f.parent != root})
+        labelled = label_mode == "folders" or (label_mode == "auto" and bool(subdirs))
+        class_names: tuple[str, ...] = tuple(subdirs) if labelled else ()
+        if labelled:
+            skipped += [(str(f), "outside any class folder") for f in files if f.parent == root]
+            files = [f for f in files if f.parent != root]
+
+        def captions(usable: list[Path]) -> list[tuple[str, ...]]:
+            rels = [f.relative_to(root).as_posix() for f in usable]
+            index = read_caption_index(root, wanted=set(rels))
+            out = []
+            for f, rel_name in zip(usable, rels, strict=True):
+                sidecar = read_sidecar(f.with_suffix(".txt"))
+                text = sidecar if sidecar is not None else index.get(rel_name, "")
+                out.append(split_captions(text) if sidecar is not None else (text,))
+            return out
+
+        super().__init__(
+            root,
+            files,
+            resolution,
+            channels,
+            labels=[class_names.index(f.relative_to(root).parts[0]) for f in files]
+            if labelled
+            else None,
+            captions=captions,
+            class_names=class_names,
+            crop=crop,
+            flip=flip,
+            min_size=min_size,
+            verify=verify,
+            skipped=skipped,
+        )

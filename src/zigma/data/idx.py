@@ -13,7 +13,7 @@ import logging
 import math
 import os
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import BinaryIO, Literal
 
@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from zigma.data.captions import pick_caption
 from zigma.data.transforms import uint8_to_tensor
 
 logger = logging.getLogger(__name__)
@@ -44,6 +45,23 @@ FASHION_MNIST_CLASSES = (
     "t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
     "ankle boot",
 )  # fmt: skip
+# Paraphrases per class (``IdxDataset``); the first is the single caption of earlier versions.
+MNIST_CAPTIONS = (
+    "a handwritten digit {name}",
+    "a handwritten digit {index}",
+    "the number {name}",
+    "the digit {index}, handwritten",
+    "a handwritten {index}",
+    "a handwritten {name} in white on black",
+)
+FASHION_MNIST_CAPTIONS = (
+    "a photo of {article} {name}",
+    "{article} {name}",
+    "a picture of {article} {name}",
+    "{article} {name} on black",
+    "a grayscale photo of {article} {name}",
+    "a small picture of {article} {name} on a black background",
+)
 
 Split = Literal["train", "test"]
 _SPLIT_PREFIX = {"train": "train", "test": "t10k"}
@@ -221,8 +239,10 @@ class IdxDataset(Dataset):
         images: uint8 [N, H, W].
         labels: integer [N], values in ``range(len(class_names))``.
         class_names: one name per label.
-        caption_template: ``str.format`` pattern with ``{name}`` and optionally ``{article}``
-            ("a" or "an" to go before the name).
+        caption_template: ``str.format`` pattern, or several (paraphrases), with ``{name}`` and
+            optionally ``{article}`` ("a" or "an" to go before the name) and ``{index}`` (the
+            label as a number). ``get_item`` with a generator draws one per item and epoch;
+            ``dataset[i]`` uses the first.
         resolution: output side; see the module docstring for pad vs resize.
         channels: 1, or 3 (the gray value repeated).
         flip: mirror left-right with probability 1/2 (clothes yes, digits no).
@@ -233,7 +253,7 @@ class IdxDataset(Dataset):
         images: np.ndarray,
         labels: np.ndarray,
         class_names: tuple[str, ...],
-        caption_template: str,
+        caption_template: str | Sequence[str],
         resolution: int = 28,
         channels: int = 1,
         flip: bool = False,
@@ -256,10 +276,18 @@ class IdxDataset(Dataset):
         self.class_names = tuple(class_names)
         self.num_classes = len(class_names)
         self.flip = flip
-        self.captions = tuple(
-            caption_template.format(name=n, article="an" if n[0] in "aeiou" else "a")
-            for n in class_names
+        templates = (caption_template,) if isinstance(caption_template, str) else caption_template
+        if not templates:
+            raise ValueError("give at least one caption template")
+        # class -> its captions, the first template's first
+        self.caption_choices = tuple(
+            tuple(
+                t.format(name=n, article="an" if n[0] in "aeiou" else "a", index=k)
+                for t in templates
+            )
+            for k, n in enumerate(class_names)
         )
+        self.captions = tuple(c[0] for c in self.caption_choices)
         self.resolution = resolution
         self.channels = channels
         side = images.shape[1]
@@ -286,7 +314,8 @@ class IdxDataset(Dataset):
     def get_item(
         self, index: int, generator: torch.Generator | None = None
     ) -> dict[str, torch.Tensor | str]:
-        """Item ``index``; random flips draw from ``generator`` (None: torch's global RNG)."""
+        """Item ``index``; a random flip, then the caption, draw from ``generator`` (None: torch's
+        global RNG for the flip, the first caption)."""
         index = int(index)
         image = uint8_to_tensor(self._pixels(index))
         if self.flip and float(torch.rand((), generator=generator)) < 0.5:
@@ -297,7 +326,7 @@ class IdxDataset(Dataset):
         return {
             "image": image,
             "label": torch.tensor(label, dtype=torch.long),
-            "caption": self.captions[label],
+            "caption": pick_caption(self.caption_choices[label], generator),
         }
 
 
@@ -373,7 +402,7 @@ def fashion_mnist(
         images,
         labels,
         FASHION_MNIST_CLASSES,
-        "a photo of {article} {name}",
+        FASHION_MNIST_CAPTIONS,
         resolution,
         channels,
         flip,
@@ -400,6 +429,4 @@ def mnist(
     images_path, labels_path = find_idx_files(cands, split, "MNIST", hint)
     images, labels = load_idx_pair(images_path, labels_path, len(MNIST_CLASSES))
     logger.info("MNIST %s: %d images from %s", split, len(images), images_path.parent)
-    return IdxDataset(
-        images, labels, MNIST_CLASSES, "a handwritten digit {name}", resolution, channels, flip
-    )
+    return IdxDataset(images, labels, MNIST_CLASSES, MNIST_CAPTIONS, resolution, channels, flip)

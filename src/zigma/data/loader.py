@@ -21,6 +21,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from zigma.config import ConfigError
+from zigma.data.captioned import CocoCaptions, MMCelebAHQ
 from zigma.data.folder import ImageFolderDataset
 from zigma.data.idx import fashion_mnist, mnist
 from zigma.data.sampler import EpochSampler, SkipSampler, derive_seed
@@ -29,10 +30,19 @@ from zigma.data.shapes import STYLES, ShapesDataset
 
 logger = logging.getLogger(__name__)
 
-DatasetName = Literal["shapes", "scenes", "mnist", "fashion-mnist", "folder"]
-DATASET_NAMES: tuple[str, ...] = ("shapes", "scenes", "mnist", "fashion-mnist", "folder")
-_NATURAL_CHANNELS = {"shapes": 3, "scenes": 3, "mnist": 1, "fashion-mnist": 1, "folder": 3}
-_FLIPPABLE = ("fashion-mnist", "folder")  # digits and generated captions are not mirror-safe
+DatasetName = Literal[
+    "shapes", "scenes", "mnist", "fashion-mnist", "folder", "coco", "mm-celeba-hq"
+]
+DATASET_NAMES: tuple[str, ...] = (
+    "shapes", "scenes", "mnist", "fashion-mnist", "folder", "coco", "mm-celeba-hq",
+)  # fmt: skip
+_NATURAL_CHANNELS = {
+    "shapes": 3, "scenes": 3, "mnist": 1, "fashion-mnist": 1, "folder": 3, "coco": 3,
+    "mm-celeba-hq": 3,
+}  # fmt: skip
+_IMAGE_FILES = ("folder", "coco", "mm-celeba-hq")  # read by ImageFilesDataset: need data_dir
+# digits and generated captions ("on the left") are not mirror-safe
+_FLIPPABLE = ("fashion-mnist", "folder", "coco", "mm-celeba-hq")
 
 
 @dataclass
@@ -41,10 +51,15 @@ class DataConfig:
 
     Args:
         name: "shapes" (procedural, offline), "scenes" (procedural captioned scenes of 1-3
-            objects on a 3x3 grid, offline), "mnist", "fashion-mnist" or "folder".
+            objects on a 3x3 grid, offline), "mnist", "fashion-mnist", "folder", "coco" (COCO
+            captions: ``captions_file`` + its image folder ``data_dir``) or "mm-celeba-hq"
+            (``data_dir`` with ``images/`` and ``text/``).
         resolution: square output side in pixels.
         channels: 1 or 3; None takes the dataset's own (3 for shapes/folder, 1 for the MNISTs).
-        data_dir: the image folder ("folder", required) or where the IDX files are (MNISTs).
+        data_dir: the image folder ("folder", "coco", "mm-celeba-hq": required) or where the
+            IDX files are (MNISTs).
+        captions_file: "coco" only: a ``captions_*.json``; None looks for
+            ``captions_train2014.json`` in ``data_dir``, its ``annotations/`` and its parent's.
         num_samples: length of the shapes / scenes dataset.
         seed: content seed of the shapes / scenes dataset (shuffling has its own seed in
             make_loader).
@@ -53,9 +68,9 @@ class DataConfig:
             a preset that sets it can still be pointed at another dataset.
         max_objects: "scenes" only: each scene holds 1 to this many objects (1..3).
         flip: random left-right mirror ("folder" and "fashion-mnist" only).
-        crop: "center" or "random" square crop ("folder" only).
+        crop: "center" or "random" square crop ("folder", "coco", "mm-celeba-hq").
         label_mode: "auto", "folders" or "none": how a folder gets labels (ImageFolderDataset).
-        min_size: folder images smaller than this (either side) are skipped.
+        min_size: folder, COCO and MM-CelebA-HQ images smaller than this (either side) are skipped.
         verify: check every folder image's data while indexing (truncated and corrupt files
             are skipped up front; see ``check_image``); false reads headers only.
     """
@@ -64,6 +79,7 @@ class DataConfig:
     resolution: int = 32
     channels: int | None = None
     data_dir: str | None = None
+    captions_file: str | None = None
     num_samples: int = 50_000
     seed: int = 0
     style: Literal["full", "simple", "centered"] = "full"
@@ -88,8 +104,10 @@ class DataConfig:
             raise ConfigError(f"num_samples must be >= 1, got {self.num_samples}")
         if self.seed < 0:
             raise ConfigError(f"seed must be >= 0, got {self.seed}")
-        if self.name == "folder" and not self.data_dir:
-            raise ConfigError("data_dir is required for name='folder' (the image folder)")
+        if self.name in _IMAGE_FILES and not self.data_dir:
+            raise ConfigError(f"data_dir is required for name={self.name!r} (the image folder)")
+        if self.captions_file is not None and self.name != "coco":
+            raise ConfigError(f"captions_file applies only to name='coco', not {self.name!r}")
         if self.flip and self.name not in _FLIPPABLE:
             raise ConfigError(
                 f"flip=True is supported for name in {list(_FLIPPABLE)}, not {self.name!r}"
@@ -102,8 +120,8 @@ class DataConfig:
             raise ConfigError(f"style must be one of {list(STYLES)}, got {self.style!r}")
         if self.crop not in ("center", "random"):
             raise ConfigError(f"crop must be 'center' or 'random', got {self.crop!r}")
-        if self.crop != "center" and self.name != "folder":
-            raise ConfigError(f"crop={self.crop!r} applies only to name='folder'")
+        if self.crop != "center" and self.name not in _IMAGE_FILES:
+            raise ConfigError(f"crop={self.crop!r} applies only to name in {list(_IMAGE_FILES)}")
         if self.label_mode not in ("auto", "folders", "none"):
             raise ConfigError(
                 f"label_mode must be 'auto', 'folders' or 'none', got {self.label_mode!r}"
@@ -119,7 +137,8 @@ class DataConfig:
 def build_dataset(cfg: DataConfig, split: Literal["train", "test"] = "train") -> Dataset:
     """The dataset ``cfg`` describes; every item is ``{"image", "label", "caption"}``.
 
-    For "folder", ``data_dir/<split>`` is used when it exists, else ``data_dir`` for "train".
+    For "folder", ``data_dir/<split>`` is used when it exists, else ``data_dir`` for "train";
+    "coco" and "mm-celeba-hq" have only "train" (``data_dir`` names the images to use).
     """
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
@@ -135,17 +154,17 @@ def build_dataset(cfg: DataConfig, split: Literal["train", "test"] = "train") ->
             data_dir=cfg.data_dir,
         )  # fmt: skip
     assert cfg.data_dir is not None  # checked in DataConfig
-    root = _split_folder(cfg.data_dir, split)
-    return ImageFolderDataset(
-        root,
-        cfg.resolution,
-        channels,
-        label_mode=cfg.label_mode,
-        crop=cfg.crop,
-        flip=cfg.flip,
-        min_size=cfg.min_size,
-        verify=cfg.verify,
+    files: dict[str, Any] = dict(
+        crop=cfg.crop, flip=cfg.flip, min_size=cfg.min_size, verify=cfg.verify
     )
+    if cfg.name in ("coco", "mm-celeba-hq"):
+        if split != "train":  # their held-out images are other folders: point data_dir there
+            raise ValueError(f"name={cfg.name!r} has only a train split (data_dir: the images)")
+        if cfg.name == "coco":
+            return CocoCaptions(cfg.data_dir, cfg.captions_file, cfg.resolution, channels, **files)
+        return MMCelebAHQ(cfg.data_dir, cfg.resolution, channels, **files)
+    root = _split_folder(cfg.data_dir, split)
+    return ImageFolderDataset(root, cfg.resolution, channels, label_mode=cfg.label_mode, **files)
 
 
 def _split_folder(data_dir: str, split: str) -> str:
