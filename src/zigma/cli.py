@@ -447,6 +447,74 @@ def cmd_text_cache(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_attributes(args: argparse.Namespace) -> int:
+    import json
+
+    from zigma.evaluate import load_for_sampling
+    from zigma.evaluate.attributes import (
+        AttributeClassifier,
+        prompt_following,
+        train_attribute_classifier,
+    )
+    from zigma.evaluate.prompts import load_prompt_encoder
+
+    scales = tuple(float(v) for v in args.cfg.split(",") if v.strip())
+    if not scales or any(not math.isfinite(v) or v < 0 for v in scales):
+        raise UsageError(f"--cfg takes guidance scales >= 0 like 1,3,6, got {args.cfg!r}")
+    if args.out is not None:
+        _check_out_json(args.out)
+    device = _device(args.device)
+    loaded = load_for_sampling(args.ckpt, map_location=device)
+    cfg = loaded.model.config
+    if "text" not in loaded.model.condition_names or cfg.in_channels != 3:
+        raise UsageError(f"{loaded.source} is not an RGB text model: nothing to score")
+    try:
+        encoder = load_prompt_encoder(cfg, args.text_encoder)
+    except ImportError as e:
+        raise UsageError(str(e)) from None
+    if args.classifier:
+        classifier = AttributeClassifier.load(args.classifier)
+    else:
+        classifier = train_attribute_classifier(cfg.input_size[-1], steps=300, seed=0)
+    held = classifier.config.heldout_accuracy
+    print(
+        f"attribute classifier {classifier.resolution} px, weights sha256 "
+        f"{classifier.weights_hash[:16]}, held-out accuracy {held}"
+    )
+    rows = prompt_following(
+        loaded.model, loaded.transport, encoder, classifier, num=args.num, scales=scales,
+        steps=args.steps, seed=args.seed, batch_size=args.batch_size, device=device,
+    )  # fmt: skip
+    print(f"{args.num} prompts, {args.steps} heun steps, seed {args.seed}, {loaded.source}")
+    print("| samples | colour | kind | cell | size | all three |")
+    print("|---|---|---|---|---|---|")
+    chance = rows[0]["chance"]
+    for r in rows + [{"samples": "chance", **chance}]:
+        cells = " | ".join(f"{r[k]:.3f}" for k in ("color", "kind", "cell", "size", "all"))
+        print(f"| {r['samples']} | {cells} |")
+    if args.out is not None:
+        from zigma.artifacts import write_text_atomic
+
+        record = {
+            "source": str(loaded.source),
+            "classifier_sha256": classifier.weights_hash,
+            "classifier_heldout": held,
+            "num": args.num,
+            "steps": args.steps,
+            "seed": args.seed,
+            "rows": rows,
+        }
+        write_text_atomic(args.out, json.dumps(record, indent=2) + "\n")
+        print(f"wrote {args.out}")
+    return 0
+
+
+def _check_out_json(path: str) -> None:
+    from zigma.artifacts import check_output_file
+
+    check_output_file(path, "--out")
+
+
 def _train_base_config(out: str) -> dict:
     """``--resume`` without --preset/--config: the run's own config, from its newest
     checkpoint, else the config.json an earlier attempt wrote before its first checkpoint."""
@@ -854,6 +922,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--list-presets", action="store_true", help="print the training presets")
     p.set_defaults(func=cmd_train)
+    p = sub.add_parser(
+        "attributes",
+        help="score a scenes text model: do samples show the colour, kind and cell prompted?",
+        description="Draws --num single-object prompts, samples them at each --cfg scale and "
+        "with the null text (an unconditional baseline), and scores the samples with a "
+        "classifier trained on the scene generator's own renders.",
+    )
+    p.add_argument("--ckpt", required=True, help="run folder, checkpoint or exported model")
+    p.add_argument("--num", type=_int_arg(1), default=200, help="prompts (default 200)")
+    p.add_argument("--cfg", default="1,3", help="guidance scales, comma-separated (default 1,3)")
+    p.add_argument("--steps", type=_int_arg(1), default=25, help="sampling steps (default 25)")
+    p.add_argument("--seed", type=_SEED, default=0)
+    p.add_argument("--batch-size", type=_int_arg(1), default=64)
+    p.add_argument("--classifier", metavar="DIR", help="a saved classifier (default: train one)")
+    p.add_argument("--text-encoder", metavar="DIR", help="where the model's encoder is now")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--out", metavar="FILE.json", help="also write the table as JSON")
+    p.set_defaults(func=cmd_attributes)
     p = sub.add_parser(
         "text-cache",
         help="encode a run's captions once into a text-feature folder (text.cache=DIR)",

@@ -92,7 +92,12 @@ def build_model(kind, vocab, seed=None):
 
 def save_encoder(kind, folder, words=WORDS, seed=None):
     """A tiny encoder of ``kind`` over ``words`` saved to ``folder``; returns the folder."""
+    import transformers
+
+    from zigma.text.encoders import quiet
+
     tokenizer, vocab = build_tokenizer(kind, words)
-    build_model(kind, vocab, seed).save_pretrained(folder)
+    with quiet(transformers):
+        build_model(kind, vocab, seed).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder

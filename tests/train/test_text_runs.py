@@ -10,9 +10,9 @@ import json
 import pytest
 import torch
 from PIL import Image
-
 from tests.text.tiny import save_encoder
 from tests.train.conftest import tiny
+
 from zigma.cli import main
 from zigma.data.scenes import CELLS, COLORS, KINDS, SIZES
 from zigma.evaluate import load_for_sampling
@@ -110,7 +110,7 @@ def test_sample_draws_one_row_per_prompt_and_attention_maps(tmp_path, text_run):
     file.write_text("# two prompts\n" + "\n".join(prompts) + "\n\n")
     again = tmp_path / "again.png"
     assert main([*args[:7], "--prompts-file", str(file), "--out", str(again), "--scale", "1"]) == 0
-    assert list(Image.open(again).getdata()) == list(grid.getdata())
+    assert Image.open(again).tobytes() == grid.tobytes()
 
 
 def test_prompts_steer_the_same_noise(text_run):
@@ -166,7 +166,7 @@ def test_text_config_refusals():
     from zigma.config import ConfigError
 
     with pytest.raises(ConfigError, match="text.prompts need a text model"):
-        tiny("text.prompts=['a red circle']")
+        tiny('text.prompts=["a red circle"]')
     with pytest.raises(ConfigError, match="model.text_dim is set but text.encoder"):
         tiny("model.text_dim=32")
     with pytest.raises(ConfigError, match="neither 'minilm' nor an existing folder"):

@@ -320,3 +320,41 @@ def train_attribute_classifier(
         resolution, steps, time.perf_counter() - start, config.heldout_accuracy,
     )  # fmt: skip
     return model.eval()
+
+
+def prompt_following(
+    model: nn.Module,
+    transport: Any,
+    encoder: Any,
+    classifier: AttributeClassifier,
+    num: int = 200,
+    scales: tuple[float, ...] = (1.0, 3.0),
+    steps: int = 25,
+    seed: int = 0,
+    batch_size: int = 64,
+    device: str = "cpu",
+) -> list[dict[str, Any]]:
+    """Attribute accuracy of a text model's samples against their prompts
+    (``evaluation_prompts``), one row per guidance scale, plus a first row for the same model
+    given the null text (an unconditional model: its accuracy is the chance level).
+
+    Every row draws from the same noise (``seed``), so rows differ only by the text and scale.
+    """
+    from zigma.evaluate.prompts import encode_prompts
+    from zigma.generate import generate
+
+    pairs = evaluation_prompts(num, seed, classifier.resolution)
+    prompts, specs = [p for p, _ in pairs], [s for _, s in pairs]
+    text = encode_prompts(encoder, prompts)
+    null = model.null_conditions({"text": text})
+    rows = []
+    for label, cond, scale in [("null text (unconditional)", null, 1.0)] + [
+        (f"prompt, cfg {s:g}", {"text": text}, s) for s in scales
+    ]:
+        images = generate(
+            model, transport, num, cond=cond, seed=seed, steps=steps, guidance_scale=scale,
+            batch_size=batch_size, device=device,
+        )  # fmt: skip
+        acc = attribute_accuracy(classifier, images, specs)
+        rows.append({"samples": label, "cfg": scale, **acc})
+    return rows

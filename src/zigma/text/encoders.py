@@ -12,6 +12,7 @@ functions that need it, so ``import zigma.text`` works without it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -50,6 +51,22 @@ def require_transformers() -> Any:
     import transformers
 
     return transformers
+
+
+@contextlib.contextmanager
+def quiet(transformers: Any):
+    """transformers' progress bars and load reports off for a block (a CLI's stderr keeps to
+    its own lines), then as they were."""
+    log = transformers.utils.logging
+    bars, level = log.is_progress_bar_enabled(), log.get_verbosity()
+    log.disable_progress_bar()
+    log.set_verbosity_error()
+    try:
+        yield
+    finally:
+        log.set_verbosity(level)
+        if bars:
+            log.enable_progress_bar()
 
 
 def weights_hash(paths: Sequence[str | Path]) -> str:
@@ -203,7 +220,8 @@ class HFTextEncoder(TextEncoder):
             "clip": transformers.CLIPTextModel,
             "t5": transformers.T5EncoderModel,
         }[kind]
-        model = model_class.from_pretrained(path, local_files_only=True)
+        with quiet(transformers):
+            model = model_class.from_pretrained(path, local_files_only=True)
         model = model.to(device=device, dtype=torch.float32)
         if max_length is None:
             max_length = _max_length(tokenizer, config)
