@@ -11,6 +11,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 # Exit codes (README, "Exit codes"): scripts and job schedulers branch on these.
@@ -1041,6 +1042,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"zigma {args.command}: error: {one_line(message)}", file=sys.stderr)
         return code
 
+    def warn(message, category, filename, lineno, file=None, line=None) -> None:
+        # a warning is one line, like an error (not Python's file:line + source line)
+        print(f"zigma {args.command}: warning: {one_line(message)}", file=sys.stderr)
+
+    shown = warnings.showwarning
+    warnings.showwarning = warn
     try:
         return args.func(args)
     except KeyboardInterrupt as e:
@@ -1057,6 +1064,8 @@ def main(argv: list[str] | None = None) -> int:
         return fail("the input is nested too deeply", EXIT_USAGE)
     except MemoryError:
         return fail("out of memory; try a smaller --batch-size or model", EXIT_FAILED)
+    finally:
+        warnings.showwarning = shown
 
 
 if __name__ == "__main__":

@@ -171,3 +171,28 @@ def test_text_config_refusals():
         tiny("model.text_dim=32")
     with pytest.raises(ConfigError, match="neither 'minilm' nor an existing folder"):
         tiny("text.encoder=/nonexistent/encoder")
+
+
+def test_a_prompt_over_the_encoder_limit_is_cut_with_one_warning_line(tmp_path, capsys, text_run):
+    long = " ".join(["red circle"] * 20)  # 40 words: over the tiny BERT's 16 tokens
+    out = tmp_path / "x.png"
+    args = ["sample", "--ckpt", str(text_run / "model"), "--steps", "1", "--num", "1"]
+    assert main([*args, "--prompt", long, "--out", str(out)]) == 0
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert err == [
+        "zigma sample: warning: 1 of 1 captions are longer than bert's limit of 16 tokens and "
+        "were truncated"
+    ]
+
+
+def test_a_cache_of_another_encoder_is_refused_before_training(tmp_path, bert):
+    from zigma.config import ConfigError
+
+    cache = tmp_path / "cache"
+    args = [*TEXT, "data.resolution=16", "data.num_samples=64"]
+    assert main(["text-cache", "--preset", "demo", "--out", str(cache), *args,
+                 f"text.encoder={bert}"]) == 0  # fmt: skip
+    other = save_encoder("bert", tmp_path / "other", SCENE_WORDS, seed=99)
+    with pytest.raises(ConfigError, match="holds features of"):
+        train(tiny(*TEXT, f"text.encoder={other}", f"text.cache={cache}", steps=2), tmp_path / "r")
+    assert not (tmp_path / "r").exists()

@@ -12,6 +12,7 @@ from zigma.text.encoders import (
     encoder_dim,
     load_text_encoder,
     minilm,
+    spec_weights_hash,
 )
 
 __all__ = [
@@ -23,4 +24,5 @@ __all__ = [
     "encoder_dim",
     "load_text_encoder",
     "minilm",
+    "spec_weights_hash",
 ]

@@ -397,3 +397,12 @@ def encoder_dim(spec: str = "minilm") -> int:
                     continue
                 return int(source[key])
     raise ValueError(f"cannot tell the feature width of text encoder {spec} from its config")
+
+
+def spec_weights_hash(spec: str) -> str | None:
+    """The weights hash encoder ``spec`` would have, without loading it: the pinned one for
+    MiniLM, the sha256 of a folder's safetensors; None if the folder is not here."""
+    if str(spec).lower() in ("minilm", MINILM_NAME.lower()):
+        return MINILM_SHA256
+    files = sorted(Path(spec).glob("*.safetensors")) if Path(spec).is_dir() else []
+    return weights_hash(files) if files else None

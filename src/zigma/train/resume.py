@@ -242,7 +242,7 @@ def prepare(
     features = None
     if cfg.text.encoder:
         try:
-            features = TextFeatures(cfg.text.encoder, cfg.text.cache)
+            features = TextFeatures(cfg.text.encoder, cfg.text.cache, str(env.device))
         except ImportError as e:
             raise ConfigError(str(e)) from None
         except (OSError, ValueError) as e:

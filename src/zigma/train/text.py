@@ -34,7 +34,7 @@ class TextFeatures:
     """
 
     def __init__(self, spec: str, cache: str | Path | None = None, device: str = "cpu") -> None:
-        from zigma.text import TextFeatureCache
+        from zigma.text import TextFeatureCache, spec_weights_hash
 
         self.spec, self.device = spec, device
         self.cache = TextFeatureCache.open(cache) if cache is not None else None
@@ -42,6 +42,13 @@ class TextFeatures:
         self._memo: dict[str, torch.Tensor] = {}
         if self.cache is not None:
             self.identity: dict[str, Any] = dict(self.cache.identity)
+            want = spec_weights_hash(spec)  # None: the encoder is not on this machine
+            if want is not None and want != self.identity["weights_hash"]:
+                raise ConfigError(
+                    f"text.cache {cache} holds features of {self.identity['name']} "
+                    f"({self.identity['weights_hash'][:12]}), not of text.encoder {spec} "
+                    f"({want[:12]})"
+                )
         else:
             self.identity = self.encoder.identity()
 
