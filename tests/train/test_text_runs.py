@@ -196,3 +196,20 @@ def test_a_cache_of_another_encoder_is_refused_before_training(tmp_path, bert):
     with pytest.raises(ConfigError, match="holds features of"):
         train(tiny(*TEXT, f"text.encoder={other}", f"text.cache={cache}", steps=2), tmp_path / "r")
     assert not (tmp_path / "r").exists()
+
+
+def test_text_features_survive_forgetting_mid_batch(monkeypatch, bert):
+    """Over the memo's limit everything is forgotten, the batch's own captions included, and
+    each batch still gets the encoder's features of its captions."""
+    from zigma.text import HFTextEncoder
+    from zigma.train import text as text_module
+
+    monkeypatch.setattr(text_module, "MEMO_LIMIT", 3)
+    features = text_module.TextFeatures(str(bert))
+    encoder = HFTextEncoder.from_directory(bert)
+    batches = [["a red circle", "a blue square"], ["a red circle", "a green triangle", "the top"]]
+    for captions in batches:
+        tokens, mask = features(captions)
+        want, want_mask = encoder.encode(captions)
+        assert torch.equal(mask, want_mask)
+        torch.testing.assert_close(tokens, want)

@@ -126,7 +126,7 @@ TRAIN_PRESETS: dict[str, Preset] = {
         _CPU_TEXT,
     ),
     "text-shapes-small": Preset(
-        "text-to-image ZigMa (~6M params) on scenes of 1-3 objects at 32 px for one GPU; "
+        "text-to-image ZigMa (~11M params) on scenes of 1-3 objects at 32 px for one GPU; "
         "bf16; train from a text cache (zigma text-cache) where the encoder is not installed",
         {
             "model": {

@@ -19,9 +19,10 @@ from zigma.config import ConfigError
 
 logger = logging.getLogger("zigma.train")
 
-# In-memory features kept per run: the procedural and class-caption sets repeat a few thousand
-# captions; beyond this many distinct ones the oldest are forgotten (and re-read or re-encoded).
-MEMO_LIMIT = 50_000
+# In-memory features kept per run (~30 KB each): the one-object scenes and the class captions
+# repeat a few thousand captions; beyond this many distinct ones all are forgotten and the next
+# ones re-read or re-encoded.
+MEMO_LIMIT = 20_000
 
 
 class TextFeatures:
@@ -75,7 +76,8 @@ class TextFeatures:
         if not todo:
             return
         if len(self._memo) + len(todo) > MEMO_LIMIT:
-            self._memo.clear()
+            self._memo.clear()  # forget everything, this batch's captions included
+            todo = list(dict.fromkeys(captions))
         for c in [c for c in todo if not c.strip()]:  # no caption: the null text
             self._memo[c] = torch.zeros(0, int(self.identity["dim"]))
         todo = [c for c in todo if c.strip()]
