@@ -80,8 +80,9 @@ _CPU_TEXT: dict[str, Any] = {
     },
     "data": {"name": "scenes", "resolution": 24, "num_samples": 20_000, "max_objects": 1},
     "text": {"encoder": "minilm", "prompts": list(_TEXT_PROMPTS)},
-    "steps": 4000,
-    "preview": {**_CPU_SHAPES["preview"], "num_samples": 16, "guidance_scale": 3.0},
+    "steps": 2000,
+    "ckpt_every": 500,
+    "preview": {**_CPU_SHAPES["preview"], "every": 500, "num_samples": 16, "guidance_scale": 3.0},
 }
 
 TRAIN_PRESETS: dict[str, Preset] = {
