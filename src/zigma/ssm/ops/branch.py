@@ -27,7 +27,7 @@ import zigma.ssm.ops as ops
 from zigma.ssm.ops import tokens
 from zigma.ssm.ops._checks import check_index, describe_shape, no_autocast
 
-__all__ = ["BranchWeights", "mamba_branches", "mamba_branches_ref"]
+__all__ = ["BranchWeights", "mamba_branches", "mamba_branches_ref", "scan_param"]
 
 # What the Triton scan kernels take (the conv also takes fp64).
 _TRITON_SCAN_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -70,7 +70,7 @@ class BranchWeights:
 _PER_BRANCH = 8  # order + the 7 tensors of BranchWeights, in the autograd function's arguments
 
 
-def _fp32(t: torch.Tensor) -> torch.Tensor:
+def scan_param(t: torch.Tensor) -> torch.Tensor:
     """The scan parameters in fp32 (fp64 ones stay fp64), as the scan computes with them."""
     return t if t.dtype == torch.float64 else t.float()
 
@@ -140,8 +140,8 @@ def mamba_branches_ref(
         dt, B, C = F.linear(x, w.x_proj_weight).split([rank, n_state, n_state], dim=-1)
         delta = F.linear(dt, w.dt_proj_weight)
         y = y + tokens.selective_scan_tokens_ref(
-            x, delta, -torch.exp(_fp32(w.A_log)), B, C, _fp32(w.D), z,
-            _fp32(w.dt_proj_bias), True, order, backend="reference",
+            x, delta, -torch.exp(scan_param(w.A_log)), B, C, scan_param(w.D), z,
+            scan_param(w.dt_proj_bias), True, order, backend="reference",
         )  # fmt: skip
     return F.linear(y * scale, out_weight, out_bias)
 
@@ -248,8 +248,10 @@ class _Branches(torch.autograd.Function):
                 x_dbl = F.linear(x, x_w.to(ct))  # [b, L, R + 2N]
                 dt, B, C = x_dbl.split([plan.rank, plan.n_state, plan.n_state], dim=-1)
                 delta = F.linear(dt, dt_w.to(ct))  # [b, L, dim]
-                A = -torch.exp(_fp32(A_log))
-                y, ck = _scan_fwd(plan, x, delta, A, B, C, _fp32(D), _fp32(dt_b), order, save)
+                A = -torch.exp(scan_param(A_log))
+                y, ck = _scan_fwd(
+                    plan, x, delta, A, B, C, scan_param(D), scan_param(dt_b), order, save
+                )
                 ysum = y if ysum is None else ysum + y
                 cks.append(ck)
             bias = None if out_bias is None else out_bias.to(ct)
@@ -289,9 +291,9 @@ class _Branches(torch.autograd.Function):
                 x_dbl = F.linear(x, x_w_c)
                 dt, B, C = x_dbl.split([plan.rank, plan.n_state, plan.n_state], dim=-1)
                 delta = F.linear(dt, dt_w_c)
-                A = -torch.exp(_fp32(A_log))
+                A = -torch.exp(scan_param(A_log))
                 du, ddelta, dA, dB, dC, dD, dbias = _scan_bwd(
-                    plan, dysum, x, delta, A, B, C, _fp32(D), _fp32(dt_b), order, cks[i]
+                    plan, dysum, x, delta, A, B, C, scan_param(D), scan_param(dt_b), order, cks[i]
                 )
                 d_dt_w = _mm(ddelta, dt).to(dt_w.dtype)
                 d_x_dbl = torch.cat([ddelta @ dt_w_c, dB.to(ct), dC.to(ct)], dim=-1)
