@@ -152,3 +152,26 @@ def test_triton_kernels_match_reference(monkeypatch, k, length, with_order):
     got = _run(mamba_branches, *got_in[:2], orders, *got_in[2:], scale=0.5, backend="triton")
     assert ops.last_backend() == "triton"
     _compare({n: t.double().cpu() for n, t in got.items()}, want, rtol=2e-4, atol=2e-5)
+
+
+@pytest.mark.triton
+@pytest.mark.skipif(not _triton_ready(), reason="no GPU and TRITON_INTERPRET is not 1")
+def test_compiled_mamba_trains_like_eager():
+    # The op traces whole (forward and backward) under torch.compile: no graph break, same
+    # numbers as eager.
+    from zigma.ssm import Mamba
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.manual_seed(0)
+    layer = Mamba(8, d_state=4, bidirectional=True, backend="triton").to(device)
+    x = torch.randn(2, 12, 8, device=device, requires_grad=True)
+    order = torch.randperm(12).to(device)
+    results = []
+    for model in (layer, torch.compile(layer, backend="aot_eager", fullgraph=True)):
+        y = model(x, order=order)
+        y.square().sum().backward()
+        results.append([y.detach(), x.grad, *(p.grad for p in layer.parameters())])
+        x.grad = None
+        layer.zero_grad(set_to_none=True)
+    for got, want in zip(*results, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
