@@ -165,10 +165,31 @@ def _acc(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _gate(ysum: torch.Tensor, z: torch.Tensor, scale: float) -> torch.Tensor:
+def _gate(plan: _Plan, ysum: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """``scale * silu(z) * ysum``, computed in fp32 (fp64) and rounded once."""
+    if plan.scan_kernel:
+        return torch.ops.zigma.mamba_gate(ysum, z, plan.scale)
     acc = _acc(ysum.dtype)
-    return (ysum.to(acc) * F.silu(z.to(acc)) * scale).to(ysum.dtype)
+    return (ysum.to(acc) * F.silu(z.to(acc)) * plan.scale).to(ysum.dtype)
+
+
+def _gate_bwd(plan: _Plan, dg: torch.Tensor, ysum: torch.Tensor, z: torch.Tensor):
+    """``(dysum, dz, g)`` of ``g = _gate(ysum, z)`` for the cotangent ``dg``."""
+    if plan.scan_kernel:
+        return torch.ops.zigma.mamba_gate_bwd(dg, ysum, z, plan.scale)
+    acc = _acc(ysum.dtype)
+    dg, ysum, z = dg.to(acc) * plan.scale, ysum.to(acc), z.to(acc)
+    sig = torch.sigmoid(z)
+    dz = dg * ysum * sig * (1 + z * (1 - sig))
+    return dg * z * sig, dz, None
+
+
+def _autocast_off(device: torch.device):
+    """``no_autocast`` without the availability query that torch.compile (2.11) cannot trace:
+    CPU and CUDA always have autocast."""
+    if device.type in ("cpu", "cuda"):
+        return torch.autocast(device.type, enabled=False)
+    return no_autocast(device)
 
 
 def _order32(order: torch.Tensor | None) -> torch.Tensor | None:
@@ -241,7 +262,7 @@ class _Branches(torch.autograd.Function):
         xs, z = xz[..., :dim], xz[..., dim:]
         save = plan.save
         ysum, cks = None, []
-        with no_autocast(xz.device):
+        with _autocast_off(xz.device):
             for k in range(0, len(flat), _PER_BRANCH):
                 order, conv_w, conv_b, x_w, dt_w, dt_b, A_log, D = flat[k : k + _PER_BRANCH]
                 x = _conv_fwd(plan, xs, conv_w, conv_b, order)  # [b, L, dim]
@@ -255,7 +276,7 @@ class _Branches(torch.autograd.Function):
                 ysum = y if ysum is None else ysum + y
                 cks.append(ck)
             bias = None if out_bias is None else out_bias.to(ct)
-            out = F.linear(_gate(ysum, z, plan.scale), out_weight.to(ct), bias)
+            out = F.linear(_gate(plan, ysum, z), out_weight.to(ct), bias)
         ctx.plan = plan
         ctx.n_flat = len(flat)
         ctx.save_for_backward(xz, out_weight, out_bias, ysum, *flat, *cks)
@@ -270,18 +291,17 @@ class _Branches(torch.autograd.Function):
         dim = xz.shape[-1] // 2
         xs, z = xz[..., :dim], xz[..., dim:]
         acc = _acc(ct)
-        with no_autocast(xz.device):
+        with _autocast_off(xz.device):
             dout = dout.to(ct)
             # out = linear(g), g = scale * silu(z) * ysum
-            d_out_w = _mm(dout, _gate(ysum, z, plan.scale)).to(out_weight.dtype)
             d_out_b = None
             if out_bias is not None:
                 d_out_b = dout.to(acc).sum((0, 1)).to(out_bias.dtype)
-            dg = (dout @ out_weight.to(ct)).to(acc) * plan.scale  # [b, L, dim]
-            zf = z.to(acc)
-            sig = torch.sigmoid(zf)
-            dysum = (dg * zf * sig).to(ct)
-            dz = (dg * ysum.to(acc) * sig * (1 + zf * (1 - sig))).to(ct)
+            dysum, dz, g = _gate_bwd(plan, dout @ out_weight.to(ct), ysum, z)
+            if g is None:
+                g = _gate(plan, ysum, z)
+            d_out_w = _mm(dout, g).to(out_weight.dtype)
+            dysum, dz = dysum.to(ct), dz.to(ct)
             dxs, grads = None, []
             for i, k in enumerate(range(0, len(flat), _PER_BRANCH)):
                 order, conv_w, conv_b, x_w, dt_w, dt_b, A_log, D = flat[k : k + _PER_BRANCH]
@@ -358,12 +378,15 @@ def mamba_branches(
     dim, rank, n_state = _check(xz, branches, orders, out_weight, out_bias)
     name = ops.resolve_backend(backend, xz.device)
     device = xz.device.type
-    autocast = torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)
+    if device in ("cpu", "cuda"):  # no availability query: torch.compile (2.11) cannot trace it
+        autocast = torch.is_autocast_enabled(device)
+    else:
+        autocast = torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)
     dtype = torch.get_autocast_dtype(device) if autocast else xz.dtype
     group = 0
     scan_kernel = name == "triton" and dtype in _TRITON_SCAN_DTYPES
     if name == "triton":
-        from zigma.ssm.ops import triton_conv, triton_scan  # noqa: F401  (registers the ops)
+        from zigma.ssm.ops import triton_conv, triton_gate, triton_scan  # noqa: F401  (the ops)
 
         group = triton_scan.CONFIG.group
     flat = []
