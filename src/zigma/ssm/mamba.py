@@ -2,14 +2,16 @@
 
 Supports scanning the tokens in an arbitrary order (ZigMa's zigzag scans), the Vision-Mamba
 bidirectional variant and K orders at once (``ParallelMamba``, the paper's Fig. 6c/d baseline);
-the scan itself goes through ``zigma.ssm.ops``. With the Triton backend the order is folded into
-the conv and scan kernels (no gather/scatter).
+the scan itself goes through ``zigma.ssm.ops``. With the Triton backend everything after in_proj
+is one op, ``zigma.ssm.ops.branch.mamba_branches``, whose kernels fold the orders into their
+indexing (no gather/scatter); the PyTorch backends keep the gather path below.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +21,7 @@ from torch.utils.checkpoint import checkpoint
 
 from zigma.ssm.ops import resolve_backend, selective_scan
 from zigma.ssm.ops._checks import check_index
-from zigma.ssm.ops.tokens import conv_tokens, scan_tokens
+from zigma.ssm.ops.branch import BranchWeights, mamba_branches, scan_param
 
 __all__ = ["Mamba", "ParallelMamba"]
 
@@ -224,46 +226,15 @@ class Mamba(nn.Module):
         return selective_scan(
             x,
             rearrange(delta, "b l d -> b d l"),
-            -torch.exp(A_log.float()),  # [d_inner, N]
+            -torch.exp(scan_param(A_log)),  # [d_inner, N]
             rearrange(B, "b l n -> b n l"),
             rearrange(C, "b l n -> b n l"),
-            D.float(),
+            scan_param(D),
             z=z,
-            delta_bias=dt_proj.bias.float(),
+            delta_bias=scan_param(dt_proj.bias),
             delta_softplus=True,
             backend=self.backend,
         )  # [b, d_inner, L]
-
-    def _scan_branch_tokens(
-        self,
-        x: torch.Tensor,
-        z: torch.Tensor,
-        order: torch.Tensor | None,
-        conv: nn.Conv1d,
-        x_proj: nn.Linear,
-        dt_proj: nn.Linear,
-        A_log: nn.Parameter,
-        D: nn.Parameter,
-    ) -> torch.Tensor:
-        """``_scan_branch`` in token layout: ``[b, L, d]`` (views are fine) -> ``[b, L, d]``,
-        the kernels read and write token rows in ``order``."""
-        weight = conv.weight.squeeze(1)  # [d_inner, d_conv]
-        x = conv_tokens(x, weight, conv.bias, order, "silu", backend=self.backend)  # [b, L, d]
-        dt, B, C = x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-        delta = F.linear(dt, dt_proj.weight)  # bias added in fp32 by the scan   [b, L, d_inner]
-        return scan_tokens(
-            x,
-            delta,
-            -torch.exp(A_log.float()),  # [d_inner, N]
-            B,  # [b, L, N] view of x_dbl
-            C,
-            D.float(),
-            z=z,
-            delta_bias=dt_proj.bias.float(),
-            delta_softplus=True,
-            order=order,
-            backend=self.backend,
-        )  # [b, L, d_inner]
 
     def forward(
         self,
@@ -297,21 +268,31 @@ class Mamba(nn.Module):
             if inverse is not None:
                 check_index("inverse", inverse, length)
         if resolve_backend(self.backend, x.device) == "triton":
-            return self._forward_tokens(x, order)
+            orders = [order]
+            if self.bidirectional:
+                if order is None:
+                    order = torch.arange(length, device=x.device)
+                orders.append(order.flip(0))
+            return self._mix_tokens(x, orders)
         return self._forward_gathered(x, order, inverse)
 
-    def _forward_tokens(self, x: torch.Tensor, order: torch.Tensor | None) -> torch.Tensor:
-        """Triton path: everything stays in token order; the kernels index through ``order``."""
+    def _branch_weights(self) -> list[BranchWeights]:
+        return [
+            BranchWeights(conv.weight.squeeze(1), conv.bias, x_proj.weight, dt_proj.weight,
+                          dt_proj.bias, A_log, D)
+            for conv, x_proj, dt_proj, A_log, D in self._branches()
+        ]  # fmt: skip
+
+    def _mix_tokens(self, x: torch.Tensor, orders: list, scale: float = 1.0) -> torch.Tensor:
+        """Triton path: in_proj, then every branch, the gate and out_proj in one op
+        (``zigma.ssm.ops.branch.mamba_branches``) that reads token rows through the orders."""
         xz = self.in_proj(x)  # [b, L, 2 d_inner], raster order
-        xs, z = xz.chunk(2, dim=-1)  # views; backward concatenates dxs and dz once
-        branches = self._branches()
-        y = self._run_branch(self._scan_branch_tokens, xs, z, order, *branches[0])  # [b, L, d]
-        if self.bidirectional:
-            if order is None:
-                order = torch.arange(x.shape[1], device=x.device)
-            flipped = order.flip(0)
-            y = y + self._run_branch(self._scan_branch_tokens, xs, z, flipped, *branches[1])
-        return self.out_proj(y)  # [b, L, d_model]
+        args = (xz, self._branch_weights(), orders, self.out_proj.weight, self.out_proj.bias)
+        kwargs = {"scale": scale, "backend": self.backend}
+        if self.recompute_branches and torch.is_grad_enabled():
+            # The op already recomputes the cheap parts; this also reruns its scans.
+            return checkpoint(partial(mamba_branches, **kwargs), *args, use_reentrant=False)
+        return mamba_branches(*args, **kwargs)  # [b, L, d_model]
 
     def _forward_gathered(
         self, x: torch.Tensor, order: torch.Tensor | None, inverse: torch.Tensor | None
@@ -421,20 +402,15 @@ class ParallelMamba(Mamba):
                 raise ValueError(f"{name} must be [K, L] = [{k}, {length}], got {got}")
             for row in index:
                 check_index(name, row, length)
-        xz = self.in_proj(x)  # [b, L, 2 d_inner], raster order
         if resolve_backend(self.backend, x.device) == "triton":
-            xs, z = xz.chunk(2, dim=-1)  # the kernels read rows in each order
-            y = sum(
-                self._run_branch(self._scan_branch_tokens, xs, z, order, *branch)
-                for order, branch in zip(orders, self._branches(), strict=True)
-            )  # [b, L, d_inner]
-        else:
-            if inverses is None:
-                inverses = torch.argsort(orders, dim=-1)
-            y = 0
-            for order, inverse, branch in zip(orders, inverses, self._branches(), strict=True):
-                xs, z = rearrange(xz[:, order], "b l (two d) -> two b d l", two=2)
-                y_k = self._run_branch(self._scan_branch, xs, z, *branch)  # [b, d_inner, L]
-                y = y + y_k[..., inverse]  # raster order
-            y = rearrange(y, "b d l -> b l d")
+            return self._mix_tokens(x, list(orders), scale=1.0 / k)
+        xz = self.in_proj(x)  # [b, L, 2 d_inner], raster order
+        if inverses is None:
+            inverses = torch.argsort(orders, dim=-1)
+        y = 0
+        for order, inverse, branch in zip(orders, inverses, self._branches(), strict=True):
+            xs, z = rearrange(xz[:, order], "b l (two d) -> two b d l", two=2)
+            y_k = self._run_branch(self._scan_branch, xs, z, *branch)  # [b, d_inner, L]
+            y = y + y_k[..., inverse]  # raster order
+        y = rearrange(y, "b d l -> b l d")
         return self.out_proj(y / k)  # [b, L, d_model]
