@@ -128,7 +128,7 @@ TRAIN_PRESETS: dict[str, Preset] = {
     ),
     "text-shapes-small": Preset(
         "text-to-image ZigMa (~11M params) on scenes of 1-3 objects at 32 px for one GPU; "
-        "bf16; train from a text cache (zigma text-cache) where the encoder is not installed",
+        "bf16; without the MiniLM wheel there, give text.encoder=DIR (a saved copy)",
         {
             "model": {
                 "preset": "ZigMa-S/2",
