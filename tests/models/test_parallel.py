@@ -108,8 +108,8 @@ def test_triton_token_path_matches_the_gather_path(monkeypatch):
     gather path; the scan itself is routed to the token-layout reference, as in
     tests/ssm/test_mamba_triton.py, so this runs under the Triton interpreter on CPU."""
     pytest.importorskip("triton")
-    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
-        pytest.skip("no GPU and TRITON_INTERPRET is not 1")
+    if os.environ.get("TRITON_INTERPRET") != "1":  # CPU tensors: the interpreter's test
+        pytest.skip("runs on CPU tensors under the Triton interpreter (TRITON_INTERPRET=1)")
     import zigma.ssm.ops as ops
     from zigma.ssm.ops import tokens
 
