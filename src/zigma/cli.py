@@ -547,9 +547,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
 
     if args.list_presets:
-        print(f"{'preset':<14} description")
+        width = max(len(n) for n in TRAIN_PRESETS) + 1
+        print(f"{'preset':<{width}} description")
         for name, preset in TRAIN_PRESETS.items():
-            print(f"{name:<14} {preset.description}")
+            print(f"{name:<{width}} {preset.description}")
         print(
             "Any model preset (`zigma models`, e.g. ZigMa-S/2) also works: it trains that "
             "model on the embedded shapes data at its default input size."
