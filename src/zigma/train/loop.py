@@ -14,6 +14,7 @@ end model/ (the EMA weights as ``save_pretrained`` writes them, plus transport.j
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import logging
 import math
@@ -179,8 +180,11 @@ def _train(
     net: nn.Module = model
     if env.distributed:
         ids = [env.device.index] if env.device.type == "cuda" else None
-        # buffers (the stored scan orders) are constants: no need to broadcast them each step
-        net = nn.parallel.DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+        # buffers (the stored scan orders) are constants, equal on every rank: no need to sync
+        # them each step (torch >= 2.13 names the switch forward_sync_buffers)
+        params = inspect.signature(nn.parallel.DistributedDataParallel.__init__).parameters
+        sync = "forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers"
+        net = nn.parallel.DistributedDataParallel(model, device_ids=ids, **{sync: False})
     if cfg.compile:
         net = torch.compile(net)  # state dicts still come from the raw `model`
     amp = _AMP[cfg.precision]
