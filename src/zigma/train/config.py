@@ -332,7 +332,9 @@ class TrainConfig:
         spec = {k: v for k, v in to_dict(self.model).items() if v is not None}
         name = spec.pop("preset")
         res, channels = self.data.resolution, self.data.resolved_channels
-        spec.setdefault("input_size", (res, res))
+        frames = getattr(self.data, "frames", None)  # a video dataset: clips of this many frames
+        size = (frames, res, res) if frames else (res, res)
+        spec.setdefault("input_size", size)
         spec.setdefault("in_channels", channels)
         spec.setdefault("num_classes", num_classes or 0)
         if self.text.encoder:
@@ -352,10 +354,13 @@ class TrainConfig:
                 "model.text_dim is set but text.encoder is not: set text.encoder=minilm (or a "
                 "local encoder directory) for a text model"
             )
-        if tuple(spec["input_size"]) != (res, res):
-            raise ConfigError(
-                f"model.input_size {tuple(spec['input_size'])} does not match data.resolution {res}"
+        if tuple(spec["input_size"]) != size:
+            what = (
+                f"data.frames {frames} x data.resolution {res}"
+                if frames
+                else (f"data.resolution {res}")
             )
+            raise ConfigError(f"model.input_size {tuple(spec['input_size'])} does not match {what}")
         if spec["in_channels"] != channels:
             raise ConfigError(
                 f"model.in_channels {spec['in_channels']} does not match the data's "
