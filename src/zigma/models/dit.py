@@ -3,7 +3,10 @@ self-attention + MLP blocks under adaLN-Zero instead of the Mamba mixer.
 
 Token grid, conditioning, final layer, input checks and save/load are ZigMa's
 (``DiffusionBackbone``); attention goes through ``F.scaled_dot_product_attention``. On a video
-every token attends to every other (full spatio-temporal attention).
+every token attends to every other (full spatio-temporal attention), unless ``attn_pattern``
+factorises it as Latte / Open-Sora's STDiT do: an ``s`` layer attends within each frame, a
+``t`` layer across frames at each spatial location, a ``v`` layer over the whole clip. The
+layers fold their tokens with the scan plans' folds (``zigma.models.plans``).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import torch
 from torch import nn
 
 from zigma.models.backbone import BackboneConfig, DiffusionBackbone, require
+from zigma.models.grid import GridShape
 from zigma.models.layers import (
     AdaLN,
     Attention,
@@ -26,6 +30,7 @@ from zigma.models.layers import (
     modulate,
     zero_,
 )
+from zigma.models.plans import check_pattern, fold_tokens, layer_folds, unfold_tokens
 from zigma.models.registry import register_family, sized_presets
 
 
@@ -34,8 +39,11 @@ class DiTConfig(BackboneConfig):
     """Architecture of a DiT. Presets (``DiT-B/2`` ...) fill in width/depth/heads/patch.
 
     Attributes (besides ``BackboneConfig``'s): ``num_heads`` attention heads (must divide
-    ``hidden_size``), ``mlp_ratio`` MLP width / model width. DiT's default positional
-    embedding is the fixed 2-D sin-cos table, which also lets other input sizes run.
+    ``hidden_size``), ``mlp_ratio`` MLP width / model width, ``attn_pattern`` (video models
+    only) the layers' attention as letters repeated over the depth: ``s`` within each frame,
+    ``t`` per spatial location across frames, ``v`` over the whole clip; None: full attention
+    in every layer (``"v"``), Latte / STDiT: ``"st"``. DiT's default positional embedding is
+    the fixed 2-D sin-cos table, which also lets other input sizes run.
     """
 
     hidden_size: int = 768
@@ -43,6 +51,7 @@ class DiTConfig(BackboneConfig):
     pos_embed: Literal["none", "sincos", "learnable"] = "sincos"
     num_heads: int = 12
     mlp_ratio: float = 4.0
+    attn_pattern: str | None = None
 
     def validate(self) -> None:
         super().validate()
@@ -52,12 +61,17 @@ class DiTConfig(BackboneConfig):
             f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}",
         )
         require(self.mlp_ratio > 0, f"mlp_ratio must be > 0, got {self.mlp_ratio}")
+        check_pattern(self.attn_pattern, self.is_video, name="attn_pattern")
 
 
 class DiTBlock(nn.Module):
     """adaLN-Zero block: gated attention then gated MLP, each on a modulated norm. A text model
     puts a cross-attention to the text tokens between them, unmodulated, on a plain norm, as
-    PixArt-alpha does (its output projection starts at zero: a fresh model ignores the text)."""
+    PixArt-alpha does (its output projection starts at zero: a fresh model ignores the text).
+
+    ``fold`` ("none", "frames" or "locations") groups the tokens the self-attention sees;
+    the cross-attention and MLP always see every token.
+    """
 
     def __init__(self, config: DiTConfig):
         super().__init__()
@@ -75,11 +89,14 @@ class DiTBlock(nn.Module):
         self,
         x: torch.Tensor,
         c: torch.Tensor,
+        fold: str = "none",
+        shape: GridShape | None = None,
         context: torch.Tensor | None = None,
         context_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:  # x [B, L, D], c [B, D], context [B, S, D]
         shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN(c)
-        x = gated_residual(x, gate1, self.attn(modulate(self.norm1(x), shift1, scale1)))
+        h = fold_tokens(modulate(self.norm1(x), shift1, scale1), fold, shape)  # [B', L', D]
+        x = gated_residual(x, gate1, unfold_tokens(self.attn(h), fold, shape))
         if hasattr(self, "cross_attn"):
             x = x + self.cross_attn(self.norm_cross(x), context, context_mask)
         return gated_residual(x, gate2, self.mlp(modulate(self.norm2(x), shift2, scale2)))
@@ -94,6 +111,10 @@ class DiT(DiffusionBackbone):
         super().__init__(config)  # token grid, time and condition embedders
         d = config.hidden_size
         self.blocks = nn.ModuleList(DiTBlock(config) for _ in range(config.depth))
+        # each layer's fold; "v" (full attention) for images and when no pattern is given
+        self.folds = [
+            f for f, _ in layer_folds(config.attn_pattern or "v", config.depth, config.is_video)
+        ]
         self.final_layer = FinalLayer(d, self.grid.patch_volume, config.out_channels, "layernorm")
         self.initialize_weights()
 
@@ -117,8 +138,8 @@ class DiT(DiffusionBackbone):
         shape, tokens, conditioning = self.prepare(x, t, cond)  # tokens [B, L, D]
         c = conditioning.vector  # [B, D]
         context, mask = self.text_context(conditioning)  # [B, S, D], [B, S] or None
-        for block in self.blocks:
-            tokens = self.run_block(block, tokens, c, context, mask)  # [B, L, D]
+        for block, fold in zip(self.blocks, self.folds, strict=True):
+            tokens = self.run_block(block, tokens, c, fold, shape, context, mask)  # [B, L, D]
         out = self.final_layer(tokens, c)  # [B, L, pt*p*p*C_out]
         return self.grid.unpatchify(out, shape)
 

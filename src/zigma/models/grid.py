@@ -88,7 +88,11 @@ class TokenGrid(nn.Module):
         """The token grid of input ``x``; ValueError if ``x`` does not fit this grid."""
         want = "[B, C, T, H, W]" if self.video else "[B, C, H, W]"
         if x.ndim != len(self.input_size) + 2:
-            raise ValueError(f"expected x of shape {want}, got {tuple(x.shape)}")
+            kind = "a video" if self.video else "an image"
+            raise ValueError(
+                f"this model takes {kind} batch x of shape {want}, got {x.ndim}-D x of shape "
+                f"{tuple(x.shape)}"
+            )
         c = self.proj.in_channels
         if x.shape[1] != c:
             raise ValueError(f"model expects {c} input channels, got {x.shape[1]} (x {want})")

@@ -11,6 +11,7 @@ A schedule is a pattern of letters, repeated over the depth: ``s`` (spatial: fol
 next of the K 2-D orders, cycling by occurrence), ``t`` (temporal: fold locations, forwards
 and backwards in time by turns) and ``v`` (volume: fold none, the next of the K 3-D orders).
 Images have one frame: every layer scans the whole grid and layer i takes order i mod K.
+The DiT baseline folds its attention the same way (``DiTConfig.attn_pattern``), orders aside.
 """
 
 from __future__ import annotations
@@ -60,19 +61,21 @@ def unfold_tokens(x: torch.Tensor, fold: str, shape: GridShape) -> torch.Tensor:
     return rearrange(x, "(b s) t d -> b (t s) d", s=shape.spatial)
 
 
-def check_pattern(pattern: str | None, video: bool) -> None:
-    """Raise ValueError unless ``pattern`` is a valid schedule for an image / video model."""
+def check_pattern(pattern: str | None, video: bool, name: str = "scan_pattern") -> None:
+    """Raise ValueError unless ``pattern`` is a valid schedule for an image / video model.
+
+    ``name`` is the config field the error names (``attn_pattern`` for a DiT).
+    """
     if pattern is None:
         return
     if not video:
         raise ValueError(
-            "scan_pattern applies to video models (input_size (T, H, W)); an image model "
-            "scans its whole grid in every layer"
+            f"{name} applies to video models (input_size (T, H, W)); an image model "
+            f"mixes its whole grid in every layer"
         )
     if not pattern or set(pattern) - set(PATTERN_LETTERS):
         raise ValueError(
-            f"scan_pattern must be letters s (spatial), t (temporal) and v (volume), "
-            f"got {pattern!r}"
+            f"{name} must be letters s (spatial), t (temporal) and v (volume), got {pattern!r}"
         )
 
 

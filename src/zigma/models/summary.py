@@ -126,6 +126,8 @@ def summarize(model: torch.nn.Module, name: str | None = None, flops: bool = Tru
         mixer = f"  scan             {cfg.scan}{mixer}"
     else:
         mixer = f"  attention        {cfg.num_heads} heads (scaled_dot_product_attention)"
+        if cfg.is_video and getattr(cfg, "attn_pattern", None):
+            mixer += f"; layers {cfg.attn_pattern} repeated"
     size = "x".join(map(str, (cfg.in_channels, *cfg.input_size)))
     grid = (
         f"{shape.frames}x{shape.height}x{shape.width}"
