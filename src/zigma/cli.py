@@ -290,25 +290,53 @@ def _check_sample_outputs(args: argparse.Namespace) -> None:
     from zigma.artifacts import check_output_dir
 
     if args.out is None and args.out_dir is None:
-        raise UsageError("give --out FILE.png (a grid) and/or --out-dir DIR (one PNG per sample)")
+        raise UsageError(
+            "give --out FILE.png (a grid) and/or --out-dir DIR (one PNG or GIF per sample)"
+        )
     _check_out_png(args.out, "--out")
     if args.out_dir is not None:
         folder = check_output_dir(args.out_dir, "--out-dir")
         if folder.is_dir() and any(folder.iterdir()) and not args.overwrite:
             raise UsageError(
                 f"--out-dir {folder} is not empty; choose an empty or new folder, or pass "
-                "--overwrite to replace the PNGs of the same numbers"
+                "--overwrite to replace the files of the same numbers"
             )
+    if args.fps is not None and not 0 < args.fps <= 100:
+        # GIF stores delays in hundredths of a second: 100 frames a second is the fastest
+        raise UsageError(f"--fps must be in (0, 100], got {args.fps:g}")
+    if args.mp4 and args.out_dir is None:
+        raise UsageError("--mp4 writes one MP4 per sample into --out-dir: give --out-dir DIR")
+
+
+def _check_video_sample_args(args: argparse.Namespace, source: Path) -> None:
+    """A video model's flags, before any compute: its grid has one row per sample (so --nrow
+    is refused rather than silently ignored), MP4 needs PyAV, attention maps are image-only."""
+    if args.nrow is not None:
+        raise UsageError(
+            "--nrow: a video grid has one row per sample and one column per frame; leave it out"
+        )
+    if args.attn_maps is not None:
+        raise UsageError(f"--attn-maps: {source} is a video model; maps are for image models")
+    if args.mp4:
+        from zigma.data import check_mp4_writer
+
+        try:
+            check_mp4_writer()
+        except ImportError as e:
+            raise UsageError(f"--mp4: {e}") from None
 
 
 def _sample_bytes(num: int, shape: tuple[int, ...], nrow: int | None, scale: int) -> int:
     """Memory the samples and their grid take: noise and results in fp32 (about three copies)
-    and the grid as bytes, a few copies while it is enlarged and encoded."""
-    c, h, w = shape
-    cols = nrow or math.ceil(math.sqrt(num))
-    rows = math.ceil(num / cols)
+    and the grid as bytes, a few copies while it is enlarged and encoded. ``shape`` is
+    (C, H, W) or, for a video, (C, T, H, W): its grid has one row per sample, one column per
+    frame."""
+    c, *frames, h, w = shape
+    t = frames[0] if frames else 1
+    cols = t if frames else nrow or math.ceil(math.sqrt(num))
+    rows = num if frames else math.ceil(num / cols)
     grid = (rows * (h + 2) + 2) * (cols * (w + 2) + 2) * 3 * scale**2
-    return 3 * 4 * num * c * h * w + 3 * grid
+    return 3 * 4 * num * c * t * h * w + 3 * grid
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -332,6 +360,12 @@ def cmd_sample(args: argparse.Namespace) -> int:
             f"{loaded.source} makes {cfg.in_channels}-channel samples; PNGs need 1 or 3 "
             "(a latent model needs its decoder first)"
         )
+    video = len(cfg.input_size) == 3
+    if video:
+        _check_video_sample_args(args, loaded.source)
+    elif args.mp4 or args.fps is not None:
+        flag = "--mp4" if args.mp4 else "--fps"
+        raise UsageError(f"{flag}: {loaded.source} is an image model (it writes PNGs)")
     names = loaded.model.condition_names
     if args.cfg != 1.0 and not names:
         raise UsageError(f"--cfg {args.cfg}: guidance needs a conditional model")
@@ -375,7 +409,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
     shape = (cfg.in_channels, *cfg.input_size)
-    scale = args.scale if args.scale is not None else max(1, 64 // max(shape[1:]))
+    scale = args.scale if args.scale is not None else max(1, 64 // max(shape[-2:]))
     _check_memory(
         _sample_bytes(args.num, shape, nrow if args.out else None, scale if args.out else 0),
         f"{args.num} samples of {'x'.join(map(str, shape))}",
@@ -396,7 +430,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
         cuda_graphs=args.cuda_graphs, attention=maps,
     )  # fmt: skip
     took = time.perf_counter() - start
-    write_samples(images, args.out, args.out_dir, nrow=nrow, scale=scale)
+    fps = args.fps if args.fps is not None else 8.0
+    write_samples(images, args.out, args.out_dir, nrow=nrow, scale=scale, fps=fps, mp4=args.mp4)
     if maps is not None:
         from zigma.evaluate.attention import save_attention_maps
 
@@ -405,7 +440,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if args.out:
         print(f"wrote {args.out}")
     if args.out_dir:
-        print(f"wrote {args.num} PNGs to {args.out_dir}")
+        kinds = ("GIFs and MP4s" if args.mp4 else "GIFs") if video else "PNGs"
+        print(f"wrote {args.num} {kinds} to {args.out_dir}")
     print(
         f"{args.num} samples from {loaded.source} with {args.sampler} ({args.steps} steps"
         + (f", cfg {args.cfg}" if args.cfg != 1.0 else "")
@@ -819,30 +855,49 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--print", action="store_true", help="print each order as token indices")
     p.set_defaults(func=cmd_scans)
-    p = sub.add_parser("sample", help="draw samples from a trained model to PNG")
+    p = sub.add_parser(
+        "sample", help="draw samples from a trained model to PNG (video models: GIF, MP4)"
+    )
     p.add_argument(
         "--ckpt",
         required=True,
         help="a run folder, a checkpoint folder or an exported model folder",
     )
     p.add_argument(
-        "--out", metavar="FILE.png", help="write a grid of all samples (replaces an existing file)"
+        "--out",
+        metavar="FILE.png",
+        help="write a grid of all samples (replaces an existing file); for a video model one "
+        "row per sample, one column per frame",
     )
     p.add_argument(
         "--out-dir",
         metavar="DIR",
-        help="also write one PNG per sample, 000000.png ...; the folder must be empty or new",
+        help="also write one PNG per sample, 000000.png ... (a video model: one looping GIF, "
+        "000000.gif ...); the folder must be empty or new",
+    )
+    p.add_argument(
+        "--mp4",
+        action="store_true",
+        help="a video model: also write 000000.mp4 ... into --out-dir (needs pip install "
+        "'zigma[video]')",
+    )
+    p.add_argument(
+        "--fps",
+        type=_finite_float(0.0),
+        default=None,
+        help="a video model: frames a second of the GIFs and MP4s (default 8)",
     )
     p.add_argument(
         "--overwrite",
         action="store_true",
-        help="let --out-dir be a folder that is not empty (same-numbered PNGs are replaced)",
+        help="let --out-dir be a folder that is not empty (same-numbered files are replaced)",
     )
     p.add_argument(
         "--scale",
         type=_int_arg(1, 16),
         default=None,
-        help="enlarge the grid's images N times (nearest); default: to at least 64 px",
+        help="enlarge the grid's images (and a video model's GIFs and MP4s) N times (nearest); "
+        "default: to at least 64 px",
     )
     p.add_argument(
         "--num",
@@ -867,7 +922,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="sample this class only (default: classes in turn)",
     )
-    p.add_argument("--nrow", type=_int_arg(1), default=None, help="images per grid row")
+    p.add_argument(
+        "--nrow",
+        type=_int_arg(1),
+        default=None,
+        help="images per grid row (not for video models: one row per sample)",
+    )
     p.add_argument(
         "--prompt",
         action="append",

@@ -1,6 +1,6 @@
 """Datasets for zigma: procedural shapes (offline default) and captioned scenes, MNIST /
 Fashion-MNIST from IDX files, image folders; transforms without torchvision; deterministic,
-resumable loaders.
+resumable loaders; video samples out (``video_io``: frame grids, GIFs, MP4).
 
 Every item is ``{"image": float32 [C, H, W] in [-1, 1], "label": int64 scalar (-1 if
 unlabelled), "caption": str}``.
@@ -64,6 +64,13 @@ from zigma.data.transforms import (
     to_tensor,
     uint8_to_tensor,
 )
+from zigma.data.video_io import (
+    check_mp4_writer,
+    make_frame_grid,
+    save_frame_grid,
+    save_gif,
+    save_mp4,
+)
 
 __all__ = [
     "DATASET_NAMES",
@@ -99,7 +106,12 @@ __all__ = [
     "fashion_mnist",
     "hflip",
     "iterate_batches",
+    "check_mp4_writer",
+    "make_frame_grid",
     "make_image_grid",
+    "save_frame_grid",
+    "save_gif",
+    "save_mp4",
     "make_loader",
     "make_object",
     "make_scene",

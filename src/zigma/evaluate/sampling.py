@@ -1,5 +1,6 @@
 """Using a trained model: find its weights and transport (``load_for_sampling``) and write
-what ``zigma.generate.generate`` draws from it as PNGs (``write_samples``).
+what ``zigma.generate.generate`` draws from it as PNGs, or for a video model as a frame grid,
+GIFs and MP4s (``write_samples``).
 
 ``load_for_sampling`` accepts the three places weights live: an exported model folder
 (``save_pretrained`` + ``transport.json``), a training checkpoint (EMA weights), or a run folder.
@@ -23,7 +24,7 @@ from zigma.artifacts import (
     read_json_object,
 )
 from zigma.config import ConfigError, from_dict
-from zigma.data import save_image_grid
+from zigma.data import check_mp4_writer, save_frame_grid, save_gif, save_image_grid, save_mp4
 from zigma.models import from_pretrained
 from zigma.transport import TransportConfig
 
@@ -109,18 +110,57 @@ def load_for_sampling(path: str | os.PathLike, map_location="cpu") -> LoadedMode
 
 
 def write_samples(
-    images: torch.Tensor, grid_path=None, out_dir=None, nrow=None, scale: int = 1
+    images: torch.Tensor,
+    grid_path=None,
+    out_dir=None,
+    nrow=None,
+    scale: int = 1,
+    *,
+    fps: float = 8,
+    mp4: bool = False,
 ) -> list[Path]:
-    """Write a PNG grid (each image enlarged ``scale`` times, nearest-neighbour) and/or one
-    full-size PNG per image (``000000.png`` ...); returns the paths.
+    """Write samples and return the paths.
+
+    Images [N, C, H, W]: a PNG grid (each image enlarged ``scale`` times, nearest-neighbour)
+    at ``grid_path`` and/or one full-size PNG per image in ``out_dir`` (``000000.png`` ...).
+
+    Videos [N, C, T, H, W]: the frame grid (one row per sample, one column per frame, enlarged
+    ``scale`` times; ``nrow`` does not apply) at ``grid_path`` and/or one looping GIF per sample
+    in ``out_dir`` (``000000.gif`` ..., ``fps`` frames a second, enlarged ``scale`` times so a
+    small video stays watchable), plus ``000000.mp4`` ... when ``mp4`` (needs PyAV).
 
     Every file is replaced atomically (an existing file of the same name is overwritten: the
-    CLI refuses a non-empty ``--out-dir`` unless told ``--overwrite``)."""
+    CLI refuses a non-empty ``--out-dir`` unless told ``--overwrite``).
+
+    Raises:
+        ValueError: not a 4-D or 5-D batch, or ``mp4`` without a video batch and ``out_dir``.
+        ImportError: ``mp4`` without PyAV installed (checked before anything is written).
+    """
+    if images.ndim not in (4, 5):
+        raise ValueError(
+            f"samples must be images [N, C, H, W] or videos [N, C, T, H, W], "
+            f"got {tuple(images.shape)}"
+        )
+    video = images.ndim == 5
+    if mp4:
+        if not video or out_dir is None:
+            raise ValueError("mp4=True needs video samples [N, C, T, H, W] and an out_dir")
+        check_mp4_writer()
     written = []
     if grid_path is not None:
-        written.append(save_image_grid(images, grid_path, nrow=nrow, scale=scale))
+        if video:
+            written.append(save_frame_grid(images, grid_path, scale=scale))
+        else:
+            written.append(save_image_grid(images, grid_path, nrow=nrow, scale=scale))
     if out_dir is not None:
         out_dir = Path(out_dir)
         for i, img in enumerate(images):
-            written.append(save_image_grid(img[None], out_dir / f"{i:06d}.png", nrow=1, padding=0))
+            if not video:
+                written.append(
+                    save_image_grid(img[None], out_dir / f"{i:06d}.png", nrow=1, padding=0)
+                )
+                continue
+            written.append(save_gif(img, out_dir / f"{i:06d}.gif", fps=fps, scale=scale))
+            if mp4:
+                written.append(save_mp4(img, out_dir / f"{i:06d}.mp4", fps=fps, scale=scale))
     return written

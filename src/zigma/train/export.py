@@ -16,7 +16,7 @@ from torch import nn
 
 from zigma.artifacts import TRANSPORT_NAME, write_text_atomic
 from zigma.config import to_dict
-from zigma.data import derive_seed
+from zigma.data import derive_seed, save_frame_grid, save_image_grid
 from zigma.generate import generate, grid_conditions
 from zigma.models import save_pretrained
 from zigma.train.config import TrainConfig
@@ -49,9 +49,10 @@ def preview_grid(
     text: TextFeatures | None = None,
     dataset: Any = None,
 ) -> tuple[torch.Tensor, int | None]:
-    """(``cfg.preview.num_samples`` samples [N, C, H, W] in [-1, 1] from a fixed noise seed,
-    images per grid row) through ``generate``: a text model gets one row per prompt
-    (``preview_prompts``), other conditions are spread over the grid (classes in turn)."""
+    """(``cfg.preview.num_samples`` samples [N, C, H, W] (a video model: [N, C, T, H, W]) in
+    [-1, 1] from a fixed noise seed, images per grid row) through ``generate``: a text model
+    gets one row per prompt (``preview_prompts``), other conditions are spread over the grid
+    (classes in turn)."""
     was_training = model.training
     p = cfg.preview
     mcfg = model.config
@@ -82,6 +83,15 @@ def preview_grid(
     finally:
         model.train(was_training)
     return samples, nrow
+
+
+def save_preview(samples: torch.Tensor, path: Path, nrow: int | None) -> Path:
+    """Write ``preview_grid``'s samples as a PNG enlarged to at least 64 px: images in rows of
+    ``nrow``; videos as a frame grid (one row per sample, one column per frame; no ``nrow``)."""
+    scale = max(1, 64 // max(samples.shape[-2:]))
+    if samples.ndim == 5:
+        return save_frame_grid(samples, path, scale=scale)
+    return save_image_grid(samples, path, nrow=nrow, scale=scale)
 
 
 def export_model(ema_model: nn.Module, model: nn.Module, cfg: TrainConfig, directory: Path) -> Path:

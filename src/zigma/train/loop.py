@@ -43,7 +43,7 @@ from zigma.artifacts import (
     write_text_atomic,
 )
 from zigma.config import ConfigError, to_dict
-from zigma.data import derive_seed, iterate_batches, save_image_grid
+from zigma.data import derive_seed, iterate_batches
 from zigma.models import count_parameters, create_model
 from zigma.train import distributed
 from zigma.train.checkpoint import capture_rng, save_checkpoint
@@ -55,7 +55,7 @@ from zigma.train.control import (
     Whereabouts,
 )
 from zigma.train.ema import EMA
-from zigma.train.export import export_model, preview_grid
+from zigma.train.export import export_model, preview_grid, save_preview
 from zigma.train.optim import (
     StepGuard,
     TrainingDiverged,
@@ -250,12 +250,7 @@ def _train(
     def samples() -> None:
         assert run is not None
         grid, nrow = preview_grid(ema.model, cfg, env.device, amp, text, dataset)
-        path = save_image_grid(
-            grid,
-            out / "samples" / f"step_{prog.step:07d}.png",
-            nrow=nrow,
-            scale=max(1, 64 // max(mcfg.input_size[-2:])),
-        )
+        path = save_preview(grid, out / "samples" / f"step_{prog.step:07d}.png", nrow)
         run.image(path, grid, prog.step)
         run.info("step %d: samples %s", prog.step, path.relative_to(out))
 

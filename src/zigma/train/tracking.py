@@ -107,15 +107,17 @@ class RunLog:
             self.wandb.log({f"train/{k}": v for k, v in scalars.items()}, step=step)
 
     def image(self, path: Path, grid: torch.Tensor, step: int) -> None:
-        """Tell the trackers about a saved sample grid ([N, C, H, W] in [-1, 1])."""
+        """Tell the trackers about a saved sample grid ([N, C, H, W] in [-1, 1]; videos
+        [N, C, T, H, W] as their frame grid)."""
         if self.tb is not None:
             import numpy as np
 
-            from zigma.data import make_image_grid
+            from zigma.data import make_frame_grid, make_image_grid
 
+            picture = make_frame_grid(grid) if grid.ndim == 5 else make_image_grid(grid)
             self.tb.add_image(
                 "samples",
-                np.asarray(make_image_grid(grid)),
+                np.asarray(picture),
                 step,
                 dataformats="HW" if grid.shape[1] == 1 else "HWC",
             )
