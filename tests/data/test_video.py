@@ -201,6 +201,13 @@ def test_frame_folders_happy_path_and_skip_counting(tmp_path):
         starts.add((levels[0] - 20) // 10)
     assert starts == {0, 1, 2}  # every window start that fits is drawn
 
+    cfg = DataConfig(name="video-folder", data_dir=str(tmp_path), resolution=8, frames=3,
+                     frame_stride=2, channels=1)  # fmt: skip
+    same = build_dataset(cfg)
+    assert len(same) == 2 and same[0]["image"].shape == (1, 3, 8, 8)
+    with pytest.raises(FileNotFoundError, match="no 'test' split for the clip folder"):
+        build_dataset(cfg, "test")
+
 
 def test_video_folder_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
