@@ -1,6 +1,7 @@
 """Datasets for zigma: procedural shapes (offline default) and captioned scenes, MNIST /
-Fashion-MNIST from IDX files, image folders; transforms without torchvision; deterministic,
-resumable loaders; video samples out (``video_io``: frame grids, GIFs, MP4).
+Fashion-MNIST from IDX files, image folders, videos (Moving-MNIST, moving shapes, clip
+folders); transforms without torchvision; deterministic, resumable loaders; video samples out
+(``video_io``: frame grids, GIFs, MP4).
 
 Every item is ``{"image": float32 [C, H, W] in [-1, 1], "label": int64 scalar (-1 if
 unlabelled), "caption": str}``.
@@ -33,6 +34,7 @@ from zigma.data.idx import (
 )
 from zigma.data.loader import (
     DATASET_NAMES,
+    VIDEO_NAMES,
     DataConfig,
     SeededItems,
     build_dataset,
@@ -64,6 +66,15 @@ from zigma.data.transforms import (
     to_tensor,
     uint8_to_tensor,
 )
+from zigma.data.video import (
+    VIDEO_EXTENSIONS,
+    MovingMNIST,
+    MovingShapes,
+    VideoFolder,
+    bounce,
+    read_video_frames,
+    video_decoder,
+)
 from zigma.data.video_io import (
     check_mp4_writer,
     make_frame_grid,
@@ -81,6 +92,8 @@ __all__ = [
     "IMAGE_FORMATS",
     "MNIST_CAPTIONS",
     "MNIST_CLASSES",
+    "VIDEO_EXTENSIONS",
+    "VIDEO_NAMES",
     "CocoCaptions",
     "DataConfig",
     "DataLoadError",
@@ -90,6 +103,8 @@ __all__ = [
     "ImageFilesDataset",
     "ImageFolderDataset",
     "MMCelebAHQ",
+    "MovingMNIST",
+    "MovingShapes",
     "ImageTransform",
     "SceneObject",
     "SceneSpec",
@@ -97,6 +112,8 @@ __all__ = [
     "SeededItems",
     "ShapesDataset",
     "SkipSampler",
+    "VideoFolder",
+    "bounce",
     "build_dataset",
     "center_crop",
     "check_image",
@@ -124,6 +141,7 @@ __all__ = [
     "read_caption_index",
     "read_coco_captions",
     "read_idx",
+    "read_video_frames",
     "render_scene",
     "resize_shorter",
     "save_image_grid",
@@ -133,5 +151,6 @@ __all__ = [
     "to_channels",
     "to_tensor",
     "uint8_to_tensor",
+    "video_decoder",
     "write_idx",
 ]

@@ -27,20 +27,25 @@ from zigma.data.idx import fashion_mnist, mnist
 from zigma.data.sampler import EpochSampler, SkipSampler, derive_seed
 from zigma.data.scenes import MAX_OBJECTS, MIN_RESOLUTION, ScenesDataset
 from zigma.data.shapes import STYLES, ShapesDataset
+from zigma.data.video import MIN_VIDEO_SIDE, MovingMNIST, MovingShapes, VideoFolder
 
 logger = logging.getLogger(__name__)
 
 DatasetName = Literal[
-    "shapes", "scenes", "mnist", "fashion-mnist", "folder", "coco", "mm-celeba-hq"
-]
+    "shapes", "scenes", "mnist", "fashion-mnist", "folder", "coco", "mm-celeba-hq",
+    "moving-mnist", "moving-shapes", "video-folder",
+]  # fmt: skip
 DATASET_NAMES: tuple[str, ...] = (
     "shapes", "scenes", "mnist", "fashion-mnist", "folder", "coco", "mm-celeba-hq",
+    "moving-mnist", "moving-shapes", "video-folder",
 )  # fmt: skip
+VIDEO_NAMES: tuple[str, ...] = ("moving-mnist", "moving-shapes", "video-folder")
 _NATURAL_CHANNELS = {
     "shapes": 3, "scenes": 3, "mnist": 1, "fashion-mnist": 1, "folder": 3, "coco": 3,
-    "mm-celeba-hq": 3,
+    "mm-celeba-hq": 3, "moving-mnist": 1, "moving-shapes": 3, "video-folder": 3,
 }  # fmt: skip
 _IMAGE_FILES = ("folder", "coco", "mm-celeba-hq")  # read by ImageFilesDataset: need data_dir
+_NEEDS_DATA_DIR = (*_IMAGE_FILES, "video-folder")
 # digits and generated captions ("on the left") are not mirror-safe
 _FLIPPABLE = ("fashion-mnist", "folder", "coco", "mm-celeba-hq")
 
@@ -73,6 +78,13 @@ class DataConfig:
         min_size: folder, COCO and MM-CelebA-HQ images smaller than this (either side) are skipped.
         verify: check every folder image's data while indexing (truncated and corrupt files
             are skipped up front; see ``check_image``); false reads headers only.
+        frames: clip length T of the video names ("moving-mnist", "moving-shapes",
+            "video-folder": required, >= 2); None for the image names. Video items are
+            [C, T, H, W].
+        frame_stride: "video-folder" only: take every this-many-th frame of a clip.
+        digits: 1 or 2 bouncing digits ("moving-mnist") or shapes ("moving-shapes").
+        digits_from: "moving-mnist" only: "mnist" (IDX files in ``data_dir`` or
+            ``ZIGMA_DATA_DIR``) or "fashion-mnist" (found by itself where Debian installs it).
     """
 
     name: DatasetName = "shapes"
@@ -89,11 +101,17 @@ class DataConfig:
     label_mode: Literal["auto", "folders", "none"] = "auto"
     min_size: int = 8
     verify: bool = True
+    frames: int | None = None
+    frame_stride: int = 1
+    digits: int = 1
+    digits_from: Literal["mnist", "fashion-mnist"] = "mnist"
 
     def __post_init__(self) -> None:
         if self.name not in DATASET_NAMES:
             raise ConfigError(f"name must be one of {list(DATASET_NAMES)}, got {self.name!r}")
+        self._check_video()
         low = {"shapes": 8, "scenes": MIN_RESOLUTION}.get(self.name, 1)
+        low = MIN_VIDEO_SIDE if self.name in ("moving-mnist", "moving-shapes") else low
         if not low <= self.resolution <= 1024:
             raise ConfigError(
                 f"resolution must be in [{low}, 1024] for {self.name}, got {self.resolution}"
@@ -104,8 +122,9 @@ class DataConfig:
             raise ConfigError(f"num_samples must be >= 1, got {self.num_samples}")
         if self.seed < 0:
             raise ConfigError(f"seed must be >= 0, got {self.seed}")
-        if self.name in _IMAGE_FILES and not self.data_dir:
-            raise ConfigError(f"data_dir is required for name={self.name!r} (the image folder)")
+        if self.name in _NEEDS_DATA_DIR and not self.data_dir:
+            what = "the clip folder" if self.name == "video-folder" else "the image folder"
+            raise ConfigError(f"data_dir is required for name={self.name!r} ({what})")
         if self.captions_file is not None and self.name != "coco":
             raise ConfigError(f"captions_file applies only to name='coco', not {self.name!r}")
         if self.flip and self.name not in _FLIPPABLE:
@@ -114,8 +133,10 @@ class DataConfig:
             )
         if not 1 <= self.max_objects <= MAX_OBJECTS:
             raise ConfigError(f"max_objects must be in [1, {MAX_OBJECTS}], got {self.max_objects}")
-        if self.name == "scenes" and self.channels == 1:
-            raise ConfigError("channels=1 is not supported for name='scenes' (colour is content)")
+        if self.name in ("scenes", "moving-shapes") and self.channels == 1:
+            raise ConfigError(
+                f"channels=1 is not supported for name={self.name!r} (colour is content)"
+            )
         if self.style not in STYLES:
             raise ConfigError(f"style must be one of {list(STYLES)}, got {self.style!r}")
         if self.crop not in ("center", "random"):
@@ -128,6 +149,39 @@ class DataConfig:
             )
         if self.min_size < 1:
             raise ConfigError(f"min_size must be >= 1, got {self.min_size}")
+
+    def _check_video(self) -> None:
+        if self.name not in VIDEO_NAMES:
+            if self.frames is not None:
+                raise ConfigError(
+                    f"frames applies only to the video names {list(VIDEO_NAMES)}, "
+                    f"not {self.name!r} (leave it None for images)"
+                )
+        elif self.frames is None or isinstance(self.frames, bool) or self.frames < 2:
+            raise ConfigError(
+                f"frames must be an integer >= 2 for name={self.name!r}, got {self.frames!r}"
+            )
+        if self.frame_stride < 1:
+            raise ConfigError(f"frame_stride must be >= 1, got {self.frame_stride}")
+        if self.frame_stride != 1 and self.name != "video-folder":
+            raise ConfigError(
+                f"frame_stride applies only to name='video-folder', not {self.name!r}"
+            )
+        if self.digits not in (1, 2):
+            raise ConfigError(f"digits must be 1 or 2, got {self.digits!r}")
+        if self.digits != 1 and self.name not in ("moving-mnist", "moving-shapes"):
+            raise ConfigError(
+                f"digits applies only to name 'moving-mnist' or 'moving-shapes', not {self.name!r}"
+            )
+        if self.digits_from not in ("mnist", "fashion-mnist"):
+            raise ConfigError(
+                f"digits_from must be 'mnist' or 'fashion-mnist', got {self.digits_from!r}"
+            )
+
+    @property
+    def is_video(self) -> bool:
+        """Items are clips [C, T, H, W] rather than images [C, H, W]."""
+        return self.name in VIDEO_NAMES
 
     @property
     def resolved_channels(self) -> int:
@@ -143,6 +197,8 @@ def build_dataset(cfg: DataConfig, split: Literal["train", "test"] = "train") ->
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     channels = cfg.resolved_channels
+    if cfg.is_video:
+        return _build_video(cfg, split, channels)
     if cfg.name == "shapes":
         return ShapesDataset(cfg.num_samples, cfg.resolution, channels, cfg.seed, split, cfg.style)
     if cfg.name == "scenes":
@@ -167,19 +223,47 @@ def build_dataset(cfg: DataConfig, split: Literal["train", "test"] = "train") ->
     return ImageFolderDataset(root, cfg.resolution, channels, label_mode=cfg.label_mode, **files)
 
 
-def _split_folder(data_dir: str, split: str) -> str:
+def _build_video(cfg: DataConfig, split: Literal["train", "test"], channels: int) -> Dataset:
+    assert cfg.frames is not None  # checked in DataConfig
+    if cfg.name == "moving-shapes":
+        return MovingShapes(
+            cfg.num_samples, cfg.resolution, cfg.frames, cfg.digits, cfg.seed, split
+        )
+    if cfg.name == "moving-mnist":
+        make = mnist if cfg.digits_from == "mnist" else fashion_mnist
+        source = make(split, data_dir=cfg.data_dir)  # at the files' own 28 px
+        return MovingMNIST(
+            source, cfg.num_samples, cfg.resolution, cfg.frames, cfg.digits, cfg.seed, split,
+            channels,
+        )  # fmt: skip
+    assert cfg.data_dir is not None
+    return VideoFolder(
+        _split_folder(cfg.data_dir, split, "clip folder"), cfg.resolution, cfg.frames,
+        cfg.frame_stride, channels, min_size=cfg.min_size, verify=cfg.verify,
+    )  # fmt: skip
+
+
+def _split_folder(data_dir: str, split: str, what: str = "image folder") -> str:
     sub = Path(data_dir) / split
     if sub.is_dir():
         return str(sub)
     if split == "train":
         return data_dir
-    raise FileNotFoundError(f"no {split!r} split for the image folder: {sub} does not exist")
+    raise FileNotFoundError(f"no {split!r} split for the {what}: {sub} does not exist")
 
 
 def collate_batch(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack images [B, C, H, W] and labels [B] (int64); captions become a list of B strings."""
+    """Stack images [B, C, H, W] (clips: [B, C, T, H, W]) and labels [B] (int64); captions
+    become a list of B strings.
+
+    Raises:
+        ValueError: an empty batch, or items of different shapes (e.g. images and clips).
+    """
     if not items:
         raise ValueError("cannot collate an empty batch")
+    shapes = {tuple(it["image"].shape) for it in items}
+    if len(shapes) > 1:
+        raise ValueError(f"cannot collate items of different shapes: {sorted(shapes)}")
     return {
         "image": torch.stack([it["image"] for it in items]),
         "label": torch.stack([torch.as_tensor(it["label"], dtype=torch.long) for it in items]),
