@@ -401,7 +401,8 @@ def _header_lines(
         "model": f"{m.preset} hidden {m.hidden_size} depth {m.depth} patch {m.patch_size} "
         + (f"{m.scan} x{m.num_orders}, " if m.scan is not None else "")
         + f"{m.num_classes} classes: {n_params / 1e6:.2f}M parameters",
-        "data": f"{d.name} {d.resolution}px x{d.channels}, {n_data} images; batch "
+        "data": f"{d.name} {f'{d.frames} frames of ' if d.frames else ''}{d.resolution}px "
+        f"x{d.channels}, {n_data} {'clips' if d.frames else 'images'}; batch "
         f"{cfg.batch_size} ({cfg.batch_size // env.world_size} per rank), {cfg.steps} steps",
     }
     if cfg.text.encoder:

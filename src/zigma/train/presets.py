@@ -85,6 +85,18 @@ _CPU_TEXT: dict[str, Any] = {
     "preview": {**_CPU_SHAPES["preview"], "every": 500, "num_samples": 16, "guidance_scale": 3.0},
 }
 
+# Video: the demo's recipe on clips. Spatial and temporal layers alternate (scan_pattern "st":
+# each spatial layer scans every frame with the next zigzag order, each temporal layer every
+# location through time); 16 px frames at patch 4 and 8 frames are 128 tokens a clip.
+_CPU_VIDEO: dict[str, Any] = {
+    **_CPU_SHAPES,
+    "model": {**_CPU_SHAPES["model"], "hidden_size": 96, "depth": 4, "scan_pattern": "st"},
+    "data": {"name": "moving-shapes", "resolution": 16, "frames": 8, "num_samples": 20_000},
+    "steps": 2500,
+    "ckpt_every": 500,
+    "preview": {**_CPU_SHAPES["preview"], "every": 500, "num_samples": 6},
+}
+
 TRAIN_PRESETS: dict[str, Preset] = {
     "demo": Preset(
         "tiny class-conditional ZigMa on the embedded shapes (centered style) at 16 px; CPU",
@@ -147,6 +159,28 @@ TRAIN_PRESETS: dict[str, Preset] = {
             "precision": "bf16",
             "ckpt_every": 1000,
             "preview": {"every": 2000, "num_samples": 32, "steps": 30, "guidance_scale": 3.0},
+            "logging": {"every": 100},
+        },
+    ),
+    "video-demo": Preset(
+        "tiny class-conditional video ZigMa (spatial/temporal scans) on moving shapes, 8 frames "
+        "of 16 px; CPU",
+        _CPU_VIDEO,
+    ),
+    "video-mnist": Preset(
+        "class-conditional video ZigMa (sst) on Moving-MNIST, 16 frames of 32 px (4096 tokens) "
+        "for one GPU; needs the MNIST IDX files (data.data_dir or ZIGMA_DATA_DIR)",
+        {
+            "model": {"preset": "ZigMa-S/2", "hidden_size": 256, "depth": 12, "patch_size": 2},
+            "data": {"name": "moving-mnist", "resolution": 32, "frames": 16, "digits": 1},
+            "transport": {"time_dist": "logit-normal"},
+            "optim": {"lr": 3e-4, "warmup_steps": 500},
+            "ema": {"decay": 0.999},
+            "steps": 20_000,
+            "batch_size": 32,
+            "precision": "bf16",
+            "ckpt_every": 1000,
+            "preview": {"every": 2000, "num_samples": 8, "steps": 30, "guidance_scale": 2.0},
             "logging": {"every": 100},
         },
     ),
