@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
-
 from tests.train.conftest import tiny
+
 from zigma.cli import main
 from zigma.config import ConfigError
 from zigma.models import from_pretrained
