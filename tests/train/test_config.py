@@ -38,7 +38,8 @@ def test_model_spec_mirrors_every_field_of_every_model_config():
 def test_every_preset_builds_and_resolves(name):
     cfg = build_config(name)
     model = cfg.model_config(num_classes=10)
-    assert model.input_size == (cfg.data.resolution,) * 2
+    frames = (cfg.data.frames,) if cfg.data.frames else ()  # a video preset: (T, H, W)
+    assert model.input_size == (*frames, cfg.data.resolution, cfg.data.resolution)
     assert model.in_channels == cfg.data.resolved_channels
     assert json.loads(json.dumps(to_dict(cfg))) == to_dict(cfg)  # JSON-ready
 
