@@ -495,11 +495,16 @@ def cmd_attributes(args: argparse.Namespace) -> int:
     )
     from zigma.evaluate.prompts import load_prompt_encoder
 
-    scales = tuple(float(v) for v in args.cfg.split(",") if v.strip())
+    try:
+        scales = tuple(float(v) for v in args.cfg.split(",") if v.strip())
+    except ValueError:
+        scales = ()
     if not scales or any(not math.isfinite(v) or v < 0 for v in scales):
         raise UsageError(f"--cfg takes guidance scales >= 0 like 1,3,6, got {args.cfg!r}")
     if args.out is not None:
-        _check_out_json(args.out)
+        from zigma.artifacts import check_output_file
+
+        check_output_file(args.out, "--out")
     device = _device(args.device)
     loaded = load_for_sampling(args.ckpt, map_location=device)
     cfg = loaded.model.config
@@ -544,12 +549,6 @@ def cmd_attributes(args: argparse.Namespace) -> int:
         write_text_atomic(args.out, json.dumps(record, indent=2) + "\n")
         print(f"wrote {args.out}")
     return 0
-
-
-def _check_out_json(path: str) -> None:
-    from zigma.artifacts import check_output_file
-
-    check_output_file(path, "--out")
 
 
 def _train_base_config(out: str) -> dict:

@@ -213,3 +213,72 @@ def test_text_features_survive_forgetting_mid_batch(monkeypatch, bert):
         want, want_mask = encoder.encode(captions)
         assert torch.equal(mask, want_mask)
         torch.testing.assert_close(tokens, want)
+
+
+@pytest.fixture(scope="module")
+def classifier_dir(tmp_path_factory):
+    from zigma.evaluate.attributes import train_attribute_classifier
+
+    folder = tmp_path_factory.mktemp("clf") / "classifier"
+    train_attribute_classifier(16, steps=5, seed=0, heldout=16).save(folder)
+    return folder
+
+
+def test_attributes_scores_every_guidance_scale_beside_the_null_text(
+    tmp_path, text_run, classifier_dir
+):
+    out = tmp_path / "scores.json"
+    args = ["attributes", "--ckpt", str(text_run), "--num", "4", "--steps", "1"]
+    assert (
+        main([*args, "--cfg", "1,2", "--classifier", str(classifier_dir), "--out", str(out)]) == 0
+    )
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["samples"] for r in rows] == [
+        "null text (unconditional)",
+        "prompt, cfg 1",
+        "prompt, cfg 2",
+    ]
+    assert all(0.0 <= r["all"] <= 1.0 and r["num_images"] == 4 for r in rows)
+
+
+@pytest.mark.parametrize(
+    "extra,match",
+    [
+        (["--cfg", "one,two"], "--cfg takes guidance scales"),
+        (["--cfg", "-1"], "--cfg takes guidance scales"),
+        (["--cfg", "nan"], "--cfg takes guidance scales"),
+        (["--out", "{tmp}"], "--out"),
+        (["--classifier", "{tmp}/none"], "none"),
+    ],
+)
+def test_attributes_bad_input_is_one_line(tmp_path, capsys, text_run, extra, match):
+    extra = [e.format(tmp=tmp_path) for e in extra]
+    code = main(["attributes", "--ckpt", str(text_run), "--num", "2", "--steps", "1", *extra])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and match in err[0]
+
+
+def test_attributes_refuses_a_class_model(capsys):
+    from pathlib import Path
+
+    shipped = Path(__file__).resolve().parents[2] / "pretrained" / "shapes-cpu"
+    assert main(["attributes", "--ckpt", str(shipped), "--num", "2"]) == 2
+    assert "not an RGB text model" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "content,match",
+    [
+        (b"", "holds no prompt"),
+        (b"# only a comment\n\n", "holds no prompt"),
+        (b"a red \xff circle\n", "not UTF-8"),
+        (b"a" * (1 << 20) + b"\n", "larger than"),
+    ],
+)
+def test_bad_prompts_files_are_one_line(tmp_path, capsys, text_run, content, match):
+    file = tmp_path / "prompts.txt"
+    file.write_bytes(content)
+    out = tmp_path / "x.png"
+    code = main(["sample", "--ckpt", str(text_run), "--prompts-file", str(file), "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and match in err[0] and not out.exists()

@@ -15,7 +15,7 @@ from pathlib import Path, PurePosixPath
 
 from zigma.artifacts import read_text
 from zigma.data.captions import MAX_CAPTION_BYTES, read_sidecar, split_captions
-from zigma.data.folder import ImageFilesDataset, _image_files
+from zigma.data.folder import ImageFilesDataset, _image_files, existing_folder
 from zigma.data.transforms import CropMode
 
 logger = logging.getLogger(__name__)
@@ -111,7 +111,7 @@ class CocoCaptions(ImageFilesDataset):
         min_size: int = 8,
         verify: bool = True,
     ) -> None:
-        root = _folder(data_dir, "COCO image folder")
+        root = existing_folder(data_dir, "COCO image folder")
         path = Path(captions_file) if captions_file is not None else _find_coco_captions(root)
         by_name = read_coco_captions(path)
         if not by_name:
@@ -138,15 +138,6 @@ class CocoCaptions(ImageFilesDataset):
             kind="COCO images",
         )
         self.captions_file = path
-
-
-def _folder(data_dir: str | os.PathLike, what: str) -> Path:
-    root = Path(data_dir)
-    if not root.exists():
-        raise FileNotFoundError(f"{what} {root} does not exist")
-    if not root.is_dir():
-        raise NotADirectoryError(f"{root} is not a folder")
-    return root
 
 
 def _find_coco_captions(root: Path) -> Path:
@@ -186,7 +177,7 @@ class MMCelebAHQ(ImageFilesDataset):
         min_size: int = 8,
         verify: bool = True,
     ) -> None:
-        root = _folder(data_dir, "MM-CelebA-HQ folder")
+        root = existing_folder(data_dir, "MM-CelebA-HQ folder")
         image_dir = next((root / d for d in MM_CELEBA_IMAGE_DIRS if (root / d).is_dir()), None)
         text_dir = root / MM_CELEBA_TEXT_DIR
         if image_dir is None or not text_dir.is_dir():

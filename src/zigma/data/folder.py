@@ -33,6 +33,17 @@ IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "DIB", "GIF")  # JPEG's opener al
 _JPEG_END = b"\xff\xd9"  # the EOI marker: a JPEG cut short by an interrupted copy lacks it
 
 
+def existing_folder(path: str | os.PathLike, what: str) -> Path:
+    """``path`` as a Path; FileNotFoundError / NotADirectoryError naming ``what`` if it is not
+    an existing folder."""
+    root = Path(path)
+    if not root.exists():
+        raise FileNotFoundError(f"{what} {root} does not exist")
+    if not root.is_dir():
+        raise NotADirectoryError(f"{root} is not a folder")
+    return root
+
+
 class DataLoadError(ValueError):
     """No image of a dataset could be loaded; one line naming the folder.
 
@@ -344,11 +355,7 @@ class ImageFolderDataset(ImageFilesDataset):
     ) -> None:
         if label_mode not in ("auto", "folders", "none"):
             raise ValueError(f"label_mode must be 'auto', 'folders' or 'none', got {label_mode!r}")
-        root = Path(root)
-        if not root.exists():
-            raise FileNotFoundError(f"image folder {root} does not exist")
-        if not root.is_dir():
-            raise NotADirectoryError(f"{root} is not a folder")
+        root = existing_folder(root, "image folder")
         skipped: list[tuple[str, str]] = []
         files = _image_files(root, skipped)
         subdirs = sorted({f.relative_to(root).parts[0] for f in files if f.parent != root})

@@ -29,7 +29,13 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from zigma.data.folder import IMAGE_EXTENSIONS, DataLoadError, check_image, open_image
+from zigma.data.folder import (
+    IMAGE_EXTENSIONS,
+    DataLoadError,
+    check_image,
+    existing_folder,
+    open_image,
+)
 from zigma.data.idx import MNIST_CLASSES, IdxDataset
 from zigma.data.sampler import derive_seed
 from zigma.data.scenes import COLORS, KINDS, SceneObject, SceneSpec, render_scene
@@ -441,11 +447,7 @@ class VideoFolder(Dataset):
             raise ValueError(f"frames must be >= 2 (a video), got {frames}")
         if stride < 1:
             raise ValueError(f"stride must be >= 1, got {stride}")
-        root = Path(root)
-        if not root.exists():
-            raise FileNotFoundError(f"video folder {root} does not exist")
-        if not root.is_dir():
-            raise NotADirectoryError(f"{root} is not a folder")
+        root = existing_folder(root, "video folder")
         self.root, self.frames, self.stride = root, frames, stride
         self.span = (frames - 1) * stride + 1  # frames a window covers
         self.resolution, self.channels = resolution, channels

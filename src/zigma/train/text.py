@@ -59,15 +59,8 @@ class TextFeatures:
         if self._encoder is None:
             from zigma.text import load_text_encoder
 
+            # a cache's encoder was checked against the spec's weights in __init__
             self._encoder = load_text_encoder(self.spec, device=self.device)
-            if self.cache is not None:
-                mine, theirs = self._encoder.identity(), self.cache.identity
-                if mine["weights_hash"] != theirs["weights_hash"]:
-                    raise ConfigError(
-                        f"text.cache {self.cache.directory} holds features of "
-                        f"{theirs['name']} ({theirs['weights_hash'][:12]}), but text.encoder "
-                        f"{self.spec} is {mine['name']} ({mine['weights_hash'][:12]})"
-                    )
         return self._encoder
 
     def _features(self, captions: Sequence[str]) -> None:
