@@ -551,6 +551,93 @@ def cmd_attributes(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_data_config(path: Path) -> dict | None:
+    """The data section of the run that ``path`` (a run folder, one of its checkpoints or its
+    exported model) belongs to, or None when no run config is found."""
+    from zigma.artifacts import CONFIG_NAME, read_json_object
+
+    for folder in (path, path.parent, path.parent.parent):
+        found = folder / CONFIG_NAME
+        if found.is_file():
+            data = read_json_object(found, "config")
+            if isinstance(data.get("data"), dict):
+                return data["data"]
+    return None
+
+
+def cmd_motion(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from zigma.config import ConfigError, apply_overrides, from_dict
+    from zigma.data import DataConfig, build_dataset
+    from zigma.evaluate import load_for_sampling
+    from zigma.evaluate.motion import format_report, motion_report
+    from zigma.generate import generate, grid_conditions
+
+    if not (math.isfinite(args.cfg) and args.cfg >= 0):
+        raise UsageError(f"--cfg must be a guidance scale >= 0, got {args.cfg}")
+    if args.out is not None:
+        from zigma.artifacts import check_output_file
+
+        check_output_file(args.out, "--out")
+    device = _device(args.device)
+    loaded = load_for_sampling(args.ckpt, map_location=device)
+    cfg = loaded.model.config
+    if not cfg.is_video:
+        raise UsageError(f"{loaded.source} is an image model: motion needs a video model")
+    frames, height, width = cfg.input_size
+    found = _run_data_config(Path(args.ckpt))
+    if found is None and not any(o.startswith("data.name=") for o in args.overrides):
+        raise UsageError(
+            f"no run config beside {args.ckpt}: name the reference data, e.g. "
+            "data.name=moving-mnist data.digits_from=fashion-mnist"
+        )
+    try:
+        data = from_dict(DataConfig, found or {"name": "moving-shapes"}, where="data")
+        data = apply_overrides(data, [o.removeprefix("data.") for o in args.overrides])
+        if not all(o.startswith("data.") for o in args.overrides):
+            raise ConfigError("overrides name data fields: data.key=value")
+    except ConfigError as e:
+        raise UsageError(str(e)) from None
+    if not data.is_video or (data.frames, data.resolution) != (frames, height) or height != width:
+        raise UsageError(
+            f"the reference data ({data.name}, {data.frames} frames of {data.resolution} px) is "
+            f"not the model's clips ({frames} frames of {height}x{width})"
+        )
+    dataset = build_dataset(data, "test")
+    if len(dataset) < args.num:
+        raise UsageError(f"the reference data holds {len(dataset)} clips, fewer than --num")
+    reference = torch.stack([dataset[i]["image"] for i in range(args.num)])
+    cond = grid_conditions(loaded.model, args.num)
+    samples = generate(
+        loaded.model, loaded.transport, args.num, cond=cond, seed=args.seed, steps=args.steps,
+        guidance_scale=args.cfg, batch_size=args.batch_size, device=device, progress=True,
+    )  # fmt: skip
+    report = motion_report(samples, reference, seed=args.seed)
+    print(
+        f"{args.num} samples ({args.steps} heun steps, cfg {args.cfg:g}, seed {args.seed}) of "
+        f"{loaded.source} against {args.num} test clips of {data.name}"
+    )
+    print(format_report(report))
+    if args.out is not None:
+        from zigma.artifacts import write_text_atomic
+
+        record = {
+            "source": str(loaded.source),
+            "data": data.name,
+            "num": args.num,
+            "steps": args.steps,
+            "cfg": args.cfg,
+            "seed": args.seed,
+            "rows": {k: v.as_dict() for k, v in report.items()},
+        }
+        write_text_atomic(args.out, json.dumps(record, indent=2) + "\n")
+        print(f"wrote {args.out}")
+    return 0
+
+
 def _train_base_config(out: str) -> dict:
     """``--resume`` without --preset/--config: the run's own config, from its newest
     checkpoint, else the config.json an earlier attempt wrote before its first checkpoint."""
@@ -1001,6 +1088,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.add_argument("--out", metavar="FILE.json", help="also write the table as JSON")
     p.set_defaults(func=cmd_attributes)
+    p = sub.add_parser(
+        "motion",
+        help="score a video model: do sampled objects keep their identity and move smoothly?",
+        description="Samples --num clips and compares their objects' frame-to-frame motion "
+        "with the test clips of the run's data (or the data named by data.key=value): centre "
+        "displacement (W1 to the data's), aligned identity, mass change, with two controls "
+        "(the samples' frames shuffled in time, and mixed across clips).",
+    )
+    p.add_argument("--ckpt", required=True, help="run folder, checkpoint or exported model")
+    p.add_argument("overrides", nargs="*", metavar="data.key=value", help="reference data fields")
+    p.add_argument("--num", type=_int_arg(2), default=64, help="clips (default 64)")
+    p.add_argument("--cfg", type=float, default=1.0, help="guidance scale (default 1)")
+    p.add_argument("--steps", type=_int_arg(1), default=25, help="heun steps (default 25)")
+    p.add_argument("--seed", type=_SEED, default=0)
+    p.add_argument("--batch-size", type=_int_arg(1), default=32)
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--out", metavar="FILE.json", help="also write the table as JSON")
+    p.set_defaults(func=cmd_motion)
     p = sub.add_parser(
         "text-cache",
         help="encode a run's captions once into a text-feature folder (text.cache=DIR)",
