@@ -41,7 +41,7 @@ _QUALITY = [
     "preview.every=0",
     "logging.every=100",
     "optim.lr=5e-4",
-    "steps=3000",
+    "steps=2500",
 ]
 # name -> (training preset, overrides); widths matched to ~3.1M parameters
 SETS: dict[str, dict[str, tuple[str, list[str]]]] = {

@@ -594,11 +594,12 @@ def cmd_motion(args: argparse.Namespace) -> int:
             f"no run config beside {args.ckpt}: name the reference data, e.g. "
             "data.name=moving-mnist data.digits_from=fashion-mnist"
         )
+    strange = [o for o in args.overrides if not o.startswith("data.")]
+    if strange:
+        raise UsageError(f"{strange[0]!r}: overrides name reference data fields, data.key=value")
     try:
         data = from_dict(DataConfig, found or {"name": "moving-shapes"}, where="data")
         data = apply_overrides(data, [o.removeprefix("data.") for o in args.overrides])
-        if not all(o.startswith("data.") for o in args.overrides):
-            raise ConfigError("overrides name data fields: data.key=value")
     except ConfigError as e:
         raise UsageError(str(e)) from None
     if not data.is_video or (data.frames, data.resolution) != (frames, height) or height != width:
