@@ -353,6 +353,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     device = _device(args.device)
     if args.cuda_graphs and not device.startswith("cuda"):
         raise UsageError("--cuda-graphs needs a CUDA device")
+    if args.frames is not None and args.study != "video":
+        raise UsageError(f"--frames applies to --study video, not --study {args.study}")
     loaded = load_for_sampling(args.ckpt, map_location=device)
     cfg = loaded.model.config
     if cfg.in_channels not in (1, 3):
@@ -770,6 +772,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 _MAX_BENCH_SIDE = 1024  # a 1024x1024 token grid: a million tokens, beyond any H200 run
+_MAX_BENCH_FRAMES = 1024
 
 
 def _int_list(raw: str, what: str, high: int) -> list[int]:
@@ -786,16 +789,30 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from zigma.artifacts import check_output_dir, check_output_file
     from zigma.bench import (
         BenchSettings,
+        drop_full_attention,
         format_table,
         order_study,
         run_suite,
         tiny_overrides,
         token_sweep,
+        video_study,
         write_csv,
         write_json,
         write_plots,
     )
-    from zigma.bench.suites import PAPER_SIDES, TINY_DEPTH, TINY_SIDES, TINY_WIDTH
+    from zigma.bench.suites import (
+        FULL_ATTENTION_MAX_TOKENS,
+        PAPER_SIDES,
+        TINY_DEPTH,
+        TINY_SIDES,
+        TINY_VIDEO_FRAMES,
+        TINY_VIDEO_SIDES,
+        TINY_WIDTH,
+        VIDEO_FRAMES,
+        VIDEO_MODELS,
+        VIDEO_SIDES,
+        parse_video_model,
+    )
     from zigma.models import preset_config
     from zigma.ssm import resolve_backend
 
@@ -811,10 +828,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
     tiny = args.tiny if args.tiny is not None else not device.startswith("cuda")
     if args.cuda_graphs and not device.startswith("cuda"):
         raise UsageError("--cuda-graphs needs a CUDA device")
+    if args.frames is not None and args.study != "video":
+        raise UsageError(f"--frames applies to --study video, not --study {args.study}")
     width = args.width if args.width is not None else (TINY_WIDTH if tiny else None)
     depth = args.depth if args.depth is not None else (TINY_DEPTH if tiny else None)
     if args.study == "orders":
         default_models, default_sides = "ZigMa-B/1", [TINY_SIDES[0] if tiny else 64]
+    elif args.study == "video":
+        default_models = ",".join(VIDEO_MODELS)
+        default_sides = list(TINY_VIDEO_SIDES if tiny else VIDEO_SIDES)
     else:
         default_models = "ZigMa-B/1,DiT-B/1,U-ViT-B/1,Vim-B/1,Sweep-B/1"
         default_sides = list(TINY_SIDES if tiny else PAPER_SIDES)
@@ -822,10 +844,23 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if not models:
         raise UsageError("--models must name at least one preset (see `zigma models`)")
     sides = _int_list(args.tokens, "--tokens", _MAX_BENCH_SIDE) if args.tokens else default_sides
-    extra = {m: tiny_overrides(m, width, depth) for m in models}
+    if args.study == "video":  # "preset:pattern" specs; the overrides are the preset's
+        extra = {}
+        for spec in models:
+            preset = parse_video_model(spec)[0]
+            extra[preset] = tiny_overrides(preset, width, depth)
+    else:
+        extra = {m: tiny_overrides(m, width, depth) for m in models}
+    skipped = []
     if args.study == "orders":
         orders = _int_list(args.orders, "--orders", 8)
         cases = [c for m in models for c in order_study(m, sides, orders, overrides=extra[m])]
+    elif args.study == "video":
+        default_frames = [TINY_VIDEO_FRAMES if tiny else VIDEO_FRAMES]
+        frames = _int_list(args.frames, "--frames", _MAX_BENCH_FRAMES) if args.frames else None
+        cases = video_study(models, frames or default_frames, sides, extra)
+        if not args.models:  # the default study's full-attention line stops where it crawls
+            cases, skipped = drop_full_attention(cases, FULL_ATTENTION_MAX_TOKENS)
     else:
         cases = token_sweep(models, sides, extra)
     for case in cases:  # every model must build before the first one is timed
@@ -849,12 +884,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
         f"{settings.warmup} warm-up",
         flush=True,
     )
+    if args.study == "video":
+        print("  input = frames x H x W (pixels or latents); tokens per clip; fps = clips/s")
+    for case in skipped:
+        print(
+            f"  skipped {case.label} at {'x'.join(map(str, case.input_shape))}: full attention "
+            f"over {case.tokens} tokens (> {FULL_ATTENTION_MAX_TOKENS}; name it in --models "
+            "to run it)"
+        )
     rows = run_suite(
         cases,
         settings,
         on_row=lambda r: print(
             f"  {r.label} "
-            + (f"K={r.scan_paths}" if r.scan_paths else f"{r.side}x{r.side}")
+            + (f"K={r.scan_paths}" if r.scan_paths else f"{r.input} ({r.tokens} tokens)")
             + f": {r.status}",
             flush=True,
         ),
@@ -1140,16 +1183,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="time forward (and training) steps, peak memory and FLOPs vs token count",
         description="The token sweep (default) times every --models preset at every --tokens "
         "side (tokens = side^2 at patch 1); --study orders compares zigzag-K with K-direction "
-        "parallel Mamba. On CPU the models are shrunk (--tiny) and the sides are small.",
+        "parallel Mamba; --study video times video models on --frames x side x side clips "
+        "(default: factorised ZigMa sst, 3-D zigzag, bidirectional Vim, factorised and full "
+        "attention DiT, B/2, 16 frames of 32^2 and 64^2 latents). On CPU the models are shrunk "
+        "(--tiny) and the sides are small.",
     )
-    p.add_argument("--models", help="comma-separated presets (default: the B/1 models)")
     p.add_argument(
-        "--tokens", help="comma-separated input sides (default 32,64,96,128,196; CPU: 8,16)"
+        "--models",
+        help="comma-separated presets (default: the B/1 models); --study video takes "
+        "preset:pattern, e.g. ZigMa-B/2:sst,Vim-B/2:v,DiT-B/2:st",
+    )
+    p.add_argument(
+        "--tokens",
+        help="comma-separated input sides (default 32,64,96,128,196; video 32,64; CPU: 8,16)",
     )
     p.add_argument("--batch", type=_int_arg(1), default=1)
     p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16")
     p.add_argument("--train", action="store_true", help="also time forward+backward+AdamW")
-    p.add_argument("--study", choices=("tokens", "orders"), default="tokens")
+    p.add_argument("--study", choices=("tokens", "orders", "video"), default="tokens")
+    p.add_argument(
+        "--frames", help="--study video: comma-separated frame counts (default 16; CPU: 4)"
+    )
     p.add_argument("--orders", default="1,2,4,8", help="K values of the order study")
     p.add_argument(
         "--repeats", type=_int_arg(1), default=None, help="timed runs (default 20; CPU 3)"

@@ -27,10 +27,12 @@ def _cell(v) -> str:
 
 
 def format_table(rows: Sequence[BenchRow]) -> str:
-    cols = ["label", "tokens", "scan_paths", "status", "params", "gflops", "fwd_ms", "fwd_fps",
-            "fwd_peak_mib", "train_ms", "train_fps", "train_peak_mib"]  # fmt: skip
+    cols = ["label", "input", "tokens", "scan_paths", "status", "params", "gflops", "fwd_ms",
+            "fwd_fps", "fwd_peak_mib", "train_ms", "train_fps", "train_peak_mib"]  # fmt: skip
     if not any(r.scan_paths is not None for r in rows):
         cols.remove("scan_paths")
+    if not any(r.frames is not None for r in rows):  # images: the label and tokens say it
+        cols.remove("input")
     if not any(r.train_ms is not None or r.status == "OOM (train)" for r in rows):
         cols = [c for c in cols if not c.startswith("train")]
     cells = [cols] + [[_cell(getattr(r, c)) for c in cols] for r in rows]
@@ -83,29 +85,35 @@ def write_json(rows: Sequence[BenchRow], settings: BenchSettings, path: str | os
 
 
 def _series(rows, x: str, y: str, suffix: str = "") -> dict[str, list[tuple[float, float]]]:
+    """label -> points; video rows of several frame counts get a line per count."""
+    several = len({r.frames for r in rows}) > 1
     out: dict[str, list[tuple[float, float]]] = {}
     for r in rows:
-        out.setdefault(r.label + suffix, []).append((getattr(r, x), getattr(r, y)))
+        name = r.label + (f" {r.frames}f" if several else "") + suffix
+        out.setdefault(name, []).append((getattr(r, x), getattr(r, y)))
     return out
 
 
 def write_plots(rows: Sequence[BenchRow], out_dir: str | os.PathLike) -> list[Path]:
     """PNG plots of the rows (OOM points are left out). The token sweep gives ``tokens_ms``,
     ``tokens_fps`` and, on CUDA, ``tokens_memory``; the order study gives ``orders_fps`` and,
-    on CUDA, ``orders_memory``."""
+    on CUDA, ``orders_memory``; the video study ``video_ms``, ``video_fps`` (clips/s) and, on
+    CUDA, ``video_memory``, against the clip's tokens."""
     out_dir = Path(out_dir)
     written = []
     train = any(r.train_ms is not None for r in rows)
     for suite, x, xlabel, log_x in (
         ("tokens", "tokens", "tokens (log scale)", True),
         ("orders", "scan_paths", "scan paths K", True),
+        ("video", "tokens", "tokens per clip (log scale)", True),
     ):
         part = [r for r in rows if r.suite == suite]
         if not part:
             continue
         dtype = part[0].dtype
+        rate = "clips / s" if suite == "video" else "images / s"
         plots = {"ms": ("fwd_ms", "train_ms", "ms per step"),
-                 "fps": ("fwd_fps", "train_fps", "images / s"),
+                 "fps": ("fwd_fps", "train_fps", rate),
                  "memory": ("fwd_peak_mib", "train_peak_mib", "peak MiB")}  # fmt: skip
         if suite == "orders":
             del plots["ms"]
@@ -119,7 +127,7 @@ def write_plots(rows: Sequence[BenchRow], out_dir: str | os.PathLike) -> list[Pa
             path = out_dir / f"{suite}_{name}.png"
             # Times and rates span decades over the token sweep: log scale, or the large
             # sizes flatten the small ones.
-            log_y = suite == "tokens"
+            log_y = suite != "orders"
             written.append(line_plot(series, path, title=title, xlabel=xlabel,
                                      ylabel=ylabel + (" (log scale)" if log_y else ""),
                                      log_x=log_x, log_y=log_y))  # fmt: skip

@@ -41,6 +41,7 @@ class BenchRow:
     label: str
     preset: str
     side: int
+    frames: int | None  # a video row's frames (its input is frames x side x side)
     tokens: int
     scan_paths: int | None
     batch: int
@@ -50,11 +51,16 @@ class BenchRow:
     params: int | None = None
     gflops: float | None = None  # forward, whole batch, 2 FLOPs per multiply-add
     fwd_ms: float | None = None
-    fwd_fps: float | None = None  # images per second
+    fwd_fps: float | None = None  # images (a video row: clips) per second
     fwd_peak_mib: float | None = None
     train_ms: float | None = None
     train_fps: float | None = None
     train_peak_mib: float | None = None
+
+    @property
+    def input(self) -> str:
+        """The input's size as printed: "HxW", or "TxHxW" for a video row."""
+        return "x".join(str(n) for n in ((self.frames,) if self.frames else ()) + (self.side,) * 2)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -68,7 +74,7 @@ def case_flops(case: BenchCase, batch: int) -> int:
     """Forward FLOPs of the case's model, counted on the meta device (no memory, no time)."""
     with torch.device("meta"):
         model = create_model(case.preset, **case.overrides)
-    return count_flops(model, batch, (case.side, case.side)).total
+    return count_flops(model, batch, case.input_shape).total
 
 
 def _is_cuda(device: str) -> bool:
@@ -135,7 +141,7 @@ def _measure(case: BenchCase, s: BenchSettings, row: BenchRow, build) -> None:
         model.recompute_scans = True
     row.params = count_parameters(model)
     cfg = model.config
-    x = torch.randn(s.batch, cfg.in_channels, case.side, case.side, device=s.device)
+    x = torch.randn(s.batch, cfg.in_channels, *case.input_shape, device=s.device)
     t = torch.rand(s.batch, device=s.device)
     cond = model.conditioner.example(s.batch, torch.device(s.device))
     dtype = DTYPES[s.dtype]
@@ -188,7 +194,7 @@ def run_case(
     (train)" where only the training step ran out), never an exception."""
     s = settings
     row = BenchRow(
-        case.suite, case.label, case.preset, case.side, case.tokens, case.scan_paths,
+        case.suite, case.label, case.preset, case.side, case.frames, case.tokens, case.scan_paths,
         s.batch, s.dtype, s.device, "ok",
     )  # fmt: skip
     row.gflops = case_flops(case, s.batch) / 1e9
