@@ -82,6 +82,17 @@ SETS: dict[str, dict[str, tuple[str, list[str]]]] = {
         "demo-vim": ("video-demo", ["model.preset=Vim-S/2", "model.scan_pattern=v"]),
         "demo-h128": ("video-demo", ["model.hidden_size=128", "model.depth=6"]),
     },
+    # second round: what makes the CPU demo's objects persist, at a similar CPU cost
+    "demo2": {
+        "demo-ema995": ("video-demo", ["ema.decay=0.995"]),
+        "demo-stt6": ("video-demo", ["model.scan_pattern=stt", "model.depth=6"]),
+        "demo-ts": ("video-demo", ["model.scan_pattern=ts"]),
+        "demo-p2": ("video-demo", ["model.patch_size=2"]),
+        "demo-lr2e3": ("video-demo", ["optim.lr=2e-3"]),
+        "demo-const": ("video-demo", ["optim.decay=constant", "ema.decay=0.995"]),
+        "demo-st6-ema": ("video-demo", ["model.depth=6", "ema.decay=0.995"]),
+        "demo-4k-ema": ("video-demo", ["steps=4000", "ema.decay=0.995"]),
+    },
     "smoke": {
         "smoke-sst": ("video-demo", ["steps=20", "preview.every=0"]),
         "smoke-3d": ("video-demo", ["steps=20", "preview.every=0", "model.scan_pattern=v"]),
