@@ -28,8 +28,9 @@ FORMAT = "zigma-autoencoder"
 NOTE = "zigma's own small KL autoencoder: ours, not the Stable Diffusion VAE"
 KINDS = (KIND, *DIFFUSERS_KINDS.values())
 # spec keys load_autoencoder compares with the loaded model (besides the hash)
-_CHECKED = ("kind", "image_channels", "latent_channels", "downsample")
-_FACTORS = ("scaling_factor", "shift_factor")
+_CHECKED = (
+    "kind", "image_channels", "latent_channels", "downsample", "scaling_factor", "shift_factor",
+)  # fmt: skip
 
 
 def resolve_folder(path: str | os.PathLike) -> Path:
@@ -128,7 +129,7 @@ def save_autoencoder(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     fsync_path(final.parent)
-    model.path = str(final)
+    model.path = os.path.abspath(final)
     model.weights_hash = weights_hash([final / WEIGHTS_NAME])
     return final
 
@@ -213,7 +214,8 @@ def load_autoencoder(
             f"{describe(spec)}: point to the same weights"
         )
     model = _load_ours(folder) if kind == KIND else load_diffusers(folder, kind)
-    model.path, model.weights_hash = str(folder), digest
+    # absolute, so a run's recorded spec still finds it from another working directory
+    model.path, model.weights_hash = os.path.abspath(folder), digest
     if spec is not None:
         _check_spec(model, spec)
     return model.to(device=device, dtype=dtype) if device or dtype else model
@@ -222,7 +224,6 @@ def load_autoencoder(
 def _check_spec(model: Autoencoder, spec: dict[str, Any]) -> None:
     got = model.spec()
     keys = [k for k in _CHECKED if k in spec and spec[k] != got[k]]
-    keys += [k for k in _FACTORS if k in spec and float(spec[k]) != got[k]]
     if keys:
         diff = ", ".join(f"{k} {got[k]} (recorded {spec[k]})" for k in keys)
         raise ValueError(f"autoencoder at {model.path} differs from the recorded one: {diff}")
