@@ -19,6 +19,7 @@ ALLOWED = {
     "text": {"artifacts", "config"},
     "data": {"artifacts", "config"},
     "models": {"artifacts", "config", "scan", "ssm"},
+    "autoencoder": {"artifacts", "config", "data"},
     "generate": {"artifacts", "config", "scan", "ssm", "models", "transport"},
     "train": {
         "artifacts",
@@ -56,6 +57,7 @@ ALLOWED = {
         "evaluate",
         "bench",
         "text",
+        "autoencoder",
     },
     "__init__": set(),
     "__main__": {"cli"},
