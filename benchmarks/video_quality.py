@@ -93,6 +93,19 @@ SETS: dict[str, dict[str, tuple[str, list[str]]]] = {
         "demo-st6-ema": ("video-demo", ["model.depth=6", "ema.decay=0.995"]),
         "demo-4k-ema": ("video-demo", ["steps=4000", "ema.decay=0.995"]),
     },
+    # the model shipped in pretrained/ for the CPU motion test: 8 frames, 512 tokens
+    "ship": {
+        "fashion-sst8": (
+            "video-mnist",
+            [
+                *_QUALITY[:-1],
+                "steps=2000",
+                "data.frames=8",
+                "model.hidden_size=192",
+                "model.depth=8",
+            ],
+        ),  # fmt: skip
+    },
     "smoke": {
         "smoke-sst": ("video-demo", ["steps=20", "preview.every=0"]),
         "smoke-3d": ("video-demo", ["steps=20", "preview.every=0", "model.scan_pattern=v"]),
@@ -250,11 +263,20 @@ def main() -> int:
                 if (out / name / f).exists():
                     tar.add(out / name / f, arcname=f"{name}/{f}")
     keep = [k for k in args.keep.split(",") if k]
-    if keep:
+    if keep:  # weights as float16 copies (half the bytes; they load into float32 models)
+        from safetensors.torch import load_file, save_file
+
         with tarfile.open(final / "models.tgz", "w:gz") as tar:
             for name in keep:
-                if (out / name / "model").is_dir():
-                    tar.add(out / name / "model", arcname=f"{name}/model")
+                model = out / name / "model"
+                if not model.is_dir():
+                    continue
+                weights = load_file(model / "model.safetensors")
+                half = {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}
+                save_file(half, out / f"{name}.fp16.safetensors")
+                tar.add(out / f"{name}.fp16.safetensors", arcname=f"{name}/model.safetensors")
+                for f in ("config.json", "transport.json"):
+                    tar.add(model / f, arcname=f"{name}/{f}")
     return 0
 
 
