@@ -400,6 +400,7 @@ def _header_lines(
         f"{cfg.precision}, compile {cfg.compile}",
         "model": f"{m.preset} hidden {m.hidden_size} depth {m.depth} patch {m.patch_size} "
         + (f"{m.scan} x{m.num_orders}, " if m.scan is not None else "")
+        + (f"layers {pattern}, " if (pattern := m.scan_pattern or m.attn_pattern) else "")
         + f"{m.num_classes} classes: {n_params / 1e6:.2f}M parameters",
         "data": f"{d.name} {f'{d.frames} frames of ' if d.frames else ''}{d.resolution}px "
         f"x{d.channels}, {n_data} {'clips' if d.frames else 'images'}; batch "
