@@ -156,6 +156,10 @@ def last_step(run: Path) -> tuple[int | None, float | None, float | None]:
     return r.get("step"), r.get("loss"), r.get("time", r.get("elapsed"))
 
 
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument(
@@ -237,7 +241,7 @@ def main() -> int:
             continue
         s, sh = m["samples"], m["frames shuffled"]
         lines.append(
-            f"| {row['run']} | {row['step']} | {row['loss']:.4f} | {s['displacement']:.4f} | "
+            f"| {row['run']} | {row['step']} | {_num(row['loss'])} | {s['displacement']:.4f} | "
             f"{s['w1']:.4f} | {sh['w1']:.4f} | {s['identity']:.3f} | {s['mass_change']:.3f} | "
             f"{s['empty']:.3f} |"
         )
@@ -268,10 +272,17 @@ def main() -> int:
 
         with tarfile.open(final / "models.tgz", "w:gz") as tar:
             for name in keep:
-                model = out / name / "model"
-                if not model.is_dir():
-                    continue
-                weights = load_file(model / "model.safetensors")
+                model, weights_name = out / name / "model", "model.safetensors"
+                if not model.is_dir():  # stopped at the deadline: its newest checkpoint's EMA
+                    latest = out / name / "checkpoints" / "LATEST"
+                    if not latest.is_file():
+                        continue
+                    model = out / name / "checkpoints" / latest.read_text().strip()
+                    weights_name = "ema.safetensors"
+                    run_cfg = json.loads((out / name / "config.json").read_text())
+                    (model / "config.json").write_text((model / "model.json").read_text())
+                    (model / "transport.json").write_text(json.dumps(run_cfg["transport"]))
+                weights = load_file(model / weights_name)
                 half = {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}
                 save_file(half, out / f"{name}.fp16.safetensors")
                 tar.add(out / f"{name}.fp16.safetensors", arcname=f"{name}/model.safetensors")

@@ -93,20 +93,19 @@ def foreground(clips: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _aligned_crops(features: torch.Tensor, centre: torch.Tensor, side: int) -> torch.Tensor:
-    """Windows of ``side`` px of ``features`` [M, C, H, W] centred on ``centre`` [M, 2] (frame
-    sides; NaN: the window at the middle), zero outside the frame."""
-    m, _, h, w = features.shape
+    """Windows of ``side`` px of ``features`` [M, C, H, W] around ``centre`` [M, 2] (frame
+    sides; NaN: the frame's middle), zero outside the frame. A window starts at a whole pixel
+    (ties rounded up, the same way in every frame), so a translated object crops the same."""
+    m, c, h, w = features.shape
     centre = torch.nan_to_num(centre, nan=0.5)
-    # affine_grid works in [-1, 1]; nearest sampling keeps pixels exact (shift by whole pixels)
-    # pixel j's centre lies at (j + 0.5) / side in frame sides and at 2j / (side - 1) - 1 here
-    scale = torch.tensor([(side - 1) / (w - 1), (side - 1) / (h - 1)])
-    px = torch.stack([centre[:, 1] * w - 0.5, centre[:, 0] * h - 0.5], dim=1)
-    shift = px / torch.tensor([w - 1, h - 1]) * 2 - 1
-    theta = torch.zeros(m, 2, 3)
-    theta[:, 0, 0], theta[:, 1, 1] = scale[0], scale[1]
-    theta[:, :, 2] = shift
-    grid = F.affine_grid(theta, [m, 1, side, side], align_corners=True)
-    return F.grid_sample(features, grid, mode="nearest", padding_mode="zeros", align_corners=True)
+    pixel = centre * torch.tensor([h, w]) - 0.5  # the centre in pixel coordinates (row, col)
+    start = torch.floor(pixel + 0.5).long() - side // 2 + side  # in the padded frame
+    padded = F.pad(features, (side, side, side, side))
+    offsets = torch.arange(side)
+    rows = (start[:, 0, None] + offsets)[:, :, None]  # [M, side, 1]
+    cols = (start[:, 1, None] + offsets)[:, None, :]  # [M, 1, side]
+    frames = torch.arange(m)[:, None, None]
+    return padded.permute(0, 2, 3, 1)[frames, rows, cols]  # [M, side, side, C]
 
 
 def clip_stats(clips: torch.Tensor) -> ClipStats:
@@ -128,7 +127,7 @@ def clip_stats(clips: torch.Tensor) -> ClipStats:
     centre[empty] = float("nan")
     displacement = (centre[:, 1:] - centre[:, :-1]).norm(dim=-1)  # NaN propagates
 
-    side = max(3, round(CROP * min(h, w)) | 1)
+    side = max(3, round(CROP * min(h, w)))
     frames = features.permute(0, 2, 1, 3, 4).reshape(n * t, c, h, w)
     crops = _aligned_crops(frames, centre.reshape(n * t, 2), side).reshape(n, t, -1)
     a, b = crops[:, :-1], crops[:, 1:]
