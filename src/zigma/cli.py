@@ -2,7 +2,8 @@
 
 Subcommands: ``models`` (preset table), ``info`` (build a model, print its summary, run one
 forward pass), ``scans`` (print and draw scan orders), ``bench`` (speed, memory, FLOPs),
-``train-vae`` (our small autoencoder for latent diffusion), and the training and sampling ones.
+``train-vae`` (our small autoencoder for latent diffusion), ``prepare`` (latent shards), and
+the training and sampling ones.
 """
 
 from __future__ import annotations
@@ -799,6 +800,44 @@ def cmd_train_vae(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_overrides(items: list[str]) -> list[str]:
+    """``data.key=value`` (or ``key=value``) overrides as DataConfig keys."""
+    return [item.removeprefix("data.") for item in items]
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from zigma.autoencoder import load_autoencoder
+    from zigma.autoencoder.prepare import PrepareConfig, prepare_latents
+    from zigma.config import apply_overrides
+    from zigma.data import DataConfig
+
+    base = DataConfig(name=args.data) if args.size is None else None
+    data = base or DataConfig(name=args.data, resolution=args.size)
+    data = apply_overrides(data, _data_overrides(args.overrides))
+    if args.size is not None and data.resolution != args.size:
+        raise UsageError(f"--size {args.size} and data.resolution={data.resolution} disagree")
+    cfg = PrepareConfig(
+        data=data, flip=args.flip, shard_size=args.shard_size, batch_size=args.batch_size,
+        dtype=args.dtype,
+    )  # fmt: skip
+    device = _device(args.device)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and device == "cuda":
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"  # one GPU per rank
+    ae = load_autoencoder(args.vae, device=device)
+    s = prepare_latents(ae, cfg, args.out, max_shards=args.max_shards, progress=sys.stderr.isatty())
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
+    shape = "x".join(map(str, s.latent_shape))
+    state = f"index {s.out / 'index.json'}" if s.finished else "not finished: run it again"
+    skipped = f"; skipped: {s.skipped}" if s.skipped else ""
+    print(
+        f"zigma prepare: {s.num_items} latents of {shape} in {s.num_shards} shards ({s.written} "
+        f"written, {s.kept} already there) in {s.seconds:.1f} s ({s.images_per_second:.1f} "
+        f"images/s); {state}{skipped}"
+    )
+    return 0
+
+
 _MAX_BENCH_SIDE = 1024  # a 1024x1024 token grid: a million tokens, beyond any H200 run
 _MAX_BENCH_FRAMES = 1024
 
@@ -1224,6 +1263,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_SEED, default=0)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.set_defaults(func=cmd_train_vae)
+    p = sub.add_parser(
+        "prepare",
+        help="encode a dataset into latent shards for latent diffusion (data.name=latents)",
+        description="Encodes every image of a dataset with an autoencoder (--vae: ours from "
+        "train-vae, or a local diffusers VAE) into safetensors shards plus index.json. "
+        "Resumable: run the same command again after an interruption and finished shards are "
+        "kept. Train on the folder with data.name=latents data.data_dir=DIR.",
+    )
+    p.add_argument("overrides", nargs="*", metavar="data.key=value", help="data config overrides")
+    p.add_argument("--data", required=True, help="dataset name (shapes, scenes, folder, ...)")
+    p.add_argument("--vae", required=True, metavar="DIR", help="the autoencoder folder")
+    p.add_argument("--out", required=True, metavar="DIR", help="the latent folder")
+    p.add_argument("--size", type=_int_arg(1, 4096), default=None, help="image side in pixels")
+    p.add_argument("--flip", action="store_true", help="also store mirrored copies")
+    p.add_argument("--shard-size", type=_int_arg(1), default=1024, help="items per shard (1024)")
+    p.add_argument("--batch-size", type=_int_arg(1), default=32, help="images per encode (32)")
+    p.add_argument("--dtype", choices=("float16", "float32"), default="float16")
+    p.add_argument(
+        "--max-shards",
+        type=_int_arg(1),
+        default=None,
+        help="stop after this many new shards (finish later by running the command again)",
+    )
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.set_defaults(func=cmd_prepare)
     p = sub.add_parser("demo", help="train a small model on the embedded shapes, sample a grid")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="train config overrides")
     p.add_argument(
