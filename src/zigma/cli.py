@@ -341,6 +341,30 @@ def _sample_bytes(num: int, shape: tuple[int, ...], nrow: int | None, scale: int
     return 3 * 4 * num * c * t * h * w + 3 * grid
 
 
+def _sample_decoder(args: argparse.Namespace, loaded, device: str):
+    """The autoencoder a latent model's samples are decoded with (None for a pixel model):
+    the recorded one, or the same weights (hash checked) in ``--vae DIR``."""
+    spec = loaded.autoencoder
+    if spec is None:
+        if args.vae is not None:
+            raise UsageError(f"--vae: {loaded.source} is not a latent model (it draws pixels)")
+        return None
+    from zigma.autoencoder import load_autoencoder
+
+    if args.vae is not None:
+        spec = {**spec, "path": os.path.abspath(args.vae)}
+    try:
+        decoder = load_autoencoder(spec, device=device)
+    except FileNotFoundError as e:
+        raise UsageError(f"{e}; pass --vae DIR where those weights are") from None
+    if decoder.latent_channels != loaded.model.config.in_channels:
+        raise UsageError(
+            f"the autoencoder at {decoder.path} has {decoder.latent_channels} latent channels, "
+            f"the model {loaded.model.config.in_channels}"
+        )
+    return decoder
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
     from zigma.evaluate import load_for_sampling, write_samples
     from zigma.generate import generate, grid_conditions
@@ -355,11 +379,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
     device = _device(args.device)
     if args.cuda_graphs and not device.startswith("cuda"):
         raise UsageError("--cuda-graphs needs a CUDA device")
-    if args.frames is not None and args.study != "video":
-        raise UsageError(f"--frames applies to --study video, not --study {args.study}")
     loaded = load_for_sampling(args.ckpt, map_location=device)
     cfg = loaded.model.config
-    if cfg.in_channels not in (1, 3):
+    decoder = _sample_decoder(args, loaded, device)
+    if decoder is None and cfg.in_channels not in (1, 3):
         raise UsageError(
             f"{loaded.source} makes {cfg.in_channels}-channel samples; PNGs need 1 or 3 "
             "(a latent model needs its decoder first)"
@@ -382,6 +405,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
             f"{loaded.model.conditioner.describe()})"
         )
     if args.attn_maps is not None:
+        if decoder is not None:
+            raise UsageError("--attn-maps: maps are drawn on pixel models, not latent ones")
         if not prompts:
             raise UsageError("--attn-maps needs --prompt or --prompts-file (the words to map)")
         if args.cuda_graphs:
@@ -413,6 +438,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
     shape = (cfg.in_channels, *cfg.input_size)
+    if decoder is not None:  # PNGs at the decoded size
+        f = decoder.downsample
+        shape = (decoder.image_channels, *(side * f for side in cfg.input_size))
     scale = args.scale if args.scale is not None else max(1, 64 // max(shape[-2:]))
     _check_memory(
         _sample_bytes(args.num, shape, nrow if args.out else None, scale if args.out else 0),
@@ -433,6 +461,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, device=device, progress=sys.stderr.isatty(),
         cuda_graphs=args.cuda_graphs, attention=maps,
     )  # fmt: skip
+    if decoder is not None:
+        images = decoder.decode_in_batches(images, min(args.batch_size, 16))
     took = time.perf_counter() - start
     fps = args.fps if args.fps is not None else 8.0
     write_samples(images, args.out, args.out_dir, nrow=nrow, scale=scale, fps=fps, mp4=args.mp4)
@@ -1065,6 +1095,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE.png",
         help="write a grid of all samples (replaces an existing file); for a video model one "
         "row per sample, one column per frame",
+    )
+    p.add_argument(
+        "--vae",
+        metavar="DIR",
+        help="a latent model: where its autoencoder is now, if moved (the weights hash the run "
+        "recorded is checked)",
     )
     p.add_argument(
         "--out-dir",
