@@ -266,7 +266,9 @@ def _write_shard(
         "latents": torch.cat(latents).contiguous(),
         "labels": torch.tensor(labels, dtype=torch.int64),
     }
-    meta = {CAPTIONS_KEY: json.dumps(captions), "format": FORMAT}
+    # one metadata key: safetensors writes several in a random order, and a shard's bytes
+    # must not depend on the run that wrote it
+    meta = {CAPTIONS_KEY: json.dumps(captions)}
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
