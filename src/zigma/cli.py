@@ -830,22 +830,31 @@ def cmd_train_vae(args: argparse.Namespace) -> int:
     return 0
 
 
-def _data_overrides(items: list[str]) -> list[str]:
-    """``data.key=value`` (or ``key=value``) overrides as DataConfig keys."""
-    return [item.removeprefix("data.") for item in items]
+def _data_config(name: str, size: int | None, overrides: list[str]):
+    """A DataConfig from ``--data NAME``, ``--size`` and ``data.key=value`` overrides, built in
+    one step (a folder's data_dir arrives as an override)."""
+    from zigma.config import from_dict, parse_value
+    from zigma.data import DataConfig
+
+    fields: dict = {"name": name}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        key = key.strip().removeprefix("data.")
+        if not sep or not key or "." in key:
+            raise UsageError(f"expected data.key=value, got {item[:60]!r}")
+        fields[key] = parse_value(raw)
+    if size is not None:
+        if fields.get("resolution", size) != size:
+            raise UsageError(f"--size {size} and data.resolution={fields['resolution']} disagree")
+        fields["resolution"] = size
+    return from_dict(DataConfig, fields, where="data")
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
     from zigma.autoencoder import load_autoencoder
     from zigma.autoencoder.prepare import PrepareConfig, prepare_latents
-    from zigma.config import apply_overrides
-    from zigma.data import DataConfig
 
-    base = DataConfig(name=args.data) if args.size is None else None
-    data = base or DataConfig(name=args.data, resolution=args.size)
-    data = apply_overrides(data, _data_overrides(args.overrides))
-    if args.size is not None and data.resolution != args.size:
-        raise UsageError(f"--size {args.size} and data.resolution={data.resolution} disagree")
+    data = _data_config(args.data, args.size, args.overrides)
     cfg = PrepareConfig(
         data=data, flip=args.flip, shard_size=args.shard_size, batch_size=args.batch_size,
         dtype=args.dtype,

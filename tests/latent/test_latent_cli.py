@@ -6,6 +6,7 @@ import dataclasses
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -131,3 +132,24 @@ def test_prepare_refuses_another_autoencoder_in_one_line(trained, capsys):
     err = capsys.readouterr().err
     assert "another autoencoder" in err and len(err.strip().splitlines()) == 1
     assert sorted((p.name, p.stat().st_mtime_ns) for p in lat.iterdir()) == before
+
+
+def test_prepare_an_image_folder_with_flip_copies(tmp_path, capsys):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(3):
+        pixels = rng.integers(0, 255, (20, 16, 3), dtype=np.uint8)  # not square: center crop
+        Image.fromarray(pixels).save(folder / f"{i}.png")
+    (folder / "broken.png").write_bytes(b"not a png")
+    _save_vae(tmp_path / "vae")
+    args = ["prepare", "--data", "folder", f"data.data_dir={folder}", "data.min_size=1",
+            "--vae", str(tmp_path / "vae"), "--out", str(tmp_path / "lat"), "--size", "16",
+            "--flip", "--device", "cpu"]  # fmt: skip
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "6 latents of 4x4x4 in 1 shards" in out and "skipped" in out
+    index = json.loads((tmp_path / "lat" / "index.json").read_text())
+    assert index["flip"] and index["data"]["data_dir"] == str(folder) and index["num_items"] == 6
+    assert main([*args[:5], "data.resolution=32", *args[5:]]) == 2
+    assert "--size 16 and data.resolution=32 disagree" in capsys.readouterr().err

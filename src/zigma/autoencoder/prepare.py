@@ -239,6 +239,8 @@ def prepare_latents(
     if rank == 0 and complete and (todo or not (out / INDEX_NAME).is_file()):
         _write_index(out, plan, num_shards, cfg, num_items, getattr(dataset, "num_classes", 0))
     _barrier(world)
+    if world > 1:
+        dist.destroy_process_group()
     seconds = time.perf_counter() - start
     return PrepareSummary(
         out=out, num_items=num_items, latent_shape=shape, num_shards=num_shards,
