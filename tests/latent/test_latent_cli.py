@@ -75,6 +75,11 @@ def test_sample_needs_the_recorded_autoencoder(trained, capsys):
         err = capsys.readouterr().err
         assert str(vae) in err and spec["hash"] in err and len(err.strip().splitlines()) == 1
         assert main([*base, "--vae", str(moved)]) == 0  # relocated: same weights, hash checked
+        # a new run whose previews cannot be decoded stops before writing anything
+        new = trained / "run-novae"
+        lat = f"data.data_dir={trained / 'lat'}"
+        assert main(["train", "--preset", "latent-demo", "--out", str(new), lat, *_TINY]) == 2
+        assert "preview.every=0" in capsys.readouterr().err and not new.exists()
         _save_vae(trained / "vae-other", seed=1)
         assert main([*base, "--vae", str(trained / "vae-other")]) == 2
         assert "weights hash" in capsys.readouterr().err
