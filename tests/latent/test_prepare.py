@@ -113,7 +113,8 @@ def test_corrupt_or_missing_shard_is_named(tmp_path):
     ae = _vae(tmp_path / "vae")
     prepare_latents(ae, _shapes(), tmp_path / "lat")
     shard = tmp_path / "lat" / "shard_000001.safetensors"
-    data = bytearray(shard.read_bytes())
+    good = shard.read_bytes()
+    data = bytearray(good)
     data[-3] ^= 0xFF  # one flipped bit in the latents' bytes
     shard.write_bytes(bytes(data))
     ds = LatentShards(tmp_path / "lat")
@@ -127,6 +128,10 @@ def test_corrupt_or_missing_shard_is_named(tmp_path):
     shard.unlink()
     with pytest.raises(LatentShardError, match="shard_000001.safetensors is missing"):
         LatentShards(tmp_path / "lat")[6]
+    # the repair the message suggests: prepare again rewrites just that shard
+    s = prepare_latents(ae, _shapes(), tmp_path / "lat")
+    assert (s.written, s.kept) == (1, 3) and shard.read_bytes() == good
+    assert LatentShards(tmp_path / "lat")[7]["image"].shape == (4, 4, 4)
 
 
 def test_out_of_another_vae_or_data_is_refused_untouched(tmp_path):
