@@ -31,6 +31,7 @@ ALLOWED = {
         "data",
         "generate",
         "text",
+        "autoencoder",
     },
     "evaluate": {
         "artifacts",

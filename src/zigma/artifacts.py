@@ -25,6 +25,8 @@ from zigma.config import short_repr
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 TRANSPORT_NAME = "transport.json"
+# A latent model's autoencoder spec, beside transport.json in an exported model folder.
+AUTOENCODER_NAME = "autoencoder.json"
 CHECKPOINTS = "checkpoints"
 LATEST = "LATEST"
 LOCK_NAME = ".lock"

@@ -2,7 +2,8 @@
 
 Subcommands: ``models`` (preset table), ``info`` (build a model, print its summary, run one
 forward pass), ``scans`` (print and draw scan orders), ``bench`` (speed, memory, FLOPs),
-``train-vae`` (our small autoencoder for latent diffusion), and the training and sampling ones.
+``train-vae`` (our small autoencoder for latent diffusion), ``prepare`` (latent shards), and
+the training and sampling ones.
 """
 
 from __future__ import annotations
@@ -340,6 +341,30 @@ def _sample_bytes(num: int, shape: tuple[int, ...], nrow: int | None, scale: int
     return 3 * 4 * num * c * t * h * w + 3 * grid
 
 
+def _sample_decoder(args: argparse.Namespace, loaded, device: str):
+    """The autoencoder a latent model's samples are decoded with (None for a pixel model):
+    the recorded one, or the same weights (hash checked) in ``--vae DIR``."""
+    spec = loaded.autoencoder
+    if spec is None:
+        if args.vae is not None:
+            raise UsageError(f"--vae: {loaded.source} is not a latent model (it draws pixels)")
+        return None
+    from zigma.autoencoder import load_autoencoder
+
+    if args.vae is not None:
+        spec = {**spec, "path": os.path.abspath(args.vae)}
+    try:
+        decoder = load_autoencoder(spec, device=device)
+    except FileNotFoundError as e:
+        raise UsageError(f"{e}; pass --vae DIR where those weights are") from None
+    if decoder.latent_channels != loaded.model.config.in_channels:
+        raise UsageError(
+            f"the autoencoder at {decoder.path} has {decoder.latent_channels} latent channels, "
+            f"the model {loaded.model.config.in_channels}"
+        )
+    return decoder
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
     from zigma.evaluate import load_for_sampling, write_samples
     from zigma.generate import generate, grid_conditions
@@ -354,11 +379,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
     device = _device(args.device)
     if args.cuda_graphs and not device.startswith("cuda"):
         raise UsageError("--cuda-graphs needs a CUDA device")
-    if args.frames is not None and args.study != "video":
-        raise UsageError(f"--frames applies to --study video, not --study {args.study}")
     loaded = load_for_sampling(args.ckpt, map_location=device)
     cfg = loaded.model.config
-    if cfg.in_channels not in (1, 3):
+    decoder = _sample_decoder(args, loaded, device)
+    if decoder is None and cfg.in_channels not in (1, 3):
         raise UsageError(
             f"{loaded.source} makes {cfg.in_channels}-channel samples; PNGs need 1 or 3 "
             "(a latent model needs its decoder first)"
@@ -381,6 +405,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
             f"{loaded.model.conditioner.describe()})"
         )
     if args.attn_maps is not None:
+        if decoder is not None:
+            raise UsageError("--attn-maps: maps are drawn on pixel models, not latent ones")
         if not prompts:
             raise UsageError("--attn-maps needs --prompt or --prompts-file (the words to map)")
         if args.cuda_graphs:
@@ -412,6 +438,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
     shape = (cfg.in_channels, *cfg.input_size)
+    if decoder is not None:  # PNGs at the decoded size
+        f = decoder.downsample
+        shape = (decoder.image_channels, *(side * f for side in cfg.input_size))
     scale = args.scale if args.scale is not None else max(1, 64 // max(shape[-2:]))
     _check_memory(
         _sample_bytes(args.num, shape, nrow if args.out else None, scale if args.out else 0),
@@ -432,6 +461,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, device=device, progress=sys.stderr.isatty(),
         cuda_graphs=args.cuda_graphs, attention=maps,
     )  # fmt: skip
+    if decoder is not None:
+        images = decoder.decode_in_batches(images, min(args.batch_size, 16))
     took = time.perf_counter() - start
     fps = args.fps if args.fps is not None else 8.0
     write_samples(images, args.out, args.out_dir, nrow=nrow, scale=scale, fps=fps, mp4=args.mp4)
@@ -799,6 +830,53 @@ def cmd_train_vae(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_config(name: str, size: int | None, overrides: list[str]):
+    """A DataConfig from ``--data NAME``, ``--size`` and ``data.key=value`` overrides, built in
+    one step (a folder's data_dir arrives as an override)."""
+    from zigma.config import from_dict, parse_value
+    from zigma.data import DataConfig
+
+    fields: dict = {"name": name}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        key = key.strip().removeprefix("data.")
+        if not sep or not key or "." in key:
+            raise UsageError(f"expected data.key=value, got {item[:60]!r}")
+        fields[key] = parse_value(raw)
+    if size is not None:
+        if fields.get("resolution", size) != size:
+            raise UsageError(f"--size {size} and data.resolution={fields['resolution']} disagree")
+        fields["resolution"] = size
+    return from_dict(DataConfig, fields, where="data")
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from zigma.autoencoder import load_autoencoder
+    from zigma.autoencoder.prepare import PrepareConfig, prepare_latents
+
+    data = _data_config(args.data, args.size, args.overrides)
+    cfg = PrepareConfig(
+        data=data, flip=args.flip, shard_size=args.shard_size, batch_size=args.batch_size,
+        dtype=args.dtype,
+    )  # fmt: skip
+    device = _device(args.device)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and device == "cuda":
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"  # one GPU per rank
+    ae = load_autoencoder(args.vae, device=device)
+    s = prepare_latents(ae, cfg, args.out, max_shards=args.max_shards, progress=sys.stderr.isatty())
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
+    shape = "x".join(map(str, s.latent_shape))
+    state = f"index {s.out / 'index.json'}" if s.finished else "not finished: run it again"
+    skipped = f"; skipped: {s.skipped}" if s.skipped else ""
+    print(
+        f"zigma prepare: {s.num_items} latents of {shape} in {s.num_shards} shards ({s.written} "
+        f"written, {s.kept} already there) in {s.seconds:.1f} s ({s.images_per_second:.1f} "
+        f"images/s); {state}{skipped}"
+    )
+    return 0
+
+
 _MAX_BENCH_SIDE = 1024  # a 1024x1024 token grid: a million tokens, beyond any H200 run
 _MAX_BENCH_FRAMES = 1024
 
@@ -1028,6 +1106,12 @@ def build_parser() -> argparse.ArgumentParser:
         "row per sample, one column per frame",
     )
     p.add_argument(
+        "--vae",
+        metavar="DIR",
+        help="a latent model: where its autoencoder is now, if moved (the weights hash the run "
+        "recorded is checked)",
+    )
+    p.add_argument(
         "--out-dir",
         metavar="DIR",
         help="also write one PNG per sample, 000000.png ... (a video model: one looping GIF, "
@@ -1224,6 +1308,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_SEED, default=0)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.set_defaults(func=cmd_train_vae)
+    p = sub.add_parser(
+        "prepare",
+        help="encode a dataset into latent shards for latent diffusion (data.name=latents)",
+        description="Encodes every image of a dataset with an autoencoder (--vae: ours from "
+        "train-vae, or a local diffusers VAE) into safetensors shards plus index.json. "
+        "Resumable: run the same command again after an interruption and finished shards are "
+        "kept. Train on the folder with data.name=latents data.data_dir=DIR.",
+    )
+    p.add_argument("overrides", nargs="*", metavar="data.key=value", help="data config overrides")
+    p.add_argument("--data", required=True, help="dataset name (shapes, scenes, folder, ...)")
+    p.add_argument("--vae", required=True, metavar="DIR", help="the autoencoder folder")
+    p.add_argument("--out", required=True, metavar="DIR", help="the latent folder")
+    p.add_argument("--size", type=_int_arg(1, 4096), default=None, help="image side in pixels")
+    p.add_argument("--flip", action="store_true", help="also store mirrored copies")
+    p.add_argument("--shard-size", type=_int_arg(1), default=1024, help="items per shard (1024)")
+    p.add_argument("--batch-size", type=_int_arg(1), default=32, help="images per encode (32)")
+    p.add_argument("--dtype", choices=("float16", "float32"), default="float16")
+    p.add_argument(
+        "--max-shards",
+        type=_int_arg(1),
+        default=None,
+        help="stop after this many new shards (finish later by running the command again)",
+    )
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.set_defaults(func=cmd_prepare)
     p = sub.add_parser("demo", help="train a small model on the embedded shapes, sample a grid")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="train config overrides")
     p.add_argument(

@@ -125,6 +125,11 @@ class Autoencoder(nn.Module):
         images = self.decode_raw(raw.to(self.device, self.dtype))
         return images.float().clamp(-1.0, 1.0)
 
+    def decode_in_batches(self, latents: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
+        """``decode`` a large batch ``batch_size`` latents at a time (the decoder's full-size
+        activations are what fill memory); the images are returned on the CPU."""
+        return torch.cat([self.decode(chunk).cpu() for chunk in latents.split(batch_size)])
+
     def latent_shape(self, image_shape: Iterable[int]) -> tuple[int, ...]:
         """[B, C, H, W] of images -> [B, latent_channels, H / f, W / f] of their latents."""
         b, _, h, w = image_shape

@@ -32,8 +32,15 @@ from zigma.data.idx import (
     read_idx,
     write_idx,
 )
+from zigma.data.latents import (
+    LatentShardError,
+    LatentShards,
+    latent_shape,
+    read_latent_index,
+)
 from zigma.data.loader import (
     DATASET_NAMES,
+    FLIPPABLE,
     VIDEO_NAMES,
     DataConfig,
     SeededItems,
@@ -86,6 +93,7 @@ from zigma.data.video_io import (
 __all__ = [
     "DATASET_NAMES",
     "FASHION_MNIST_CAPTIONS",
+    "FLIPPABLE",
     "FASHION_MNIST_CLASSES",
     "FASHION_MNIST_DEBIAN_DIR",
     "IMAGE_EXTENSIONS",
@@ -100,6 +108,8 @@ __all__ = [
     "EpochSampler",
     "IdxDataset",
     "IdxFormatError",
+    "LatentShardError",
+    "LatentShards",
     "ImageFilesDataset",
     "ImageFolderDataset",
     "MMCelebAHQ",
@@ -123,6 +133,7 @@ __all__ = [
     "fashion_mnist",
     "hflip",
     "iterate_batches",
+    "latent_shape",
     "check_mp4_writer",
     "make_frame_grid",
     "make_image_grid",
@@ -141,6 +152,7 @@ __all__ = [
     "read_caption_index",
     "read_coco_captions",
     "read_idx",
+    "read_latent_index",
     "read_video_frames",
     "render_scene",
     "resize_shorter",

@@ -24,6 +24,7 @@ from zigma.config import ConfigError
 from zigma.data.captioned import CocoCaptions, MMCelebAHQ
 from zigma.data.folder import ImageFolderDataset
 from zigma.data.idx import fashion_mnist, mnist
+from zigma.data.latents import LatentShards
 from zigma.data.sampler import EpochSampler, SkipSampler, derive_seed
 from zigma.data.scenes import MAX_OBJECTS, MIN_RESOLUTION, ScenesDataset
 from zigma.data.shapes import STYLES, ShapesDataset
@@ -33,21 +34,21 @@ logger = logging.getLogger(__name__)
 
 DatasetName = Literal[
     "shapes", "scenes", "mnist", "fashion-mnist", "folder", "coco", "mm-celeba-hq",
-    "moving-mnist", "moving-shapes", "video-folder",
+    "moving-mnist", "moving-shapes", "video-folder", "latents",
 ]  # fmt: skip
 DATASET_NAMES: tuple[str, ...] = (
     "shapes", "scenes", "mnist", "fashion-mnist", "folder", "coco", "mm-celeba-hq",
-    "moving-mnist", "moving-shapes", "video-folder",
+    "moving-mnist", "moving-shapes", "video-folder", "latents",
 )  # fmt: skip
 VIDEO_NAMES: tuple[str, ...] = ("moving-mnist", "moving-shapes", "video-folder")
 _NATURAL_CHANNELS = {
     "shapes": 3, "scenes": 3, "mnist": 1, "fashion-mnist": 1, "folder": 3, "coco": 3,
-    "mm-celeba-hq": 3, "moving-mnist": 1, "moving-shapes": 3, "video-folder": 3,
+    "mm-celeba-hq": 3, "moving-mnist": 1, "moving-shapes": 3, "video-folder": 3, "latents": 4,
 }  # fmt: skip
 _IMAGE_FILES = ("folder", "coco", "mm-celeba-hq")  # read by ImageFilesDataset: need data_dir
 _NEEDS_DATA_DIR = (*_IMAGE_FILES, "video-folder")
 # digits and generated captions ("on the left") are not mirror-safe
-_FLIPPABLE = ("fashion-mnist", "folder", "coco", "mm-celeba-hq")
+FLIPPABLE: tuple[str, ...] = ("fashion-mnist", "folder", "coco", "mm-celeba-hq")
 
 
 @dataclass
@@ -58,9 +59,12 @@ class DataConfig:
         name: "shapes" (procedural, offline), "scenes" (procedural captioned scenes of 1-3
             objects on a 3x3 grid, offline), "mnist", "fashion-mnist", "folder", "coco" (COCO
             captions: ``captions_file`` + its image folder ``data_dir``) or "mm-celeba-hq"
-            (``data_dir`` with ``images/`` and ``text/``).
-        resolution: square output side in pixels.
-        channels: 1 or 3; None takes the dataset's own (3 for shapes/folder, 1 for the MNISTs).
+            (``data_dir`` with ``images/`` and ``text/``), "latents" (``data_dir``: a folder
+            written by ``zigma prepare``; its index gives the latent size and channels, which
+            the trainer writes into ``resolution`` and ``channels``).
+        resolution: square output side in pixels (latents: their side).
+        channels: 1 or 3; None takes the dataset's own (3 for shapes/folder, 1 for the MNISTs;
+            latents: any count, 4 until the index says otherwise).
         data_dir: the image folder ("folder", "coco", "mm-celeba-hq": required) or where the
             IDX files are (MNISTs).
         captions_file: "coco" only: a ``captions_*.json``; None looks for
@@ -116,7 +120,9 @@ class DataConfig:
             raise ConfigError(
                 f"resolution must be in [{low}, 1024] for {self.name}, got {self.resolution}"
             )
-        if self.channels not in (None, 1, 3):
+        if self.name == "latents":
+            self._check_latents()
+        elif self.channels not in (None, 1, 3):
             raise ConfigError(f"channels must be 1, 3 or None, got {self.channels!r}")
         if self.num_samples < 1:
             raise ConfigError(f"num_samples must be >= 1, got {self.num_samples}")
@@ -127,9 +133,9 @@ class DataConfig:
             raise ConfigError(f"data_dir is required for name={self.name!r} ({what})")
         if self.captions_file is not None and self.name != "coco":
             raise ConfigError(f"captions_file applies only to name='coco', not {self.name!r}")
-        if self.flip and self.name not in _FLIPPABLE:
+        if self.flip and self.name not in FLIPPABLE:
             raise ConfigError(
-                f"flip=True is supported for name in {list(_FLIPPABLE)}, not {self.name!r}"
+                f"flip=True is supported for name in {list(FLIPPABLE)}, not {self.name!r}"
             )
         if not 1 <= self.max_objects <= MAX_OBJECTS:
             raise ConfigError(f"max_objects must be in [1, {MAX_OBJECTS}], got {self.max_objects}")
@@ -149,6 +155,13 @@ class DataConfig:
             )
         if self.min_size < 1:
             raise ConfigError(f"min_size must be >= 1, got {self.min_size}")
+
+    def _check_latents(self) -> None:
+        # data_dir may still be unset here (a preset names no folder): build_dataset asks for it
+        if self.channels is not None and not 1 <= self.channels <= 64:
+            raise ConfigError(f"channels must be in 1..64 for latents, got {self.channels!r}")
+        if self.flip:
+            raise ConfigError("flip: latents are flipped when prepared (zigma prepare --flip)")
 
     def _check_video(self) -> None:
         if self.name not in VIDEO_NAMES:
@@ -199,6 +212,14 @@ def build_dataset(cfg: DataConfig, split: Literal["train", "test"] = "train") ->
     channels = cfg.resolved_channels
     if cfg.is_video:
         return _build_video(cfg, split, channels)
+    if cfg.name == "latents":
+        if not cfg.data_dir:
+            raise ConfigError(
+                "data.data_dir is required for name='latents': a folder written by zigma prepare"
+            )
+        if split != "train":
+            raise ValueError("name='latents' has only a train split (prepare another folder)")
+        return LatentShards(cfg.data_dir)
     if cfg.name == "shapes":
         return ShapesDataset(cfg.num_samples, cfg.resolution, channels, cfg.seed, split, cfg.style)
     if cfg.name == "scenes":

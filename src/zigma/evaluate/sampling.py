@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from zigma.artifacts import (
+    AUTOENCODER_NAME,
     CKPT_EMA_WEIGHTS,
     CKPT_MODEL_CONFIG,
     CONFIG_NAME,
@@ -36,6 +37,8 @@ class LoadedModel:
     model: torch.nn.Module
     transport: TransportConfig
     source: Path  # the folder the weights came from
+    # a latent model: the spec of the autoencoder that decodes its samples (None: pixels)
+    autoencoder: dict | None = None
 
 
 def _transport_from(data: object, where: Path) -> TransportConfig:
@@ -43,6 +46,14 @@ def _transport_from(data: object, where: Path) -> TransportConfig:
         return from_dict(TransportConfig, data)  # type: ignore[arg-type]
     except ConfigError as e:
         raise ValueError(f"{where}: {e}") from e
+
+
+def _autoencoder_spec(data: object, where: Path) -> dict | None:
+    if data is None:
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("hash"), str):
+        raise ValueError(f"{where}: the autoencoder spec needs at least a weights 'hash'")
+    return data
 
 
 def nonfinite_tensors(model: torch.nn.Module) -> list[str]:
@@ -69,7 +80,8 @@ def load_for_sampling(path: str | os.PathLike, map_location="cpu") -> LoadedMode
     """Load the model to sample from ``path`` and the transport it was trained with.
 
     ``path`` may be an exported model folder (``config.json`` + ``model.safetensors``, optional
-    ``transport.json``; linear/velocity if absent), a training checkpoint folder (``model.json``
+    ``transport.json``; linear/velocity if absent; ``autoencoder.json`` for a latent model), a
+    training checkpoint folder (``model.json``
     + ``ema.safetensors``: the EMA weights), or a run folder (its ``model/`` export if the run
     finished, else the checkpoint its ``checkpoints/LATEST`` names).
 
@@ -89,14 +101,19 @@ def load_for_sampling(path: str | os.PathLike, map_location="cpu") -> LoadedMode
         model = from_pretrained(
             path, map_location, config_name=CKPT_MODEL_CONFIG, weights_name=CKPT_EMA_WEIGHTS
         )
-        return LoadedModel(_finite(model, path), transport, path)
+        vae = _autoencoder_spec(run_cfg.get("vae"), path / CONFIG_NAME)
+        return LoadedModel(_finite(model, path), transport, path, vae)
     if (path / CONFIG_NAME).is_file() and (path / WEIGHTS_NAME).is_file():
         tfile = path / TRANSPORT_NAME
         present = tfile.exists() or tfile.is_symlink()  # a folder or dangling link is an error
         data = read_json_object(tfile, "transport config") if present else {}
         transport = _transport_from(data, tfile)
+        afile = path / AUTOENCODER_NAME
+        vae = None
+        if afile.exists() or afile.is_symlink():
+            vae = _autoencoder_spec(read_json_object(afile, "autoencoder spec"), afile)
         model = from_pretrained(path, map_location)
-        return LoadedModel(_finite(model, path), transport, path)
+        return LoadedModel(_finite(model, path), transport, path, vae)
     if (path / "model" / CONFIG_NAME).is_file():
         return load_for_sampling(path / "model", map_location)
     ckpt = latest_checkpoint(path)  # refuses a LATEST that leads out of the run folder

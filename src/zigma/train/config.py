@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from zigma.config import ConfigError, apply_overrides, from_dict, short_repr, suggest, to_dict
-from zigma.data import DataConfig
+from zigma.data import DataConfig, LatentShardError, latent_shape, read_latent_index
 from zigma.models import BackboneConfig, list_models, preset_config
 from zigma.models.registry import config_classes
 from zigma.train.config_file import read_config_file
@@ -315,9 +315,17 @@ class TrainConfig:
     # Stop early (with the usual final checkpoint and export) once training has run this long.
     time_limit_minutes: float | None = None
     max_nonfinite: int = 20
+    # Latent runs: the autoencoder that made the latents (its ``spec()``), copied from the
+    # latent folder's index when the run starts, so sampling decodes with the same one.
+    vae: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         check_ranges(self, TRAIN_RANGES)
+        if self.vae is not None:
+            if not isinstance(self.vae, dict) or not isinstance(self.vae.get("hash"), str):
+                raise ConfigError(f"vae must be an autoencoder spec, got {short_repr(self.vae)}")
+            if self.data.name != "latents":
+                raise ConfigError("vae is recorded for data.name='latents' only; leave it unset")
         model = self.model_config()  # an unknown preset or an impossible model fails here, early
         if self.recompute_scans and not model.uses_scan:
             raise ConfigError(
@@ -334,6 +342,15 @@ class TrainConfig:
         res, channels = self.data.resolution, self.data.resolved_channels
         frames = getattr(self.data, "frames", None)  # a video dataset: clips of this many frames
         size = (frames, res, res) if frames else (res, res)
+        latents = self._latent_shape()
+        if latents is not None:  # a prepared folder: the latents decide, not data.resolution
+            channels, size, res = latents[0], tuple(latents[1:]), latents[1]
+            where = f"the latents in {self.data.data_dir} ({'x'.join(map(str, latents))})"
+            given = spec.get("input_size")
+            if given is not None and tuple(given) != size:
+                raise ConfigError(f"model.input_size {tuple(given)} does not match {where}")
+            if spec.get("in_channels", channels) != channels:
+                raise ConfigError(f"model.in_channels {spec['in_channels']} does not match {where}")
         spec.setdefault("input_size", size)
         spec.setdefault("in_channels", channels)
         spec.setdefault("num_classes", num_classes or 0)
@@ -370,13 +387,22 @@ class TrainConfig:
             raise ConfigError(f"unknown model.preset {name!r}{suggest(name, list_models())}")
         patch = spec.get("patch_size", preset_config(name).patch_size)
         if res % patch:
-            raise ConfigError(
-                f"data.resolution {res} is not divisible by the model's patch size {patch}"
-            )
+            side = "the latent side" if latents is not None else "data.resolution"
+            raise ConfigError(f"{side} {res} is not divisible by the model's patch size {patch}")
         try:
             return preset_config(name, **spec)
         except (TypeError, ValueError) as e:
             raise ConfigError(f"model: {e}") from e
+
+    def _latent_shape(self) -> tuple[int, ...] | None:
+        """(C, h, w) of the prepared latent folder, or None (not latents, or no folder named
+        yet: a preset's data_dir is given on the command line)."""
+        if self.data.name != "latents" or not self.data.data_dir:
+            return None
+        try:
+            return latent_shape(self.data.data_dir)
+        except LatentShardError as e:
+            raise ConfigError(f"data.data_dir: {e}") from None
 
     def resolved(self, num_classes: int, text_hash: str = "") -> TrainConfig:
         """A copy with every model field and the data channels filled in (what config.json
@@ -401,7 +427,19 @@ class TrainConfig:
             )
         spec = ModelSpec(preset=self.model.preset, **dataclasses.asdict(model))
         data = dataclasses.replace(self.data, channels=self.data.resolved_channels)
-        return dataclasses.replace(self, model=spec, data=data)
+        vae = self.vae
+        latents = self._latent_shape()
+        if latents is not None:
+            data = dataclasses.replace(data, channels=latents[0], resolution=latents[1])
+            made_by = read_latent_index(str(self.data.data_dir))["autoencoder"]
+            if vae is not None and vae.get("hash") != made_by.get("hash"):
+                raise ConfigError(
+                    f"the latents in {self.data.data_dir} were made by autoencoder "
+                    f"{made_by.get('hash')}, this run by {vae.get('hash')}: point data.data_dir "
+                    "to this run's latents"
+                )
+            vae = made_by
+        return dataclasses.replace(self, model=spec, data=data, vae=vae)
 
 
 def preset_dict(name: str) -> dict[str, Any]:

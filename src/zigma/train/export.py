@@ -1,5 +1,6 @@
 """What leaves the trainer besides checkpoints: periodic sample grids from the EMA weights and
-the final ``model/`` folder (``save_pretrained`` of the EMA model plus ``transport.json``).
+the final ``model/`` folder (``save_pretrained`` of the EMA model plus ``transport.json``, and
+for a latent model ``autoencoder.json``: the spec of the autoencoder that decodes it).
 
 ``zigma sample`` loads ``model/`` as it loads any pretrained folder.
 """
@@ -14,8 +15,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from zigma.artifacts import TRANSPORT_NAME, write_text_atomic
-from zigma.config import to_dict
+from zigma.artifacts import AUTOENCODER_NAME, TRANSPORT_NAME, write_text_atomic
+from zigma.autoencoder import Autoencoder, load_autoencoder
+from zigma.config import ConfigError, to_dict
 from zigma.data import derive_seed, save_frame_grid, save_image_grid
 from zigma.generate import generate, grid_conditions
 from zigma.models import save_pretrained
@@ -41,6 +43,23 @@ def preview_prompts(cfg: TrainConfig, dataset: Any, rows: int) -> list[str]:
     return found
 
 
+def preview_autoencoder(cfg: TrainConfig, device: torch.device) -> Autoencoder | None:
+    """The autoencoder that decodes a latent run's previews (None: pixels, or no previews).
+
+    Raises:
+        ConfigError: the recorded autoencoder is missing or its weights changed.
+    """
+    if cfg.vae is None or not cfg.preview.every:
+        return None
+    try:
+        return load_autoencoder(cfg.vae, device=device)
+    except (OSError, ValueError) as e:
+        raise ConfigError(
+            f"previews decode with the autoencoder the latents were made by: {e}; put it back, "
+            "or set preview.every=0"
+        ) from None
+
+
 def preview_grid(
     model: nn.Module,
     cfg: TrainConfig,
@@ -48,11 +67,12 @@ def preview_grid(
     autocast: torch.dtype | None,
     text: TextFeatures | None = None,
     dataset: Any = None,
+    decoder: Autoencoder | None = None,
 ) -> tuple[torch.Tensor, int | None]:
     """(``cfg.preview.num_samples`` samples [N, C, H, W] (a video model: [N, C, T, H, W]) in
     [-1, 1] from a fixed noise seed, images per grid row) through ``generate``: a text model
     gets one row per prompt (``preview_prompts``), other conditions are spread over the grid
-    (classes in turn)."""
+    (classes in turn). A latent model's samples are decoded by ``decoder`` to images."""
     was_training = model.training
     p = cfg.preview
     mcfg = model.config
@@ -82,6 +102,8 @@ def preview_grid(
         )
     finally:
         model.train(was_training)
+    if decoder is not None:
+        samples = decoder.decode_in_batches(samples)
     return samples, nrow
 
 
@@ -123,4 +145,7 @@ def export_model(ema_model: nn.Module, model: nn.Module, cfg: TrainConfig, direc
     save_pretrained(to_save, directory)
     text = json.dumps(to_dict(cfg.transport), indent=2, sort_keys=True) + "\n"
     write_text_atomic(directory / TRANSPORT_NAME, text)
+    if cfg.vae is not None:
+        spec = json.dumps(cfg.vae, indent=2, sort_keys=True) + "\n"
+        write_text_atomic(directory / AUTOENCODER_NAME, spec)
     return directory

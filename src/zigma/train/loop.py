@@ -55,7 +55,7 @@ from zigma.train.control import (
     Whereabouts,
 )
 from zigma.train.ema import EMA
-from zigma.train.export import export_model, preview_grid, save_preview
+from zigma.train.export import export_model, preview_autoencoder, preview_grid, save_preview
 from zigma.train.optim import (
     StepGuard,
     TrainingDiverged,
@@ -156,6 +156,7 @@ def _train(
     stack: ExitStack,
 ) -> TrainSummary:
     cfg, dataset, ckpt, notes, text = prepare(cfg, out, resume, env, hint)
+    decoder = preview_autoencoder(cfg, env.device) if env.is_main else None
     if cfg.cpu_threads is not None:
         # on a busy machine one thread can beat two: OpenMP barriers stall when a core is taken
         torch.set_num_threads(cfg.cpu_threads)
@@ -249,7 +250,7 @@ def _train(
 
     def samples() -> None:
         assert run is not None
-        grid, nrow = preview_grid(ema.model, cfg, env.device, amp, text, dataset)
+        grid, nrow = preview_grid(ema.model, cfg, env.device, amp, text, dataset, decoder)
         path = save_preview(grid, out / "samples" / f"step_{prog.step:07d}.png", nrow)
         run.image(path, grid, prog.step)
         run.info("step %d: samples %s", prog.step, path.relative_to(out))
@@ -406,6 +407,12 @@ def _header_lines(
         f"x{d.channels}, {n_data} {'clips' if d.frames else 'images'}; batch "
         f"{cfg.batch_size} ({cfg.batch_size // env.world_size} per rank), {cfg.steps} steps",
     }
+    if cfg.vae is not None:
+        v = cfg.vae
+        lines["vae"] = (
+            f"latents of {v.get('kind')} at {v.get('path')} (hash {v.get('hash')}), "
+            f"f{v.get('downsample')}, scale {v.get('scaling_factor', 1.0):.5g}"
+        )
     if cfg.text.encoder:
         lines["text"] = (
             f"{cfg.text.encoder}: {m.text_dim}-d tokens, weights {m.text_encoder_hash[:12]}, "

@@ -97,6 +97,41 @@ _CPU_VIDEO: dict[str, Any] = {
     "preview": {**_CPU_SHAPES["preview"], "every": 500, "num_samples": 6},
 }
 
+# Latent diffusion on CPU: the demo's recipe on the 8 x 8 x 4 latents our f4 autoencoder
+# (zigma train-vae) makes of 32 px shapes; patch 2 is a 4 x 4 token grid. data_dir: the folder
+# zigma prepare wrote (README, "Latent diffusion").
+_CPU_LATENTS: dict[str, Any] = {
+    **_CPU_SHAPES,
+    "model": {**_CPU_SHAPES["model"], "patch_size": 2},
+    "data": {"name": "latents", "resolution": 8, "channels": 4},
+    "steps": 3000,
+    "ckpt_every": 500,
+    "preview": {**_CPU_SHAPES["preview"], "every": 500},
+}
+
+# The paper's FacesHQ 1024^2 setting: ZigMa-B/2 on the SD VAE's 128 x 128 x 4 latents, 4096
+# tokens, unconditional, batch 8 (the official README: ~18 GB; batch 4 ~9 GB). Memory savers,
+# both off here and changeable on resume: grad_checkpointing=true (recompute each block in
+# the backward) and recompute_scans=true (keep less of each Mamba scan).
+_FACESHQ: dict[str, Any] = {
+    "model": {
+        "preset": "ZigMa-B/2",
+        "input_size": [128, 128],
+        "in_channels": 4,
+        "num_classes": 0,
+    },
+    "data": {"name": "latents", "resolution": 128, "channels": 4},
+    "optim": {"lr": 1e-4, "warmup_steps": 1000},
+    "ema": {"decay": 0.9999},
+    "steps": 400_000,
+    "batch_size": 8,
+    "precision": "bf16",
+    "grad_checkpointing": False,
+    "ckpt_every": 5000,
+    "preview": {"every": 5000, "num_samples": 8, "steps": 50},
+    "logging": {"every": 100},
+}
+
 TRAIN_PRESETS: dict[str, Preset] = {
     "demo": Preset(
         "tiny class-conditional ZigMa on the embedded shapes (centered style) at 16 px; CPU",
@@ -183,6 +218,17 @@ TRAIN_PRESETS: dict[str, Preset] = {
             "preview": {"every": 2000, "num_samples": 8, "steps": 30, "guidance_scale": 2.0},
             "logging": {"every": 100},
         },
+    ),
+    "latent-demo": Preset(
+        "tiny class-conditional ZigMa on latents of the embedded shapes (our f4 autoencoder, "
+        "8x8x4); CPU; needs data.data_dir=DIR from zigma prepare",
+        _CPU_LATENTS,
+    ),
+    "faceshq-1024": Preset(
+        "the paper's FacesHQ setting: ZigMa-B/2 on 128x128x4 latents (1024 px through the SD "
+        "VAE), 4096 tokens, batch 8, bf16; needs data.data_dir=DIR from zigma prepare --size "
+        "1024 (grad_checkpointing=true / recompute_scans=true save memory)",
+        _FACESHQ,
     ),
     "fashion-mnist": Preset(
         "class-conditional ZigMa on Fashion-MNIST (1 channel, padded to 32 px) for one GPU",

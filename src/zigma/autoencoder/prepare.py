@@ -1,0 +1,291 @@
+"""``zigma prepare``: encode a dataset once into latent shards that training reads instead of
+pixels (``data.name="latents"``; the reader and the format are in ``zigma.data.latents``).
+
+Item j of the folder is source image ``j // copies``, mirrored when ``j % copies == 1``
+(``copies`` is 2 with ``flip``); shard k holds items ``[k * shard_size, (k + 1) * shard_size)``.
+Latents are the posterior mean, so a shard's bytes are a function of the data, the autoencoder
+and these settings alone: a run that is stopped and started again writes exactly the shards
+an uninterrupted one would.
+
+Resuming rests on three files: ``prepare.json`` (the plan: autoencoder spec, data config,
+settings), written first, refuses a rerun with another autoencoder or data; each shard is
+written under a temp name and renamed, so a shard under its own name is complete and is kept;
+``index.json`` is written last, when every shard is there, and is what training reads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.distributed as dist
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+import zigma
+from zigma.artifacts import atomic_write, read_json_object, remove_temp_files, write_text_atomic
+from zigma.autoencoder.base import Autoencoder
+from zigma.config import ConfigError, to_dict
+from zigma.data import FLIPPABLE, DataConfig, SeededItems, build_dataset
+from zigma.data.latents import (
+    CAPTIONS_KEY,
+    FORMAT,
+    INDEX_NAME,
+    VERSION,
+    file_sha256,
+    shard_name,
+)
+
+PLAN_NAME = "prepare.json"
+_DTYPES = {"float16": torch.float16, "float32": torch.float32}
+
+
+@dataclass
+class PrepareConfig:
+    """What ``prepare_latents`` encodes and how it cuts it into shards.
+
+    Args:
+        data: the images (any image dataset of zigma.data at ``data.resolution``).
+        flip: also store a mirrored copy of every image (only for mirror-safe data: see
+            ``zigma.data.FLIPPABLE``; generated captions say "on the left").
+        shard_size: items per shard file.
+        batch_size: images per autoencoder call (does not change the shards' bytes on CPU).
+        dtype: how latents are stored ("float16" halves the disk; they are read as float32).
+    """
+
+    data: DataConfig = field(default_factory=DataConfig)
+    flip: bool = False
+    shard_size: int = 1024
+    batch_size: int = 32
+    dtype: Literal["float16", "float32"] = "float16"
+
+    def __post_init__(self) -> None:
+        if self.data.is_video or self.data.name == "latents":
+            raise ConfigError(f"prepare takes an image dataset, not {self.data.name!r}")
+        if self.flip and self.data.name not in FLIPPABLE:
+            raise ConfigError(
+                f"--flip: {self.data.name!r} is not mirror-safe (digits, generated captions); "
+                f"flip copies are for {list(FLIPPABLE)}"
+            )
+        if self.data.flip:
+            raise ConfigError("data.flip (random flips) would freeze one draw: use --flip copies")
+        if self.shard_size < 1 or self.batch_size < 1:
+            raise ConfigError("shard_size and batch_size must be >= 1")
+        if self.dtype not in _DTYPES:
+            raise ConfigError(f"dtype must be float16 or float32, got {self.dtype!r}")
+
+
+@dataclass
+class PrepareSummary:
+    out: Path
+    num_items: int
+    latent_shape: tuple[int, ...]
+    num_shards: int
+    written: int  # shards this call encoded
+    kept: int  # shards an earlier call had finished
+    finished: bool  # every shard is there and index.json is written
+    seconds: float
+    images_per_second: float
+    skipped: str = ""  # the source dataset's note on images it left out (image folders)
+
+
+def _comparable(spec: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in spec.items() if k != "path"}  # a moved copy is the same VAE
+
+
+def _plan(ae: Autoencoder, cfg: PrepareConfig, num_items: int, shape: tuple[int, ...]) -> dict:
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "autoencoder": ae.spec(),
+        "data": to_dict(cfg.data),
+        "flip": cfg.flip,
+        "shard_size": cfg.shard_size,
+        "dtype": cfg.dtype,
+        "num_items": num_items,
+        "latent_shape": list(shape),
+    }
+
+
+def check_out_folder(out: Path, plan: dict[str, Any]) -> bool:
+    """Whether ``out`` may receive ``plan``'s shards; True when it already holds part of them.
+
+    Raises:
+        ValueError: ``out`` holds latents of another autoencoder, data or settings, or files
+            that are not zigma prepare's (nothing is touched).
+        NotADirectoryError: ``out`` is a file.
+    """
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {out} is a file, not a folder")
+    if not out.is_dir() or not any(out.iterdir()):
+        return False
+    if not (out / PLAN_NAME).is_file():
+        raise ValueError(
+            f"--out {out} holds files that are not zigma prepare's; choose a new --out"
+        )
+    old = read_json_object(out / PLAN_NAME, "prepare plan")
+    old_ae, new_ae = old.get("autoencoder") or {}, plan["autoencoder"]
+    if old_ae.get("hash") != new_ae["hash"]:
+        raise ValueError(
+            f"--out {out} holds latents of another autoencoder ({old_ae.get('kind')} hash "
+            f"{old_ae.get('hash')}, this one has {new_ae['hash']}); choose another --out"
+        )
+    diff = [k for k in plan if k != "autoencoder" and old.get(k) != plan[k]]
+    diff += [f"autoencoder.{k}" for k, v in _comparable(new_ae).items() if old_ae.get(k) != v]
+    if diff:
+        raise ValueError(
+            f"--out {out} holds latents of another data config or settings (they differ in "
+            f"{', '.join(diff)}); choose another --out"
+        )
+    return True
+
+
+def _world() -> tuple[int, int]:
+    """(rank, world size) under torchrun (joining the process group), else (0, 1)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")  # only barriers travel: gloo works with any device
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        dist.barrier()
+
+
+def prepare_latents(
+    ae: Autoencoder,
+    cfg: PrepareConfig,
+    out: str | os.PathLike,
+    *,
+    max_shards: int | None = None,
+    progress: bool = False,
+) -> PrepareSummary:
+    """Encode ``cfg.data`` with ``ae`` into latent shards in ``out`` (see the module notes).
+
+    Under torchrun each rank encodes the shards ``k`` with ``k % world_size == rank``; rank 0
+    writes the index once every shard is there.
+
+    Args:
+        ae: an autoencoder loaded from disk (its spec must carry a path and weights hash: a
+            run trained on these latents decodes with it).
+        max_shards: stop after encoding this many new shards (the index is not written):
+            to split the work, or to test resuming.
+        progress: show a tqdm bar (images/s).
+
+    Raises:
+        ValueError / ConfigError: an autoencoder without a saved hash, images whose channels
+            or size do not fit it, an ``out`` of another autoencoder or data (before any
+            compute; nothing is overwritten).
+    """
+    start = time.perf_counter()
+    out = Path(out)
+    if not ae.weights_hash or not ae.path:
+        raise ValueError("the autoencoder has no weights hash: save it and load it from its folder")
+    data = cfg.data
+    if data.channels is None:  # the autoencoder decides, e.g. MNIST as RGB for the SD VAE
+        data = dataclasses.replace(data, channels=ae.image_channels)
+        cfg = dataclasses.replace(cfg, data=data)
+    if data.resolved_channels != ae.image_channels:
+        raise ValueError(
+            f"the data has {data.resolved_channels} channels, the autoencoder takes "
+            f"{ae.image_channels} (set data.channels)"
+        )
+    if data.resolution % ae.downsample:
+        raise ValueError(
+            f"--size {data.resolution} is not divisible by the autoencoder's downsample "
+            f"factor {ae.downsample}"
+        )
+    dataset = build_dataset(data, "train")
+    copies = 2 if cfg.flip else 1
+    num_items = len(dataset) * copies  # type: ignore[arg-type]
+    side = data.resolution // ae.downsample
+    shape = (ae.latent_channels, side, side)
+    plan = _plan(ae, cfg, num_items, shape)
+    rank, world = _world()
+    resuming = check_out_folder(out, plan)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        remove_temp_files(out)  # shards a killed run left half-written
+        if not resuming:
+            write_text_atomic(out / PLAN_NAME, json.dumps(plan, indent=2, sort_keys=True) + "\n")
+    _barrier(world)
+
+    num_shards = math.ceil(num_items / cfg.shard_size)
+    mine = [k for k in range(num_shards) if k % world == rank]
+    missing = [k for k in mine if not (out / shard_name(k)).is_file()]
+    todo = missing if max_shards is None else missing[:max_shards]
+    items = SeededItems(dataset, data.seed, 0)  # random crops: seeded per image, as in training
+    total = sum(min(cfg.shard_size, num_items - k * cfg.shard_size) for k in todo)
+    ae.eval()
+    encoded = 0
+    with tqdm(total=total, unit="img", disable=not progress, dynamic_ncols=True) as bar:
+        for k in todo:
+            lo, hi = k * cfg.shard_size, min((k + 1) * cfg.shard_size, num_items)
+            _write_shard(ae, items, out / shard_name(k), range(lo, hi), copies, cfg)
+            bar.update(hi - lo)
+            encoded += hi - lo
+    _barrier(world)
+    complete = all((out / shard_name(k)).is_file() for k in range(num_shards))
+    if rank == 0 and complete and (todo or not (out / INDEX_NAME).is_file()):
+        _write_index(out, plan, num_shards, cfg, num_items, getattr(dataset, "num_classes", 0))
+    _barrier(world)
+    if world > 1:
+        dist.destroy_process_group()
+    seconds = time.perf_counter() - start
+    return PrepareSummary(
+        out=out, num_items=num_items, latent_shape=shape, num_shards=num_shards,
+        written=len(todo), kept=len(mine) - len(missing), finished=complete,
+        seconds=seconds, images_per_second=encoded / max(seconds, 1e-9),
+        skipped=getattr(dataset, "skip_summary", "") or "",
+    )  # fmt: skip
+
+
+def _write_shard(
+    ae: Autoencoder, items: SeededItems, path: Path, span: range, copies: int, cfg: PrepareConfig
+) -> None:
+    latents, labels, captions = [], [], []
+    for b in range(span.start, span.stop, cfg.batch_size):
+        batch = range(b, min(b + cfg.batch_size, span.stop))
+        images = []
+        for j in batch:
+            item = items[j // copies]
+            image = item["image"]
+            images.append(image.flip(-1) if j % copies else image)
+            labels.append(int(item["label"]))
+            captions.append(item["caption"])
+        latents.append(ae.encode(torch.stack(images)).cpu().to(_DTYPES[cfg.dtype]))
+    tensors = {
+        "latents": torch.cat(latents).contiguous(),
+        "labels": torch.tensor(labels, dtype=torch.int64),
+    }
+    # one metadata key: safetensors writes several in a random order, and a shard's bytes
+    # must not depend on the run that wrote it
+    meta = {CAPTIONS_KEY: json.dumps(captions)}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+
+
+def _write_index(
+    out: Path, plan: dict[str, Any], num_shards: int, cfg: PrepareConfig, n: int, classes: int
+) -> None:
+    shards = []
+    for k in range(num_shards):
+        name = shard_name(k)
+        count = min(cfg.shard_size, n - k * cfg.shard_size)
+        shards.append({"name": name, "count": count, "sha256": file_sha256(out / name)})
+    index = {
+        **plan,
+        "num_classes": int(classes),
+        "shards": shards,
+        "zigma_version": zigma.__version__,
+    }
+    write_text_atomic(out / INDEX_NAME, json.dumps(index, indent=2, sort_keys=True) + "\n")
