@@ -143,17 +143,12 @@ def train_all(runs: dict[str, tuple[str, list[str]]], out: Path, steps: int | No
     return {name: p.returncode for name, (p, _) in procs.items()}
 
 
-def last_step(run: Path) -> tuple[int | None, float | None, float | None]:
-    """(step, loss, wall seconds) of the run's last metrics line."""
+def last_step(run: Path) -> tuple[int | None, float | None]:
+    """(step, loss) of the run's last logged metrics line."""
     path = run / "metrics.jsonl"
-    if not path.is_file():
-        return None, None, None
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if "loss" in r]
-    if not rows:
-        return None, None, None
-    r = rows[-1]
-    return r.get("step"), r.get("loss"), r.get("time", r.get("elapsed"))
+    lines = path.read_text().splitlines() if path.is_file() else []
+    rows = [r for r in map(json.loads, filter(str.strip, lines)) if "loss" in r]
+    return (rows[-1]["step"], rows[-1]["loss"]) if rows else (None, None)
 
 
 def _num(value: float | None) -> str:
@@ -221,7 +216,7 @@ def main() -> int:
     print(f"evaluation done at {time.monotonic() - t0:.0f} s", flush=True)
     rows = []
     for name in runs:
-        step, loss, _ = last_step(out / name)
+        step, loss = last_step(out / name)
         row = {"run": name, "exit": codes[name], "step": step, "loss": loss}
         motion = out / f"{name}.motion.json"
         if motion.is_file():

@@ -143,3 +143,33 @@ def test_zigma_motion_scores_a_run_against_its_data(video_run, tmp_path, capsys)
     assert "not the model's clips" in capsys.readouterr().err
     assert main([*args, "optim.lr=1"]) == 2
     assert "data.key=value" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--cfg", "-1"], "guidance scale >= 0"),
+        (["--cfg", "nan"], "guidance scale >= 0"),
+        (["--num", "1"], "--num"),
+        (["--num", "100000"], "fewer than --num"),
+    ],
+)
+def test_zigma_motion_bad_numbers_are_one_line(video_run, capsys, extra, message):
+    assert main(["motion", "--ckpt", str(video_run), "--device", "cpu", *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_zigma_motion_needs_a_video_model_and_a_model(tmp_path, capsys):
+    import json as _json
+
+    from zigma.models import ZigMa, ZigMaConfig
+
+    image = tmp_path / "image"
+    ZigMa(ZigMaConfig(input_size=8, in_channels=3, patch_size=2, hidden_size=32, depth=2)
+          ).save_pretrained(image)  # fmt: skip
+    (image / "transport.json").write_text(_json.dumps({"path": "linear"}))
+    assert main(["motion", "--ckpt", str(image), "--device", "cpu"]) == 2
+    assert "image model" in capsys.readouterr().err
+    assert main(["motion", "--ckpt", str(tmp_path / "missing"), "--device", "cpu"]) == 2
+    assert "does not exist" in capsys.readouterr().err
