@@ -1,0 +1,232 @@
+"""Memory and speed of a training step at the paper's FacesHQ 1024^2 setting: 128 x 128 x 4
+latents, patch 2, 4096 tokens, unconditional, bf16 (the ``faceshq-1024`` preset).
+
+    PYTHONPATH=src python benchmarks/latent_1024.py --dit .peers/DiT --out $OUT
+    PYTHONPATH=src python benchmarks/latent_1024.py --device cpu --tiny --out /tmp/l  # smoke
+
+Rows: ZigMa-B/2 (the preset's model) at batch 4 and 8, plain, with ``recompute_scans`` and
+with ``grad_checkpointing``; our DiT-B/2 plain and checkpointed; the official DiT-B/2
+(facebookresearch/DiT's ``models.py`` from ``--dit``, which imports timm; skipped with a note
+if not given) plain, as its train.py has no checkpointing. Every model takes the trainer's own
+step (``zigma.train``): the transport loss under bf16 autocast over fp32 weights, the guarded
+fused-AdamW step with gradient clipping, the EMA update; the data are random latents already
+on the device, so the loader is not timed. The official DiT is wrapped into the denoiser
+contract (its time embedding gets t * 1000, one class, ``learn_sigma=False``), so it runs the
+same step. Time: median of ``--repeats`` steps after ``--warmup``; memory: peak allocated and
+peak reserved CUDA memory of the step (reserved is closer to what nvidia-smi shows, which is
+what the official ZigMa README quotes: ~18 GB at batch 8, ~9 GB at batch 4).
+
+With ``--vae DIR`` (a local diffusers AutoencoderKL folder, e.g. sd-vae-ft-mse, or one of our
+autoencoders) it also runs the user's pipeline at 1024 px on the offline stand-in data
+(procedural scenes): ``zigma prepare --size 1024`` of ``--images`` images, ``zigma train
+--preset faceshq-1024`` for ``--train-steps`` steps and ``zigma sample`` of two decoded
+1024^2 PNGs, timing each command (OUT/pipeline.json, OUT/sample.png).
+
+OUT/latent_1024.json holds every row, OUT/latent_1024.md the table; each row is written as
+soon as it is measured. Exit status 1 if a case raised something other than out-of-memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from _harness import error_text, free_memory, git_commit, md_table
+from peers import load
+from zigma.bench.runner import time_ms
+from zigma.bench.suites import TINY_DEPTH, TINY_WIDTH, tiny_overrides
+from zigma.models import count_parameters, create_model
+from zigma.train.config import build_config
+from zigma.train.distributed import DistEnv
+from zigma.train.ema import EMA
+from zigma.train.optim import StepGuard, build_optimizer, guarded_step
+from zigma.transport import sample_time, training_loss
+
+PRESET = "faceshq-1024"
+OFFICIAL_README = {4: "~9 GB", 8: "~18 GB"}  # ZigMa-B/2 FacesHQ 1024, official README
+
+
+class OfficialDiT(nn.Module):
+    """facebookresearch/DiT's DiT in our denoiser contract: ``model(x, t)`` with t in [0, 1]."""
+
+    def __init__(self, dit: nn.Module) -> None:
+        super().__init__()
+        self.dit = dit
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        y = torch.zeros(len(x), dtype=torch.long, device=x.device)  # one class: unconditional
+        return self.dit(x, t * 1000, y)
+
+
+def cases(args: argparse.Namespace) -> list[dict]:
+    out = []
+    for batch in args.batches:
+        for mode in ("plain", "recompute_scans", "grad_checkpointing"):
+            out.append(dict(model="ZigMa-B/2", batch=batch, mode=mode))
+        for mode in ("plain", "grad_checkpointing"):
+            out.append(dict(model="DiT-B/2", batch=batch, mode=mode))
+        if args.dit is not None:
+            out.append(dict(model="DiT-B/2 (official)", batch=batch, mode="plain"))
+    return out
+
+
+def build(case: dict, args: argparse.Namespace, side: int):
+    """(model, train config) of one case, built as ``zigma train --preset faceshq-1024``."""
+    model_over = {"input_size": [side, side]}
+    ours = case["model"] if case["model"] != "DiT-B/2 (official)" else "DiT-B/2"
+    if args.tiny:
+        model_over |= tiny_overrides(ours, TINY_WIDTH, TINY_DEPTH)
+    base = {"model": {"preset": ours, **model_over}, "data": {"resolution": side}}
+    cfg = build_config(PRESET, base=base, batch_size=case["batch"])
+    if case["model"] == "DiT-B/2 (official)":
+        dit = load("official_dit", args.dit / "models.py")
+        kw = dict(depth=12, hidden_size=768, num_heads=12)
+        if args.tiny:
+            kw = dict(depth=TINY_DEPTH, hidden_size=TINY_WIDTH, num_heads=4)
+        net = OfficialDiT(dit.DiT(input_size=side, patch_size=2, in_channels=4, num_classes=1,
+                                  class_dropout_prob=0.0, learn_sigma=False, **kw))  # fmt: skip
+        return net, cfg
+    m = cfg.model_config()
+    net = create_model(cfg.model.preset, **dataclasses.asdict(m))
+    net.grad_checkpointing = case["mode"] == "grad_checkpointing"
+    if case["mode"] == "recompute_scans":
+        net.recompute_scans = True
+    return net, cfg
+
+
+def measure(case: dict, args: argparse.Namespace, side: int) -> dict:
+    device = torch.device(args.device)
+    row = dict(case, tokens=(side // 2) ** 2, side=side)
+    try:
+        torch.manual_seed(0)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        net, cfg = build(case, args, side)
+        net = net.to(device)
+        row["params_m"] = count_parameters(net, trainable_only=True) / 1e6
+        env = DistEnv(0, 0, 1, device)
+        ema = EMA(net, cfg.ema.decay, cfg.ema.warmup)
+        opt = build_optimizer(net, cfg.optim, device)
+        scaler = torch.amp.GradScaler(device.type, enabled=False)
+        guard = StepGuard(opt)
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(case["batch"], 4, side, side, device=device)
+        noise = torch.randn(case["batch"], 4, side, side, device=device)
+        t = sample_time(case["batch"], cfg.transport, gen).to(device)
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        step_no = [0]
+
+        def step() -> None:
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+                loss = training_loss(net, x, cfg.transport, noise=noise, t=t).mean()
+            res = guarded_step(loss, net, opt, scaler, cfg.optim.grad_clip, env, guard)
+            if res.skipped is None:
+                ema.update(net, step_no[0])
+            step_no[0] += 1
+
+        net.train()
+        row["ms"] = time_ms(step, str(device), args.warmup, args.repeats)
+        row["img_s"] = case["batch"] * 1e3 / row["ms"]
+        if device.type == "cuda":
+            row["peak_alloc_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+            row["peak_reserved_gib"] = torch.cuda.max_memory_reserved(device) / 2**30
+        row["status"] = "ok"
+    except torch.cuda.OutOfMemoryError:
+        row["status"] = "OOM"
+    except Exception as exc:  # the other cases still run
+        row["status"], row["error"] = "error", error_text(exc)
+    free_memory()
+    return row
+
+
+COLUMNS = [
+    ("model", "model", ""),
+    ("batch", "batch", "d"),
+    ("mode", "memory switch", ""),
+    ("params_m", "params (M)", ".1f"),
+    ("ms", "step ms", ".1f"),
+    ("img_s", "images/s", ".1f"),
+    ("peak_alloc_gib", "peak allocated GiB", ".2f"),
+    ("peak_reserved_gib", "peak reserved GiB", ".2f"),
+    ("status", "status", ""),
+]
+
+
+def pipeline(args: argparse.Namespace) -> dict:
+    """prepare -> train -> sample at 1024 px as a user runs them; seconds per command."""
+    work = args.out / "pipeline"
+    latents, run = work / "latents", work / "run"
+    zigma = [sys.executable, "-m", "zigma"]
+    commands = {
+        "prepare": [*zigma, "prepare", "--data", "scenes", "--vae", str(args.vae),
+                    "--out", str(latents), "--size", "1024", "--batch-size", "4",
+                    f"data.num_samples={args.images}"],
+        "train": [*zigma, "train", "--preset", "faceshq-1024", "--out", str(run),
+                  f"data.data_dir={latents}", f"--steps={args.train_steps}", "preview.every=0",
+                  "logging.every=10"],
+        "sample": [*zigma, "sample", "--ckpt", str(run), "--out", str(args.out / "sample.png"),
+                   "--num", "2", "--steps", "10"],
+    }  # fmt: skip
+    result: dict = {"images": args.images, "train_steps": args.train_steps}
+    for name, cmd in commands.items():
+        start = time.perf_counter()
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        result[name] = {"command": " ".join(cmd[2:]), "seconds": time.perf_counter() - start,
+                        "rc": done.returncode, "tail": (done.stdout + done.stderr)[-1500:]}  # fmt: skip
+        print(f"--- {name}: rc {done.returncode}\n{result[name]['tail']}", flush=True)
+        if done.returncode:
+            break
+    (args.out / "pipeline.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--dit", type=Path, default=None, help="folder with the official DiT models.py")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--batches", type=lambda s: [int(b) for b in s.split(",")], default=[4, 8])
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--tiny", action="store_true", help="tiny models on 16 x 16 latents (smoke)")
+    p.add_argument("--vae", type=Path, default=None, help="also run the 1024 px pipeline with it")
+    p.add_argument("--images", type=int, default=32, help="images the pipeline prepares")
+    p.add_argument("--train-steps", type=int, default=20)
+    p.add_argument("--skip-table", action="store_true", help="only the pipeline")
+    args = p.parse_args(argv)
+    side = 16 if args.tiny else 128
+    args.out.mkdir(parents=True, exist_ok=True)
+    env = {
+        "date": datetime.date.today().isoformat(),
+        "commit": git_commit(Path(__file__).resolve().parents[1]),
+        "torch": torch.__version__,
+        "device": torch.cuda.get_device_name() if args.device == "cuda" else platform.processor(),
+        "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
+        "official_readme_zigma_b2": OFFICIAL_README,
+    }
+    failed = False
+    if args.vae is not None:
+        failed = any(v.get("rc") for v in pipeline(args).values() if isinstance(v, dict))
+    rows = []
+    for case in [] if args.skip_table else cases(args):
+        rows.append(measure(case, args, side))
+        print(json.dumps(rows[-1]), flush=True)
+        (args.out / "latent_1024.json").write_text(json.dumps({"env": env, "rows": rows}, indent=2))
+        table = md_table(rows, COLUMNS)
+        (args.out / "latent_1024.md").write_text(f"{json.dumps(env)}\n\n{table}\n")
+    print(md_table(rows, COLUMNS))
+    return 1 if failed or any(r["status"] == "error" for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
