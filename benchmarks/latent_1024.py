@@ -172,7 +172,7 @@ def pipeline(args: argparse.Namespace) -> dict:
                     "--out", str(latents), "--size", "1024", "--batch-size", "4",
                     f"data.num_samples={args.images}"],
         "train": [*zigma, "train", "--preset", "faceshq-1024", "--out", str(run),
-                  f"data.data_dir={latents}", f"--steps={args.train_steps}", "preview.every=0",
+                  f"data.data_dir={latents}", f"steps={args.train_steps}", "preview.every=0",
                   "logging.every=10"],
         "sample": [*zigma, "sample", "--ckpt", str(run), "--out", str(args.out / "sample.png"),
                    "--num", "2", "--steps", "10"],

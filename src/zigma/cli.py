@@ -871,7 +871,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     skipped = f"; skipped: {s.skipped}" if s.skipped else ""
     print(
         f"zigma prepare: {s.num_items} latents of {shape} in {s.num_shards} shards ({s.written} "
-        f"written, {s.kept} already there) in {s.seconds:.1f} s ({s.images_per_second:.1f} "
+        f"written, {s.kept} already there) in {s.seconds:.1f} s ({s.images_per_second:.3g} "
         f"images/s); {state}{skipped}"
     )
     return 0
