@@ -165,15 +165,19 @@ def prdc(
     Diversity Metrics for Generative Models"), from k-nearest-neighbour balls.
 
     With ``r_i`` the distance from real sample ``i`` to its k-th nearest other real sample,
-    and ``s_j`` the same within the generated set (closed balls, Euclidean distance, float64):
+    and ``s_j`` the same within the generated set (Euclidean distance in float64; "inside" is
+    ``distance < radius``, strict, as in the authors' code):
 
     - precision: the fraction of generated samples inside at least one real ball;
     - recall: the fraction of real samples inside at least one generated ball;
     - density: the number of (generated, real ball) containments / (k * M); about 1 when the
-      two sets come from one distribution, above 1 where generated samples crowd dense areas;
+      two sets come from one distribution (exactly 1 for identical sets: each ball holds its
+      centre and k - 1 neighbours, the k-th lies on its edge), above 1 where generated samples
+      crowd dense areas;
     - coverage: the fraction of real samples whose ball holds at least one generated sample.
 
-    Distances are computed ``chunk`` rows at a time, so memory is ``O(chunk * N)``.
+    Distances are computed ``chunk`` rows at a time (memory ``O(chunk * N)``) with matrix
+    products, so a point exactly on a ball's edge (a duplicate) is decided by float64 rounding.
 
     Raises:
         ValueError: bad shapes, non-finite features, ``k < 1`` or a set of ``k`` samples or
@@ -189,7 +193,7 @@ def prdc(
     in_some_real_ball = 0
     containments = 0
     for j in range(0, n_fake, chunk):
-        inside = torch.cdist(fake[j : j + chunk], real) <= real_radii  # [c, N]
+        inside = torch.cdist(fake[j : j + chunk], real) < real_radii  # [c, N]
         in_some_real_ball += int(inside.any(dim=1).sum())
         containments += int(inside.sum())
 
@@ -197,8 +201,8 @@ def prdc(
     covered = 0
     for i in range(0, real.shape[0], chunk):
         d = torch.cdist(real[i : i + chunk], fake)  # [c, M]
-        in_some_fake_ball += int((d <= fake_radii).any(dim=1).sum())
-        covered += int((d.min(dim=1).values <= real_radii[i : i + chunk]).sum())
+        in_some_fake_ball += int((d < fake_radii).any(dim=1).sum())
+        covered += int((d.min(dim=1).values < real_radii[i : i + chunk]).sum())
 
     n_real = real.shape[0]
     return {
@@ -212,6 +216,8 @@ def prdc(
 # Extractor names whose Fréchet / kernel distances have a name of their own in the literature.
 _NAMED = {
     "inception-2015-12-05": ("FID", "KID"),
+    # pytorch-fid's port of the same graph (file hash checked); its own resize code.
+    "pytorch-fid-inception-2015-12-05": ("FID", "KID"),
     "dinov2-vitl14": ("FDD", "KDD"),  # Stein et al. 2023: FD on DINOv2 ViT-L/14 features
     "i3d-kinetics400-stylegan-v": ("FVD", "KVD"),
 }
@@ -220,10 +226,11 @@ _METRICS = ("fd", "kd", "precision", "recall", "density", "coverage")
 
 def metric_label(metric: str, extractor_name: str) -> str:
     """The name a value is reported under: "FID" / "KID" only for the Inception
-    (``inception-2015-12-05``, fp32, sha256 checked), "FDD" for DINOv2 ViT-L/14, "FVD" for the
-    StyleGAN-V I3D, and ``FD-<extractor>`` / ``KD-<extractor>`` for every other extractor (an
-    fp16 Inception copy included), so a proxy is never reported as FID. Precision, recall,
-    density and coverage read ``precision-<extractor>`` and so on.
+    (``inception-2015-12-05`` or pytorch-fid's port of it, fp32, hash checked), "FDD" for
+    DINOv2 ViT-L/14, "FVD" for the StyleGAN-V I3D, and ``FD-<extractor>`` /
+    ``KD-<extractor>`` for every other extractor (an fp16 Inception copy included), so a
+    proxy is never reported as FID; a name that starts with "FD-" is not prefixed again.
+    Precision, recall, density and coverage read ``precision-<extractor>`` and so on.
 
     Args:
         metric: "fd" (or "fid"), "kd" (or "kid"), "precision", "recall", "density", "coverage".
@@ -234,9 +241,8 @@ def metric_label(metric: str, extractor_name: str) -> str:
         raise ValueError(f"unknown metric {metric!r}; expected one of {', '.join(_METRICS)}")
     if not extractor_name:
         raise ValueError("metric_label needs the extractor's name")
-    if key in ("fd", "kd"):
-        named = _NAMED.get(extractor_name)
-        if named is not None:
-            return named[0] if key == "fd" else named[1]
-        return f"{key.upper()}-{extractor_name}"
-    return f"{key}-{extractor_name}"
+    if key in ("fd", "kd") and extractor_name in _NAMED:
+        return _NAMED[extractor_name][0 if key == "fd" else 1]
+    # An extractor already named for its distance ("FD-shapes-classifier") is not prefixed twice.
+    base = extractor_name.removeprefix("FD-")
+    return f"{key.upper()}-{base}" if key in ("fd", "kd") else f"{key}-{base}"
