@@ -197,3 +197,43 @@ def test_missing_torchmetrics_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "torchmetrics.image.fid", None)  # import now fails
     with pytest.raises(ImportError, match=r'pip install "zigma\[eval\]"'):
         frechet_distance(torch.randn(5, 2), torch.randn(5, 2))
+
+
+# ---------------------------------------------------------------- the protocol record
+
+INCEPTION = {"name": "inception-2015-12-05", "sha256": "7ff4a85c" + "0" * 56, "dim": 2048,
+             "resize": "bilinear to 299x299", "modality": "image"}  # fmt: skip
+
+
+def test_protocol_round_trips_through_json_and_prints_one_line(tmp_path):
+    from zigma.evaluate.protocol import SAMPLE_CONVERSION, Protocol
+
+    p = Protocol(metric="KID", extractor=INCEPTION, num_fake=1000, num_real=500, real="shapes",
+                 real_split="test", seed=3, value=0.0123, std=0.001,
+                 settings={"subsets": 100, "subset_size": 500}, checkpoint="runs/a",
+                 sampler="heun", steps=50, nfe=99, guidance=3.0, commit="a" * 40)  # fmt: skip
+    assert Protocol.from_json(p.to_json()) == p
+    assert Protocol.read(p.write(tmp_path / "kid.json")) == p
+    line = str(p)
+    assert "\n" not in line
+    for part in ("KID 0.0123", "inception-2015-12-05", "1000 fake vs 500 real (shapes:test)",
+                 "heun", "NFE 99", "cfg 3", "seed 3", "subset_size=500"):  # fmt: skip
+        assert part in line
+    assert p.conversion == SAMPLE_CONVERSION and "127.5" in p.conversion
+
+
+def test_protocol_refuses_incomplete_or_unknown_fields():
+    from zigma.config import ConfigError
+    from zigma.evaluate.protocol import Protocol
+
+    base = dict(metric="FID", extractor=INCEPTION, num_fake=10, num_real=10, real="shapes",
+                real_split="test", seed=0)  # fmt: skip
+    with pytest.raises(ValueError, match="lacks sha256"):
+        Protocol(**{**base, "extractor": {k: v for k, v in INCEPTION.items() if k != "sha256"}})
+    with pytest.raises(ValueError, match="video extractors only"):
+        Protocol(**base, frames=16)
+    with pytest.raises(ValueError, match="num_fake must be >= 1"):
+        Protocol(**{**base, "num_fake": 0})
+    text = Protocol(**base).to_json().replace('"seed"', '"sed"')
+    with pytest.raises(ConfigError, match="unknown Protocol key 'sed'"):
+        Protocol.from_json(text)
