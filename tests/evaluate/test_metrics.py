@@ -237,3 +237,19 @@ def test_protocol_refuses_incomplete_or_unknown_fields():
     text = Protocol(**base).to_json().replace('"seed"', '"sed"')
     with pytest.raises(ConfigError, match="unknown Protocol key 'sed'"):
         Protocol.from_json(text)
+
+
+def test_source_commit_is_this_checkouts_head():
+    import subprocess
+    from pathlib import Path
+
+    from zigma.evaluate import protocol
+
+    src = Path(protocol.__file__).parent
+    tracked = subprocess.run(["git", "-C", str(src), "ls-files", "--error-unmatch", "protocol.py"],
+                             capture_output=True, check=False)  # fmt: skip
+    if tracked.returncode != 0:
+        pytest.skip("zigma does not run from a git checkout here")
+    head = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True,
+                          text=True, check=True).stdout.strip()  # fmt: skip
+    assert protocol.source_commit() in (head, head + "-dirty")

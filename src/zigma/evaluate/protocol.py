@@ -148,17 +148,28 @@ class Protocol:
 
 
 def source_commit() -> str | None:
-    """The git commit of zigma's source tree when it runs from a checkout, else None."""
-    here = Path(__file__).resolve().parent
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(here), "rev-parse", "HEAD"],
+    """The git commit zigma's source runs from, with "-dirty" appended when tracked files
+    differ from it; None when this file is not tracked by a git checkout (an installed wheel,
+    even one inside somebody else's repository) or git is not available."""
+    here = Path(__file__).resolve()
+
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["git", "-C", str(here.parent), *args],
             capture_output=True,
             text=True,
             timeout=10,
             check=False,
         )
+
+    try:
+        if git("ls-files", "--error-unmatch", here.name).returncode != 0:
+            return None
+        head = git("rev-parse", "HEAD")
+        status = git("status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.SubprocessError):
         return None
-    commit = out.stdout.strip()
-    return commit if out.returncode == 0 and len(commit) == 40 else None
+    commit = head.stdout.strip()
+    if head.returncode != 0 or len(commit) != 40:
+        return None
+    return commit + ("-dirty" if status.returncode != 0 or status.stdout.strip() else "")
