@@ -1,6 +1,8 @@
 """Using trained models: loading them for sampling and writing samples, and the attribute
-accuracy of text-to-image samples (``attributes``). Drawing samples is ``zigma.generate``'s,
-shared with the trainer's previews."""
+accuracy of text-to-image samples (``attributes``); sample quality: feature extractors with
+names and hashes (``features``), FD / KD / PRDC on their features (``metrics``) and the
+protocol record of each value (``protocol``). Drawing samples is ``zigma.generate``'s, shared
+with the trainer's previews."""
 
 from zigma.evaluate.attributes import (
     AttributeClassifier,
@@ -10,17 +12,39 @@ from zigma.evaluate.attributes import (
     evaluation_prompts,
     train_attribute_classifier,
 )
+from zigma.evaluate.features import (
+    Extractor,
+    clip_score,
+    export_inception_fp16,
+    extractor_specs,
+    load_extractor,
+    register_extractor,
+)
+from zigma.evaluate.metrics import frechet_distance, kernel_distance, metric_label, prdc
+from zigma.evaluate.protocol import Protocol, source_commit
 from zigma.evaluate.sampling import LoadedModel, load_for_sampling, nonfinite_tensors, write_samples
 
 __all__ = [
     "AttributeClassifier",
     "AttributeClassifierConfig",
+    "Extractor",
     "LoadedModel",
+    "Protocol",
     "attribute_accuracy",
     "chance_levels",
+    "clip_score",
     "evaluation_prompts",
+    "export_inception_fp16",
+    "extractor_specs",
+    "frechet_distance",
+    "kernel_distance",
+    "load_extractor",
     "load_for_sampling",
+    "metric_label",
     "nonfinite_tensors",
+    "prdc",
+    "register_extractor",
+    "source_commit",
     "train_attribute_classifier",
     "write_samples",
 ]
