@@ -1,0 +1,160 @@
+"""zigma eval's engine: sample shards (resumable, the same for any world size), features cached
+beside them, reference statistics cached per data and extractor, metrics with protocols."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from zigma.evaluate import load_for_sampling
+from zigma.evaluate.run import (
+    MANIFEST_NAME,
+    generate_shards,
+    read_shard,
+    shard_name,
+    shard_seed,
+    to_uint8,
+)
+from zigma.generate import generate
+from zigma.models import ZigMa, ZigMaConfig
+
+FAST = dict(sampler="euler", steps=2, batch_size=4)
+
+
+def _save_tiny(path, num_classes=3, input_size=8, in_channels=3):
+    """A tiny random-weight ZigMa in the exported on-disk format (save_pretrained)."""
+    torch.manual_seed(0)
+    model = ZigMa(
+        ZigMaConfig(
+            input_size=input_size, in_channels=in_channels, patch_size=2, hidden_size=16,
+            depth=2, num_classes=num_classes,
+        )
+    )  # fmt: skip
+    with torch.no_grad():  # non-zero output layers, so samples depend on the weights
+        for name, p in model.named_parameters():
+            if "adaLN" in name or "final_layer" in name:
+                p.copy_(torch.randn_like(p) * 0.05)
+    model.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return _save_tiny(tmp_path_factory.mktemp("model") / "m")
+
+
+def _bytes(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.name != ".lock"}
+
+
+def test_shards_hold_the_generated_samples_and_spread_labels(model_dir, tmp_path):
+    loaded = load_for_sampling(model_dir)
+    s = generate_shards(loaded, tmp_path / "e", 10, shard_size=4, seed=5, cfg=2.0, **FAST)
+    assert (s.num_shards, s.written, s.kept, s.finished) == (3, 3, 0, True)
+    samples, labels = read_shard(tmp_path / "e", 1)
+    assert samples.dtype == torch.uint8 and samples.shape == (4, 3, 8, 8)
+    assert labels.tolist() == [4 % 3, 5 % 3, 6 % 3, 7 % 3]  # classes in turn by global index
+    last, last_labels = read_shard(tmp_path / "e", 2)
+    assert len(last) == 2 and last_labels.tolist() == [8 % 3, 9 % 3]
+    # shard 1 is generate() of its own seed and conditions, converted like zigma sample's PNGs
+    x = generate(
+        loaded.model, loaded.transport, 4, cond={"y": torch.tensor([1, 2, 0, 1])},
+        seed=shard_seed(5, 1), sampler="euler", steps=2, guidance_scale=2.0, batch_size=4,
+    )  # fmt: skip
+    expected = ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    assert torch.equal(samples, expected)
+    assert torch.equal(
+        to_uint8(torch.tensor([-2.0, -1.0, 0.0, 1.0])), torch.tensor([0, 0, 128, 255])
+    )
+    manifest = json.loads((tmp_path / "e" / MANIFEST_NAME).read_text())
+    assert manifest["settings"] == {
+        "num": 10, "seed": 5, "sampler": "euler", "steps": 2, "cfg": 2.0, "shard_size": 4,
+    }  # fmt: skip
+    assert len(manifest["model"]["weights_sha256"]) == 64 and manifest["decoder"] is None
+
+
+def test_shard_seeds_are_distinct_and_stable():
+    seeds = {shard_seed(s, k) for s in range(4) for k in range(50)}
+    assert len(seeds) == 200 and all(0 <= v < 2**63 for v in seeds)
+    assert shard_seed(0, 3) == shard_seed(0, 3)
+
+
+def test_killed_and_resumed_equals_uninterrupted(model_dir, tmp_path):
+    loaded = load_for_sampling(model_dir)
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    generate_shards(loaded, whole, 10, shard_size=3, **FAST)
+    first = generate_shards(loaded, parts, 10, shard_size=3, max_shards=2, **FAST)
+    assert (first.written, first.finished) == (2, False)
+    (parts / ".samples_000002.safetensors.abc_12.tmp").write_bytes(b"torn")  # a killed write
+    rest = generate_shards(loaded, parts, 10, shard_size=3, **FAST)
+    assert (rest.written, rest.kept, rest.finished) == (2, 2, True)
+    assert _bytes(parts) == _bytes(whole)
+
+
+def test_split_by_rank_gives_the_same_set(model_dir, tmp_path):
+    """Ranks given explicitly (the process group's are tested with gloo below)."""
+    loaded = load_for_sampling(model_dir)
+    one, two = tmp_path / "one", tmp_path / "two"
+    generate_shards(loaded, one, 9, shard_size=2, **FAST)
+    r0 = generate_shards(loaded, two, 9, shard_size=2, rank=0, world_size=2, **FAST)
+    assert (r0.written, r0.finished) == (3, False)  # shards 0, 2, 4
+    r1 = generate_shards(loaded, two, 9, shard_size=2, rank=1, world_size=2, **FAST)
+    assert (r1.written, r1.finished) == (2, True)
+    assert _bytes(one) == _bytes(two)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(steps=3), r"steps \(2 there, 3 now\)"),
+        (dict(seed=1), r"seed \(0 there, 1 now\)"),
+        (dict(shard_size=4), "shard_size"),
+        (dict(num=11), "num"),
+    ],
+)
+def test_other_settings_in_the_same_folder_are_refused_untouched(
+    model_dir, tmp_path, change, message
+):
+    loaded = load_for_sampling(model_dir)
+    out = tmp_path / "e"
+    generate_shards(loaded, out, 10, shard_size=5, max_shards=1, **FAST)
+    before = _bytes(out)
+    args = {**dict(num=10, shard_size=5), **FAST, **change}
+    with pytest.raises(ValueError, match=message):
+        generate_shards(loaded, out, **args)
+    assert _bytes(out) == before
+
+
+def test_another_model_or_foreign_folder_is_refused(model_dir, tmp_path):
+    out = tmp_path / "e"
+    generate_shards(load_for_sampling(model_dir), out, 4, shard_size=4, **FAST)
+    other = _save_tiny(tmp_path / "other", num_classes=2)
+    with pytest.raises(ValueError, match="other settings.*model"):
+        generate_shards(load_for_sampling(other), out, 4, shard_size=4, **FAST)
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="not zigma eval's"):
+        generate_shards(load_for_sampling(model_dir), foreign, 4, **FAST)
+    assert [p.name for p in foreign.iterdir()] == ["notes.txt"]
+
+
+def test_bad_settings_fail_before_any_sampling(model_dir, tmp_path):
+    loaded = load_for_sampling(model_dir)
+    out = tmp_path / "e"
+    for kwargs, message in [
+        (dict(num=0), "num"),
+        (dict(sampler="rk9"), "sampler"),
+        (dict(cfg=-1.0), "cfg"),
+        (dict(batch_size=0), "batch_size"),
+        (dict(decode=lambda z: z), "takes no decoder"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            generate_shards(loaded, out, **{"num": 4, **kwargs})
+    assert not out.exists()
+    uncond = load_for_sampling(_save_tiny(tmp_path / "u", num_classes=0))
+    with pytest.raises(ValueError, match="guidance needs a conditional model"):
+        generate_shards(uncond, out, 4, cfg=3.0)
+    assert not (out / shard_name(0)).exists()
