@@ -3,19 +3,27 @@ beside them, reference statistics cached per data and extractor, metrics with pr
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 
 import pytest
 import torch
+from torch import nn
 
+from zigma.data import DataConfig, build_dataset
 from zigma.evaluate import load_for_sampling
 from zigma.evaluate.run import (
     MANIFEST_NAME,
     generate_shards,
+    load_reference,
     read_shard,
+    reference_features,
+    shard_features,
     shard_name,
     shard_seed,
     to_uint8,
+    write_shard_features,
 )
 from zigma.generate import generate
 from zigma.models import ZigMa, ZigMaConfig
@@ -158,3 +166,92 @@ def test_bad_settings_fail_before_any_sampling(model_dir, tmp_path):
     with pytest.raises(ValueError, match="guidance needs a conditional model"):
         generate_shards(uncond, out, 4, cfg=3.0)
     assert not (out / shard_name(0)).exists()
+
+
+class TinyExtractor(nn.Module):
+    """A fixed random conv net with the Extractor attributes (the real ones are H1's; this
+    stands in for any of them): uint8 [N, C, H, W] -> float32 [N, dim]."""
+
+    def __init__(self, seed: int = 0, dim: int = 6, name: str = "tiny-test"):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.conv = nn.Conv2d(3, dim, 3)
+        with torch.no_grad():
+            for p in self.conv.parameters():
+                p.copy_(torch.randn(p.shape, generator=g))
+        self.name, self.dim, self.modality = name, dim, "image"
+        self.resize = "none (mean over positions); 1 channel repeated to 3"
+        raw = b"".join(p.detach().numpy().tobytes() for p in self.parameters())
+        self.sha256 = hashlib.sha256(raw).hexdigest()
+        self.calls = 0
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        assert images.dtype == torch.uint8
+        self.calls += 1
+        x = images.float() / 127.5 - 1
+        if x.shape[1] == 1:
+            x = x.repeat(1, 3, 1, 1)
+        return torch.tanh(self.conv(x)).mean(dim=(2, 3))
+
+    def describe(self) -> dict:
+        keys = ("name", "sha256", "dim", "resize", "modality")
+        return {k: getattr(self, k) for k in keys}
+
+
+def test_features_are_cached_beside_their_shards(model_dir, tmp_path):
+    loaded = load_for_sampling(model_dir)
+    out, ex = tmp_path / "e", TinyExtractor()
+    seen = {}
+    generate_shards(
+        loaded, out, 7, shard_size=3, on_shard=lambda k, x: seen.setdefault(k, x), **FAST
+    )
+    # features on the fly: shards 0 and 2 while they are in memory, shard 1 later from disk
+    for k in (0, 2):
+        write_shard_features(out, k, seen[k], ex)
+    assert ex.calls == 2
+    feats = shard_features(out, ex)
+    assert ex.calls == 3 and feats.shape == (7, 6)
+    every = torch.cat([read_shard(out, k)[0] for k in range(3)])
+    torch.testing.assert_close(feats, ex(every), rtol=1e-5, atol=1e-6)  # independent batches
+    assert torch.equal(shard_features(out, ex), feats) and ex.calls == 4  # all cached now
+    other = TinyExtractor(seed=1)  # another extractor: its own files
+    assert not torch.allclose(shard_features(out, other), feats)
+    assert len(list(out.glob("samples_000001.*.safetensors"))) == 2
+
+
+def test_reference_cache_is_keyed_by_data_split_extractor_and_num(tmp_path, monkeypatch):
+    monkeypatch.setenv("ZIGMA_CACHE", str(tmp_path / "cache"))
+    data = DataConfig(name="shapes", resolution=8, num_samples=40, style="centered")
+    ex = TinyExtractor()
+    feats, path, hit = reference_features(data, ex, 20)
+    assert not hit and path.parent == tmp_path / "cache" / "eval" and ex.calls == 1
+    # the first 20 real items of the train split, converted like the samples
+    dataset = build_dataset(data, "train")
+    real = to_uint8(torch.stack([dataset[i]["image"] for i in range(20)]))
+    torch.testing.assert_close(feats, ex(real), rtol=1e-5, atol=1e-6)
+    again, path2, hit = reference_features(data, ex, 20)
+    assert hit and path2 == path and torch.equal(again, feats) and ex.calls == 2  # no extraction
+    misses = [
+        (data, ex, 20, "test"),
+        (data, ex, 10, "train"),
+        (dataclasses.replace(data, seed=1), ex, 20, "train"),
+        (dataclasses.replace(data, style="full"), ex, 20, "train"),
+        (data, TinyExtractor(seed=1), 20, "train"),
+    ]
+    paths = {path}
+    for d, e, n, split in misses:
+        _, p, hit = reference_features(d, e, n, split=split)
+        assert not hit
+        paths.add(p)
+    assert len(paths) == 1 + len(misses)
+    # --ref FILE: read back, checked against the extractor
+    assert torch.equal(load_reference(path, ex), feats)
+    with pytest.raises(ValueError, match="features of tiny-test, not of tiny-test as loaded now"):
+        load_reference(path, TinyExtractor(seed=2))
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="not a readable reference"):
+        load_reference(tmp_path / "junk.npz", ex)
+    with pytest.raises(ValueError, match="fewer than the 100 real samples"):
+        reference_features(data, ex, 100)
+    with pytest.raises(ValueError, match="real images, not latents"):
+        reference_features(DataConfig(name="latents", data_dir=str(tmp_path)), ex, 4)

@@ -18,10 +18,12 @@ under its own name is complete and is kept; nothing else is needed to continue.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
 import os
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -48,6 +50,7 @@ CONVERSION = "uint8 = round((clamp(x, -1, 1) + 1) * 127.5): the PNG conversion o
 # spawn-key prefix of the shard seeds: keeps them apart from generate's per-sample SDE streams,
 # which mix (seed, index) through the same SeedSequence
 _SHARD_STREAM = 0x5A16E7A1
+_ROWS_KEY = "model_rows"  # a shard's metadata: rows the model was called on to draw it
 
 
 def shard_name(k: int) -> str:
@@ -131,6 +134,7 @@ def sample_manifest(
         },
         "decoder": {k: v for k, v in decoder.items() if k != "path"} if decoder else None,
         "conversion": CONVERSION,
+        "source": str(loaded.source),  # informative: a moved copy is the same model
         "layout": "uint8 [N, C, T, H, W]" if video else "uint8 [N, C, H, W]",
     }
 
@@ -152,7 +156,7 @@ def check_samples_folder(out: Path, manifest: dict[str, Any]) -> bool:
             f"{out} holds files that are not zigma eval's samples; choose a new or empty folder"
         )
     old = read_json_object(out / MANIFEST_NAME, "eval samples manifest")
-    diff = _differences(old, manifest)
+    diff = _differences({**old, "source": None}, {**manifest, "source": None})
     if diff:
         raise ValueError(
             f"{out} holds samples drawn with other settings (they differ in "
@@ -290,15 +294,19 @@ def generate_shards(
             # conditions of the global indices: classes go round by sample index
             every = grid_conditions(model, span.stop)
             cond = {name: take_rows(v, span.start, span.stop) for name, v in every.items()}
-            x = generate(
-                model, loaded.transport, len(span), cond=cond, seed=shard_seed(seed, k),
-                sampler=sampler, steps=steps, guidance_scale=cfg, batch_size=batch_size,
-                device=device, autocast=autocast, output=decode if latent else _clamp,
-            )  # fmt: skip
+            with _RowCounter(model) as calls:  # model rows per sample: the NFE, CFG included
+                x = generate(
+                    model, loaded.transport, len(span), cond=cond, seed=shard_seed(seed, k),
+                    sampler=sampler, steps=steps, guidance_scale=cfg, batch_size=batch_size,
+                    device=device, autocast=autocast, output=decode if latent else _clamp,
+                )  # fmt: skip
             tensors = {"samples": to_uint8(x).contiguous()}
             if conditional:
                 tensors["labels"] = cond["y"].to(torch.int64).contiguous()
-            atomic_write(out / shard_name(k), lambda tmp, t=tensors: save_file(t, tmp))
+            # one metadata key: safetensors writes several in a random order, and a shard's
+            # bytes must not depend on the run that wrote it
+            meta = {_ROWS_KEY: str(calls.rows)}
+            atomic_write(out / shard_name(k), lambda tmp, t=tensors, m=meta: save_file(t, tmp, m))
             if on_shard is not None:
                 on_shard(k, tensors["samples"])
             bar.update(len(span))
@@ -312,6 +320,24 @@ def generate_shards(
 
 def _clamp(x: torch.Tensor) -> torch.Tensor:
     return x.clamp(-1, 1)
+
+
+class _RowCounter:
+    """Counts the rows of every call of ``model`` (a guided call of B samples has 2B)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model, self.rows, self._hook = model, 0, None
+
+    def _count(self, module, args, kwargs) -> None:
+        x = args[0] if args else kwargs["x"]
+        self.rows += int(x.shape[0])
+
+    def __enter__(self) -> _RowCounter:
+        self._hook = self.model.register_forward_pre_hook(self._count, with_kwargs=True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._hook.remove()
 
 
 def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
@@ -378,3 +404,296 @@ def iter_shards(
     ks = range(folder_settings(folder).num_shards) if shards is None else shards
     for k in ks:
         yield (k, *read_shard(folder, k))
+
+
+def measured_nfe(folder: str | os.PathLike) -> float | None:
+    """Model rows per sample over the shards there (the NFE, guidance's doubling included),
+    or None when no shard records it."""
+    rows = count = 0
+    folder = Path(folder)
+    s = folder_settings(folder)
+    for k in range(s.num_shards):
+        path = folder / shard_name(k)
+        if not path.is_file():
+            continue
+        with safe_open(path, "pt") as f:
+            value = (f.metadata() or {}).get(_ROWS_KEY)
+        if value is not None:
+            rows, count = rows + int(value), count + len(s.span(k))
+    return rows / count if count else None
+
+
+# ---------------------------------------------------------------- features
+
+
+def extractor_tag(extractor: Any) -> str:
+    """A file-name-safe key of an extractor: its name and a hash of its whole ``describe()``
+    (weights sha256, resize, ...), so another variant never reads these features."""
+    info = extractor.describe()
+    digest = hashlib.sha256(json.dumps(info, sort_keys=True).encode()).hexdigest()[:12]
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", str(info["name"]))[:60]
+    return f"{name}-{digest}"
+
+
+def features_name(k: int, extractor: Any) -> str:
+    """The feature file of shard ``k``, beside it in the samples folder."""
+    return f"samples_{k:06d}.{extractor_tag(extractor)}.safetensors"
+
+
+def check_modality(extractor: Any, video: bool) -> None:
+    """Raise ``ValueError`` unless ``extractor`` reads what the samples are (images, clips)."""
+    want = "video" if video else "image"
+    got = extractor.describe()["modality"]
+    if got != want:
+        raise ValueError(
+            f"extractor {extractor.describe()['name']} reads {got}s, the samples are "
+            f"{want}s; choose a{'' if want == 'video' else 'n'} {want} extractor"
+        )
+
+
+def extract(extractor: Any, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """float32 [N, dim] CPU features of uint8 images (or clips), ``batch_size`` at a time.
+
+    Raises:
+        ValueError: the extractor returned another shape or non-finite values.
+    """
+    info = extractor.describe()
+    parts = []
+    with torch.no_grad():
+        for lo in range(0, len(images), batch_size):
+            chunk = images[lo : lo + batch_size]
+            f = extractor(chunk).float().cpu()
+            if f.shape != (len(chunk), info["dim"]) or not bool(torch.isfinite(f).all()):
+                raise ValueError(
+                    f"extractor {info['name']} returned {tuple(f.shape)} features (finite: "
+                    f"{bool(torch.isfinite(f).all())}) for {len(chunk)} inputs; expected "
+                    f"({len(chunk)}, {info['dim']}), finite"
+                )
+            parts.append(f)
+    return torch.cat(parts)
+
+
+def write_shard_features(
+    folder: str | os.PathLike, k: int, samples: torch.Tensor, extractor: Any, batch_size: int = 64
+) -> torch.Tensor:
+    """Features of shard ``k``'s ``samples``, written beside it (atomically) and returned."""
+    feats = extract(extractor, samples, batch_size).contiguous()
+    path = Path(folder) / features_name(k, extractor)
+    meta = {"extractor": json.dumps(extractor.describe(), sort_keys=True)}
+    atomic_write(path, lambda tmp: save_file({"features": feats}, tmp, meta))
+    return feats
+
+
+def shard_features(
+    folder: str | os.PathLike,
+    extractor: Any,
+    *,
+    shards: Sequence[int] | None = None,
+    batch_size: int = 64,
+    progress: bool = False,
+) -> torch.Tensor:
+    """float32 [N, dim] features of the samples in ``folder`` (shard order), read from the
+    files beside the shards, and computed and written there for shards that lack them (a
+    resumed eval computes each shard's features once).
+
+    Raises:
+        FileNotFoundError: a shard is missing (the samples are not finished).
+        ValueError: the extractor reads other samples (images vs clips); a corrupt file.
+    """
+    folder = Path(folder)
+    s = folder_settings(folder)
+    check_modality(extractor, read_manifest(folder)["layout"].endswith("T, H, W]"))
+    ks = list(range(s.num_shards)) if shards is None else list(shards)
+    parts = []
+    for k in tqdm(ks, unit="shard", disable=not progress, dynamic_ncols=True):
+        path = folder / features_name(k, extractor)
+        if path.is_file():
+            try:
+                with safe_open(path, "pt") as f:
+                    feats = f.get_tensor("features")
+            except Exception as e:  # safetensors' own error types
+                raise ValueError(f"feature file {path} is unreadable: {e}") from None
+            if feats.shape != (len(s.span(k)), extractor.describe()["dim"]):
+                raise ValueError(f"feature file {path} does not fit its shard; delete it")
+        else:
+            samples, _ = read_shard(folder, k)
+            feats = write_shard_features(folder, k, samples, extractor, batch_size)
+        parts.append(feats)
+    return torch.cat(parts)
+
+
+# ---------------------------------------------------------------- reference statistics
+
+REFERENCE_FORMAT = "zigma-eval-reference"
+
+
+def cache_dir() -> Path:
+    """Where reference features are cached: ``$ZIGMA_CACHE/eval``, else
+    ``~/.cache/zigma/eval``."""
+    root = os.environ.get("ZIGMA_CACHE")
+    base = Path(root) if root else Path.home() / ".cache" / "zigma"
+    return base / "eval"
+
+
+def data_spec(data: Any) -> str:
+    """A short text of a data config: its name and the fields set away from the defaults."""
+    default = type(data)()
+    changed = [
+        f"{f.name}={getattr(data, f.name)}"
+        for f in dataclasses.fields(data)
+        if f.name != "name" and getattr(data, f.name) != getattr(default, f.name)
+    ]
+    return " ".join([data.name, *changed])
+
+
+def reference_meta(data: Any, split: str, extractor: Any, num: int) -> dict[str, Any]:
+    """What a reference feature file is a function of: the cache key."""
+    return {
+        "format": REFERENCE_FORMAT,
+        "version": VERSION,
+        "data": to_dict(data),
+        "split": split,
+        "num": num,
+        "extractor": extractor.describe(),
+        "conversion": CONVERSION,
+    }
+
+
+def reference_path(meta: dict[str, Any], folder: str | os.PathLike | None = None) -> Path:
+    key = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:16]
+    name = f"{meta['data']['name']}-{meta['split']}-n{meta['num']}-{key}.npz"
+    return Path(folder if folder is not None else cache_dir()) / name
+
+
+def real_images(data: Any, split: str, num: int) -> Any:
+    """The first ``num`` real items of ``data``'s ``split`` as uint8 batches (an iterator of
+    (lo, uint8 tensor) of at most 256 items), read with the items' seeded transforms as
+    ``zigma prepare`` reads them.
+
+    Raises:
+        ValueError: a latent folder (real images are compared, never latents or autoencoder
+            reconstructions) or fewer than ``num`` items.
+    """
+    from zigma.data import SeededItems, build_dataset
+
+    if data.name == "latents":
+        raise ValueError(
+            "the reference must be real images, not latents: name the image dataset the "
+            "latents were made from (e.g. --ref shapes data.resolution=...)"
+        )
+    dataset = build_dataset(data, split)
+    if len(dataset) < num:
+        raise ValueError(
+            f"the {split} split of {data_spec(data)} has {len(dataset)} items, fewer than the "
+            f"{num} real samples asked for"
+        )
+    items = SeededItems(dataset, data.seed, 0)
+
+    def batches():
+        for lo in range(0, num, 256):
+            chunk = [items[i]["image"] for i in range(lo, min(lo + 256, num))]
+            yield lo, to_uint8(torch.stack(chunk))
+
+    return batches()
+
+
+def reference_features(
+    data: Any,
+    extractor: Any,
+    num: int,
+    *,
+    split: str = "train",
+    folder: str | os.PathLike | None = None,
+    batch_size: int = 64,
+    progress: bool = False,
+) -> tuple[torch.Tensor, Path, bool]:
+    """(features [num, dim], the cache file, whether it was a cache hit) of the first ``num``
+    real items of ``data``'s ``split``, converted to uint8 like the samples.
+
+    The file (in ``folder``, default ``cache_dir()``) is keyed by the data config, the split,
+    ``num`` and the extractor's whole ``describe()`` (name, sha256, resize, ...): computed
+    once, read back after.
+
+    Raises:
+        ValueError: see ``real_images``; a cache file that does not hold what its name says.
+    """
+    meta = reference_meta(data, split, extractor, num)
+    path = reference_path(meta, folder)
+    if path.is_file():
+        return load_reference(path, extractor, num=num, expect=meta), path, True
+    parts = []
+    with tqdm(total=num, unit="img", disable=not progress, dynamic_ncols=True) as bar:
+        for _, images in real_images(data, split, num):
+            if not parts:
+                check_modality(extractor, images.ndim == 5)
+            parts.append(extract(extractor, images, batch_size))
+            bar.update(len(images))
+    feats = torch.cat(parts)
+    save_reference(path, feats, meta)
+    return feats, path, False
+
+
+def save_reference(path: str | os.PathLike, features: torch.Tensor, meta: dict[str, Any]) -> Path:
+    """Write reference features as ``.npz``: ``features`` float32 [N, dim] and ``meta`` (the
+    JSON of ``reference_meta``), atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {"features": features.float().numpy(), "meta": np.array(json.dumps(meta))}
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.savez adds no ".npz" to the name
+            np.savez(f, **arrays)
+
+    return atomic_write(path, write)
+
+
+def load_reference(
+    path: str | os.PathLike,
+    extractor: Any,
+    *,
+    num: int | None = None,
+    expect: dict[str, Any] | None = None,
+) -> torch.Tensor:
+    """The features of a reference ``.npz`` (written by ``save_reference``, e.g. the cache,
+    or ``zigma eval --save-ref``), checked against ``extractor`` (name, sha256, resize...).
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: not a reference file, another extractor's, or fewer than ``num`` rows.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"reference statistics {path} not found")
+    meta = read_reference_meta(path)
+    if expect is not None and _differences(meta, expect):
+        raise ValueError(f"reference file {path} does not hold what its name says; delete it")
+    theirs, ours = meta.get("extractor", {}), extractor.describe()
+    if theirs != ours:
+        diff = ", ".join(_differences(theirs, ours)[:3])
+        raise ValueError(
+            f"reference statistics {path} are features of {theirs.get('name')}, not of "
+            f"{ours['name']} as loaded now ({diff}); compute them with this extractor"
+        )
+    with np.load(path, allow_pickle=False) as z:
+        feats = torch.from_numpy(np.asarray(z["features"], dtype=np.float32))
+    if feats.ndim != 2 or feats.shape[1] != ours["dim"] or not bool(torch.isfinite(feats).all()):
+        raise ValueError(f"reference statistics {path}: features {tuple(feats.shape)} are bad")
+    if num is not None and len(feats) < num:
+        raise ValueError(f"reference statistics {path} hold {len(feats)} rows, fewer than {num}")
+    return feats if num is None else feats[:num]
+
+
+def read_reference_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """The ``meta`` record of a reference ``.npz``."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if "features" not in z.files or "meta" not in z.files:
+                raise ValueError(f"{path} is not a zigma eval reference file (no features/meta)")
+            meta = json.loads(str(z["meta"]))
+    except (OSError, ValueError, json.JSONDecodeError) as e:
+        if isinstance(e, ValueError) and "zigma eval reference" in str(e):
+            raise
+        raise ValueError(f"{path} is not a readable reference .npz: {e}") from None
+    if not isinstance(meta, dict) or meta.get("format") != REFERENCE_FORMAT:
+        raise ValueError(f"{path} is not a zigma eval reference file")
+    return meta
