@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 import json
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -15,6 +16,7 @@ from zigma.data import DataConfig, build_dataset
 from zigma.evaluate import load_for_sampling
 from zigma.evaluate.run import (
     MANIFEST_NAME,
+    export_adm_npz,
     generate_shards,
     load_reference,
     read_shard,
@@ -255,3 +257,28 @@ def test_reference_cache_is_keyed_by_data_split_extractor_and_num(tmp_path, monk
         reference_features(data, ex, 100)
     with pytest.raises(ValueError, match="real images, not latents"):
         reference_features(DataConfig(name="latents", data_dir=str(tmp_path)), ex, 4)
+
+
+def test_adm_npz_layout(model_dir, tmp_path):
+    out = tmp_path / "e"
+    generate_shards(load_for_sampling(model_dir), out, 7, shard_size=3, **FAST)
+    export_adm_npz(out, tmp_path / "samples.npz")
+    with np.load(tmp_path / "samples.npz") as z:
+        assert sorted(z.files) == ["arr_0", "arr_1"]
+        images, labels = z["arr_0"], z["arr_1"]
+    assert images.dtype == np.uint8 and images.shape == (7, 8, 8, 3)  # N H W C
+    every = torch.cat([read_shard(out, k)[0] for k in range(3)])
+    assert np.array_equal(images, every.permute(0, 2, 3, 1).numpy())
+    assert labels.dtype == np.int64 and labels.tolist() == [i % 3 for i in range(7)]
+    # a grey, unconditional model: 3 equal channels, no labels
+    grey = _save_tiny(tmp_path / "grey", num_classes=0, in_channels=1)
+    generate_shards(load_for_sampling(grey), tmp_path / "g", 2, **FAST)
+    export_adm_npz(tmp_path / "g", tmp_path / "grey.npz")
+    with np.load(tmp_path / "grey.npz") as z:
+        assert z.files == ["arr_0"] and z["arr_0"].shape == (2, 8, 8, 3)
+        assert (z["arr_0"] == z["arr_0"][..., :1]).all()
+    generate_shards(load_for_sampling(model_dir), tmp_path / "half", 6, shard_size=3,
+                    max_shards=1, **FAST)  # fmt: skip
+    with pytest.raises(FileNotFoundError, match="samples_000001.safetensors is not drawn"):
+        export_adm_npz(tmp_path / "half", tmp_path / "half.npz")
+    assert not (tmp_path / "half.npz").exists()

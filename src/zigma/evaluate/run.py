@@ -697,3 +697,211 @@ def read_reference_meta(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(meta, dict) or meta.get("format") != REFERENCE_FORMAT:
         raise ValueError(f"{path} is not a zigma eval reference file")
     return meta
+
+
+@dataclass
+class Reference:
+    """The real side of a comparison: the first ``num`` items of ``data``'s ``split`` (features
+    cached in ``cache``, default ``cache_dir()``), or a reference ``.npz`` (``stats``) that
+    ``save_reference`` wrote. ``num`` None takes as many real samples as there are fakes (a
+    file: all its rows)."""
+
+    data: Any = None  # a zigma.data.DataConfig
+    split: str = "train"
+    num: int | None = None
+    stats: Path | None = None
+    cache: Path | None = None
+
+    def __post_init__(self) -> None:
+        if (self.data is None) == (self.stats is None):
+            raise ValueError("a reference is either real data or a statistics file, not both")
+        if self.split not in ("train", "test"):
+            raise ValueError(f"the reference split must be train or test, got {self.split!r}")
+        if self.num is not None and self.num < 2:
+            raise ValueError(f"the reference needs at least 2 real samples, got {self.num}")
+
+    def features(
+        self, extractor: Any, num_fake: int, batch_size: int = 64, progress: bool = False
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
+        """(real features, a record of where they come from: spec, split, file, cache hit)."""
+        if self.stats is not None:
+            feats = load_reference(self.stats, extractor, num=self.num)
+            meta = read_reference_meta(self.stats)
+            data = meta.get("data") or {}
+            spec = f"{self.stats.name}: {data.get('name', '?')}"
+            split = str(meta.get("split", "?"))
+            return feats, {"real": spec, "split": split, "file": str(self.stats), "hit": True}
+        num = self.num if self.num is not None else num_fake
+        feats, path, hit = reference_features(
+            self.data, extractor, num, split=self.split, folder=self.cache,
+            batch_size=batch_size, progress=progress,
+        )  # fmt: skip
+        return feats, {"real": data_spec(self.data), "split": self.split, "file": str(path),
+                       "hit": hit}  # fmt: skip
+
+    def describe(self) -> dict[str, Any]:
+        if self.stats is not None:
+            return {"stats": str(self.stats), "num": self.num}
+        return {"data": to_dict(self.data), "split": self.split, "num": self.num}
+
+
+# ---------------------------------------------------------------- metrics
+
+# what `--metrics` takes: Fréchet / kernel distance and PRDC on each requested extractor, the
+# Fréchet distance on the domain classifier of the data, and the conditioning accuracy
+METRICS = ("fid", "kid", "prdc", "fd-classifier", "cond-acc")
+RESULTS_NAME = "results.json"
+
+
+def compute_metrics(
+    folder: str | os.PathLike,
+    plan: Sequence[tuple[str, Any]],
+    reference: Reference,
+    *,
+    kid_subsets: int = 100,
+    kid_subset_size: int = 1000,
+    prdc_k: int = 5,
+    batch_size: int = 64,
+    progress: bool = False,
+) -> list[Any]:
+    """The metrics ``plan`` lists, as ``(metric, extractor)`` pairs with metric "fd", "kd" or
+    "prdc", between the samples of ``folder`` and ``reference``: one ``Protocol`` record each
+    (PRDC: four), value included. Each extractor's features are computed once (and cached).
+
+    Raises:
+        FileNotFoundError: the samples are not finished.
+        ValueError: an unknown metric, an extractor for other samples, too few samples.
+    """
+    from zigma.evaluate.metrics import frechet_distance, kernel_distance, metric_label, prdc
+    from zigma.evaluate.protocol import Protocol, source_commit
+
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    s = folder_settings(folder)
+    missing = missing_shards(folder)
+    if missing:
+        raise FileNotFoundError(
+            f"{folder}: {len(missing)} of {s.num_shards} shards are not drawn yet (first: "
+            f"{shard_name(missing[0])}); run the same eval again to finish them"
+        )
+    for metric, _ in plan:
+        if metric not in ("fd", "kd", "prdc"):
+            raise ValueError(f"unknown metric {metric!r}: expected fd, kd or prdc")
+    video = manifest["layout"].endswith("T, H, W]")
+    for _, extractor in plan:
+        check_modality(extractor, video)
+    nfe = measured_nfe(folder)
+    frames = manifest["model"]["config"]["input_size"][0] if video else None
+    stride = getattr(reference.data, "frame_stride", None) if video else None
+    common = dict(
+        num_fake=s.num, seed=s.seed, sampler=s.sampler, steps=s.steps, guidance=s.cfg,
+        nfe=None if nfe is None else int(round(nfe)), checkpoint=manifest.get("source"),
+        frames=frames, stride=stride, clips=1 if video else None, commit=source_commit(),
+    )  # fmt: skip
+    fake, real = {}, {}
+    records = []
+    for metric, extractor in plan:
+        tag = extractor_tag(extractor)
+        if tag not in fake:
+            fake[tag] = shard_features(folder, extractor, batch_size=batch_size)
+            real[tag] = reference.features(extractor, s.num, batch_size, progress)
+        f, (r, where) = fake[tag], real[tag]
+        name = extractor.describe()["name"]
+        base = dict(
+            common, extractor=extractor.describe(), num_real=len(r), real=where["real"],
+            real_split=where["split"],
+        )  # fmt: skip
+        if metric == "fd":
+            value = frechet_distance(r, f)
+            records.append(Protocol(metric=metric_label("fd", name), value=value, **base))
+        elif metric == "kd":
+            size = min(kid_subset_size, len(r), len(f))
+            mean, std = kernel_distance(
+                r, f, subsets=kid_subsets, subset_size=kid_subset_size, seed=s.seed
+            )
+            settings = {"subsets": kid_subsets, "subset_size": size}
+            label = metric_label("kd", name)
+            records.append(Protocol(metric=label, value=mean, std=std, settings=settings, **base))
+        else:
+            for key, value in prdc(r, f, k=prdc_k).items():
+                label = metric_label(key, name)
+                records.append(Protocol(metric=label, value=value, settings={"k": prdc_k}, **base))
+    return records
+
+
+def format_table(records: Sequence[Any]) -> str:
+    """The results as a Markdown table, then each value's protocol on one line."""
+    lines = ["| metric | value | extractor | fake | real |", "|---|---|---|---|---|"]
+    for p in records:
+        value = f"{p.value:.4g}" + (f" ± {p.std:.2g}" if p.std is not None else "")
+        real = f"{p.num_real} ({p.real_split})"
+        lines.append(f"| {p.metric} | {value} | {p.extractor['name']} | {p.num_fake} | {real} |")
+    lines.append("")
+    lines += [f"- {p}" for p in records]
+    return "\n".join(lines)
+
+
+def write_results(
+    folder: str | os.PathLike,
+    records: Sequence[Any],
+    reference: Reference,
+    path: str | os.PathLike | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``results.json`` (default: in the samples folder): the samples' manifest, the
+    reference and every value with its protocol record (``Protocol`` fields)."""
+    folder = Path(folder)
+    record = {
+        "format": "zigma-eval-results",
+        "version": VERSION,
+        "samples": str(folder),
+        "manifest": read_manifest(folder),
+        "reference": reference.describe(),
+        "results": [to_dict(p) for p in records],
+        **(extra or {}),
+    }
+    out = Path(path) if path is not None else folder / RESULTS_NAME
+    return write_text_atomic(out, json.dumps(record, indent=2, sort_keys=True) + "\n")
+
+
+# ---------------------------------------------------------------- ADM export
+
+
+def export_adm_npz(folder: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """Write the samples of ``folder`` as an ADM-format ``.npz`` for the standard TF evaluator
+    (guided-diffusion's ``evaluator.py``): ``arr_0`` uint8 [N, H, W, 3] (a grey model's
+    samples repeated to 3 channels) and, for a class-conditional model, ``arr_1`` int64 [N]
+    labels. Streamed one shard at a time into the zip, so N need not fit in memory.
+
+    Raises:
+        FileNotFoundError: the samples are not finished.
+        ValueError: video samples (the evaluator reads images).
+    """
+    import zipfile
+
+    folder, path = Path(folder), Path(path)
+    manifest = read_manifest(folder)
+    s = folder_settings(folder)
+    if manifest["layout"].endswith("T, H, W]"):
+        raise ValueError("the ADM .npz holds images; these samples are video clips")
+    missing = missing_shards(folder)
+    if missing:
+        raise FileNotFoundError(f"{folder}: shard {shard_name(missing[0])} is not drawn yet")
+    first, labels = read_shard(folder, 0)
+    _, c, h, w = first.shape
+    conditional = labels is not None
+
+    def write(tmp: str) -> None:
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+            with zf.open("arr_0.npy", "w", force_zip64=True) as f:
+                header = {"descr": "|u1", "fortran_order": False, "shape": (s.num, h, w, 3)}
+                np.lib.format.write_array_header_1_0(f, header)
+                for _, x, _ in iter_shards(folder):
+                    x = x.repeat(1, 3, 1, 1) if c == 1 else x
+                    f.write(x.permute(0, 2, 3, 1).contiguous().numpy().tobytes())
+            if conditional:
+                y = torch.cat([y for _, _, y in iter_shards(folder)]).numpy().astype(np.int64)
+                with zf.open("arr_1.npy", "w") as f:
+                    np.lib.format.write_array(f, y, allow_pickle=False)
+
+    return atomic_write(path, write)
