@@ -673,6 +673,207 @@ def cmd_motion(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_metrics(text: str) -> list[str]:
+    from zigma.evaluate.run import METRICS
+
+    names = list(dict.fromkeys(m.strip() for m in text.split(",") if m.strip()))
+    bad = [m for m in names if m not in METRICS]
+    if not names or bad:
+        raise UsageError(
+            f"--metrics takes a comma-separated list of {', '.join(METRICS)}; got {text!r}"
+        )
+    return names
+
+
+def _eval_reference(args: argparse.Namespace, source: Path | None):
+    """The real side: ``--ref FILE.npz`` (statistics), or a dataset: ``--ref NAME`` (the run's
+    own data config when it has that name), or with no --ref the run's data; then the
+    ``data.key=value`` overrides."""
+    from zigma.config import ConfigError, apply_overrides, from_dict
+    from zigma.data import DataConfig
+    from zigma.evaluate.run import Reference
+
+    strange = [o for o in args.overrides if not o.startswith("data.")]
+    if strange:
+        raise UsageError(f"{strange[0]!r}: overrides name reference data fields, data.key=value")
+    cache = Path(args.cache) if args.cache else None
+    if args.ref is not None and args.ref.endswith(".npz"):
+        if args.overrides:
+            raise UsageError("data.key=value describes a dataset; --ref FILE.npz holds features")
+        if not Path(args.ref).is_file():
+            raise UsageError(f"--ref {args.ref}: no such statistics file")
+        return Reference(stats=Path(args.ref), num=args.num_real)
+    found = _run_data_config(source) if source is not None else None
+    if args.ref is None and found is None:
+        raise UsageError(
+            "no run config beside the model: name the real data with --ref NAME (e.g. --ref "
+            "shapes data.style=centered data.resolution=16) or --ref STATS.npz"
+        )
+    base = found if found and args.ref in (None, found.get("name")) else {"name": args.ref}
+    try:
+        data = from_dict(DataConfig, base, where="data")
+        data = apply_overrides(data, [o.removeprefix("data.") for o in args.overrides])
+    except ConfigError as e:
+        raise UsageError(str(e)) from None
+    return Reference(data=data, split=args.ref_split, num=args.num_real, cache=cache)
+
+
+def _eval_plan(args: argparse.Namespace, metrics: list[str], reference, device: str):
+    """(metric, extractor) pairs for compute_metrics, each extractor loaded once."""
+    from zigma.evaluate.features import load_extractor
+
+    specs = list(dict.fromkeys(e.strip() for e in args.extractors.split(",") if e.strip()))
+    if not specs:
+        raise UsageError("--extractors names at least one extractor, e.g. inception")
+    plan: list[tuple[str, str]] = []
+    for m in metrics:
+        if m in ("fid", "kid", "prdc"):
+            plan += [({"fid": "fd", "kid": "kd"}.get(m, m), spec) for spec in specs]
+        elif m == "fd-classifier":
+            plan.append(("fd", f"classifier:{_reference_name(reference)}"))
+    loaded: dict = {}
+    for _, spec in plan:
+        if spec not in loaded:
+            try:
+                loaded[spec] = load_extractor(spec, device)
+            except ImportError as e:
+                raise UsageError(str(e)) from None
+            except (OSError, ValueError) as e:
+                raise UsageError(f"extractor {spec}: {e}") from None
+    return [(m, loaded[spec]) for m, spec in plan]
+
+
+def _reference_name(reference) -> str:
+    if reference.data is not None:
+        return reference.data.name
+    from zigma.evaluate.run import read_reference_meta
+
+    return str((read_reference_meta(reference.stats).get("data") or {}).get("name"))
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from zigma.artifacts import check_output_dir, check_output_file
+    from zigma.config import to_dict
+    from zigma.evaluate.run import (
+        SampleSettings,
+        compute_metrics,
+        export_adm_npz,
+        format_table,
+        generate_shards,
+        read_manifest,
+        sample_shape,
+        write_results,
+        write_shard_features,
+    )
+    from zigma.train import distributed
+
+    metrics = _eval_metrics(args.metrics)
+    for flag, value in (("--export-npz", args.export_npz), ("--json", args.json)):
+        if value is not None:
+            check_output_file(value, flag)
+    drawing = args.samples is None
+    if drawing:
+        missing = [
+            f
+            for f, v in (("--ckpt", args.ckpt), ("--num", args.num), ("--out", args.out))
+            if v is None
+        ]
+        if missing:
+            raise UsageError(f"give {', '.join(missing)} (or --samples DIR: score drawn shards)")
+        check_output_dir(args.out, "--out")
+    else:
+        given = [
+            f
+            for f, v in (
+                ("--ckpt", args.ckpt),
+                ("--num", args.num),
+                ("--out", args.out),
+                ("--max-shards", args.max_shards),
+            )
+            if v is not None
+        ]
+        if given:
+            raise UsageError(f"--samples scores shards already drawn: leave out {given[0]}")
+        manifest = read_manifest(args.samples)
+    if args.sample_only and (args.samples is not None):
+        raise UsageError("--sample-only draws samples: it does not go with --samples")
+    _, _, world = distributed.launcher_env()
+    device = _device(args.device)
+    if world > 1 and device == "cuda":
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"  # one GPU per rank
+    folder = Path(args.out if drawing else args.samples)
+    if drawing:
+        from zigma.evaluate import load_for_sampling
+
+        settings = SampleSettings(
+            args.num, args.seed, args.sampler, args.steps, args.cfg, args.shard_size
+        )
+        loaded = load_for_sampling(args.ckpt, map_location=device)
+        decoder = _sample_decoder(args, loaded, device)
+        if args.cfg != 1.0 and not loaded.model.condition_names:
+            raise UsageError(f"--cfg {args.cfg}: guidance needs a conditional model")
+        shape = sample_shape(
+            {"model": {"config": to_dict(loaded.model.config)}, "decoder": loaded.autoencoder}
+        )
+        source = Path(args.ckpt)
+    else:
+        settings = SampleSettings(**manifest["settings"])
+        shape = sample_shape(manifest)
+        source = Path(manifest["source"]) if manifest.get("source") else None
+    reference = plan = None
+    if not args.sample_only:
+        reference = _eval_reference(args, source)
+        reference.check(shape, settings.num)
+        plan = _eval_plan(args, metrics, reference, device)
+    env = distributed.setup("cuda" if device.startswith("cuda") else "cpu") if drawing else None
+    try:
+        if drawing:
+            decode = None
+            if decoder is not None:
+                decode = lambda z: decoder.decode_in_batches(z, min(args.batch_size, 16))  # noqa: E731
+            extractors = {id(e): e for _, e in plan or []}.values()
+
+            def features(k, samples):
+                for e in extractors:
+                    write_shard_features(folder, k, samples, e, args.batch_size)
+
+            done = generate_shards(
+                loaded, folder, settings.num, seed=settings.seed, sampler=settings.sampler,
+                steps=settings.steps, cfg=settings.cfg, shard_size=settings.shard_size,
+                batch_size=args.batch_size, device=env.device, decode=decode,
+                max_shards=args.max_shards, on_shard=features, progress=sys.stderr.isatty(),
+            )  # fmt: skip
+            if not env.is_main:
+                return 0
+            if not done.finished:
+                print(
+                    f"zigma eval: {done.written} shard(s) drawn into {folder}, not finished: "
+                    "run the same command again to continue"
+                )
+                return 0
+            print(
+                f"zigma eval: {settings.num} samples in {folder} ({done.written} shard(s) "
+                f"drawn now, {done.kept} kept) in {done.seconds:.1f} s"
+            )
+        if args.export_npz is not None:
+            export_adm_npz(folder, args.export_npz)
+            print(f"wrote {args.export_npz} (ADM format: arr_0 uint8 [N, H, W, 3])")
+        if args.sample_only:
+            return 0
+        records = compute_metrics(
+            folder, plan, reference, batch_size=args.batch_size, progress=sys.stderr.isatty()
+        )
+        path = write_results(folder, records, reference, args.json)
+        print(format_table(records))
+        if read_manifest(folder).get("decoder"):
+            print("note: a latent model: its decoded samples are compared with real images")
+        print(f"wrote {path}")
+        return 0
+    finally:
+        if env is not None:
+            distributed.cleanup(env)
+
+
 def _train_base_config(out: str) -> dict:
     """``--resume`` without --preset/--config: the run's own config, from its newest
     checkpoint, else the config.json an earlier attempt wrote before its first checkpoint."""
@@ -1262,6 +1463,63 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.add_argument("--out", metavar="FILE.json", help="also write the table as JSON")
     p.set_defaults(func=cmd_motion)
+    p = sub.add_parser(
+        "eval",
+        help="sample a model into resumable shards and score them: FID, KID, PRDC, domain FD",
+        description="Draws --num samples into resumable shards in --out (a killed eval "
+        "continues; under torchrun each rank draws its shards, the same set for any world "
+        "size), computes each --extractors' features per shard, and compares them with the "
+        "real data (--ref NAME [data.key=value ...], features cached per data, split, "
+        "extractor and N) or a statistics file (--ref FILE.npz). Every value is written to "
+        "results.json with its protocol record. --samples DIR scores shards drawn elsewhere "
+        "(the GPU draws, the CPU extracts).",
+    )
+    p.add_argument("overrides", nargs="*", metavar="data.key=value", help="reference data fields")
+    p.add_argument("--ckpt", help="run folder, checkpoint or exported model")
+    p.add_argument("--num", type=_int_arg(2), default=None, help="samples to draw")
+    p.add_argument("--out", metavar="DIR", help="the samples folder (new, or the same eval's)")
+    p.add_argument("--samples", metavar="DIR", help="score the shards of an earlier --out")
+    p.add_argument(
+        "--ref",
+        metavar="DATA|FILE.npz",
+        help="real data name or statistics file (default: the run's own data)",
+    )
+    p.add_argument("--ref-split", choices=("train", "test"), default="train")
+    p.add_argument("--num-real", type=_int_arg(2), default=None, help="real samples (= --num)")
+    p.add_argument(
+        "--cache",
+        metavar="DIR",
+        help="reference feature cache (default $ZIGMA_CACHE/eval or ~/.cache/zigma/eval)",
+    )
+    p.add_argument(
+        "--metrics",
+        default="fid,kid",
+        help="comma-separated: fid, kid, prdc, fd-classifier (default fid,kid)",
+    )
+    p.add_argument(
+        "--extractors",
+        default="inception",
+        help="feature extractors of fid/kid/prdc (default inception), e.g. "
+        "inception-fp16:FILE, dinov2:DIR",
+    )
+    p.add_argument("--sampler", default="heun", help="euler, heun, dopri5, sde-euler, sde-heun")
+    p.add_argument("--steps", type=_int_arg(1), default=50, help="sampling steps (default 50)")
+    p.add_argument("--cfg", type=_finite_float(0.0), default=1.0, help="guidance scale")
+    p.add_argument("--seed", type=_SEED, default=0)
+    p.add_argument("--batch-size", type=_int_arg(1), default=64)
+    p.add_argument("--shard-size", type=_int_arg(1), default=1000, help="samples per shard")
+    p.add_argument(
+        "--max-shards",
+        type=_int_arg(0),
+        default=None,
+        help="stop after drawing this many new shards (continue later)",
+    )
+    p.add_argument("--sample-only", action="store_true", help="draw the shards, score nothing")
+    p.add_argument("--export-npz", metavar="FILE", help="also write the ADM-format .npz")
+    p.add_argument("--json", metavar="FILE", help="results JSON (default DIR/results.json)")
+    p.add_argument("--vae", metavar="DIR", help="a latent model's autoencoder, if moved")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.set_defaults(func=cmd_eval)
     p = sub.add_parser(
         "text-cache",
         help="encode a run's captions once into a text-feature folder (text.cache=DIR)",

@@ -739,6 +739,37 @@ class Reference:
         return feats, {"real": data_spec(self.data), "split": self.split, "file": str(path),
                        "hit": hit}  # fmt: skip
 
+    def check(self, shape: Sequence[int], num_fake: int) -> None:
+        """Raise ``ValueError`` (before any sampling) unless the real side can be compared
+        with ``num_fake`` samples of ``shape`` (C, [T,] H, W): a readable statistics file, or
+        real images (not latents) of the same channels, frames and size, with enough items."""
+        if self.stats is not None:
+            read_reference_meta(self.stats)
+            return
+        from zigma.data import build_dataset
+
+        data = self.data
+        if data.name == "latents":
+            raise ValueError(
+                "the reference must be real images, not latents: name the image dataset the "
+                "latents were made from (e.g. --ref shapes data.resolution=...)"
+            )
+        frames = [data.frames] if data.is_video else []
+        real = (data.resolved_channels, *frames, data.resolution, data.resolution)
+        if real != tuple(shape):
+            raise ValueError(
+                f"the real data ({data_spec(data)}: {'x'.join(map(str, real))}) is not the "
+                f"samples' shape {'x'.join(map(str, shape))}; set data.resolution, "
+                "data.channels or data.frames to match"
+            )
+        num = self.num if self.num is not None else num_fake
+        n = len(build_dataset(data, self.split))
+        if n < num:
+            raise ValueError(
+                f"the {self.split} split of {data_spec(data)} has {n} items, fewer than the "
+                f"{num} real samples asked for"
+            )
+
     def describe(self) -> dict[str, Any]:
         if self.stats is not None:
             return {"stats": str(self.stats), "num": self.num}
@@ -905,3 +936,58 @@ def export_adm_npz(folder: str | os.PathLike, path: str | os.PathLike) -> Path:
                     np.lib.format.write_array(f, y, allow_pickle=False)
 
     return atomic_write(path, write)
+
+
+# ---------------------------------------------------------------- one call: sample and score
+
+
+def evaluate_model(
+    loaded: LoadedModel,
+    out_dir: str | os.PathLike,
+    settings: SampleSettings,
+    plan: Sequence[tuple[str, Any]],
+    reference: Reference,
+    *,
+    decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+    autocast: torch.dtype | None = None,
+    max_shards: int | None = None,
+    progress: bool = False,
+    **metric_kw: Any,
+) -> list[Any] | None:
+    """Draw ``settings.num`` samples of ``loaded`` into ``out_dir`` (``generate_shards``; each
+    shard's features computed while it is in memory), then score them (``compute_metrics``)
+    and write ``results.json`` there. Under a process group every rank draws its shards and
+    rank 0 scores; the others return None, as does a run stopped by ``max_shards``.
+    """
+    extractors = {extractor_tag(e): e for _, e in plan}
+
+    def features(k: int, samples: torch.Tensor) -> None:
+        for e in extractors.values():
+            write_shard_features(out_dir, k, samples, e, batch_size)
+
+    done = generate_shards(
+        loaded, out_dir, settings.num, seed=settings.seed, sampler=settings.sampler,
+        steps=settings.steps, cfg=settings.cfg, shard_size=settings.shard_size,
+        batch_size=batch_size, device=device, decode=decode, autocast=autocast,
+        max_shards=max_shards, on_shard=features, progress=progress,
+    )  # fmt: skip
+    rank, _ = _world(None, None)
+    if rank != 0 or not done.finished:
+        return None
+    records = compute_metrics(out_dir, plan, reference, batch_size=batch_size, **metric_kw)
+    write_results(out_dir, records, reference)
+    return records
+
+
+def sample_shape(manifest: dict[str, Any]) -> tuple[int, ...]:
+    """(C, H, W) or (C, T, H, W) of the samples a manifest describes (a latent model's:
+    decoded, at the autoencoder's image size)."""
+    cfg, decoder = manifest["model"]["config"], manifest.get("decoder")
+    size, channels = list(cfg["input_size"]), int(cfg["in_channels"])
+    if decoder:
+        f = int(decoder["downsample"])
+        channels = int(decoder["image_channels"])
+        size = size[:-2] + [side * f for side in size[-2:]]
+    return (channels, *size)
