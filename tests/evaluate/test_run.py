@@ -6,17 +6,24 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
+from zigma.cli import main
 from zigma.data import DataConfig, build_dataset
 from zigma.evaluate import load_for_sampling
 from zigma.evaluate.run import (
     MANIFEST_NAME,
+    Reference,
+    SampleSettings,
+    compute_metrics,
+    evaluate_model,
     export_adm_npz,
+    format_table,
     generate_shards,
     load_reference,
     read_shard,
@@ -25,6 +32,7 @@ from zigma.evaluate.run import (
     shard_name,
     shard_seed,
     to_uint8,
+    write_results,
     write_shard_features,
 )
 from zigma.generate import generate
@@ -282,3 +290,172 @@ def test_adm_npz_layout(model_dir, tmp_path):
     with pytest.raises(FileNotFoundError, match="samples_000001.safetensors is not drawn"):
         export_adm_npz(tmp_path / "half", tmp_path / "half.npz")
     assert not (tmp_path / "half.npz").exists()
+
+
+SHAPES8 = dict(name="shapes", resolution=8, num_samples=40, style="centered")
+
+
+def test_metric_records_carry_their_protocol(model_dir, tmp_path):
+    from zigma.evaluate.metrics import frechet_distance, kernel_distance, prdc
+    from zigma.evaluate.protocol import Protocol
+
+    out, ex = tmp_path / "e", TinyExtractor()
+    generate_shards(load_for_sampling(model_dir), out, 12, shard_size=5, seed=3, cfg=2.0, **FAST)
+    reference = Reference(data=DataConfig(**SHAPES8), num=20, cache=tmp_path / "cache")
+    plan = [("fd", ex), ("kd", ex), ("prdc", ex)]
+    records = compute_metrics(out, plan, reference, kid_subsets=5, kid_subset_size=8, prdc_k=2)
+    names = [r.metric for r in records]
+    assert names == ["FD-tiny-test", "KD-tiny-test", *(f"{m}-tiny-test" for m in
+                     ("precision", "recall", "density", "coverage"))]  # fmt: skip
+    # the values are the metrics of the features computed here in one go
+    fake = ex(torch.cat([read_shard(out, k)[0] for k in range(3)]))
+    dataset = build_dataset(DataConfig(**SHAPES8), "train")
+    real = ex(to_uint8(torch.stack([dataset[i]["image"] for i in range(20)])))
+    assert records[0].value == pytest.approx(frechet_distance(real, fake), rel=1e-5)
+    kd = kernel_distance(real, fake, subsets=5, subset_size=8, seed=3)
+    assert (records[1].value, records[1].std) == pytest.approx(kd, rel=1e-5)
+    assert [r.value for r in records[2:]] == pytest.approx(list(prdc(real, fake, k=2).values()))
+    p = records[1]
+    assert (p.num_fake, p.num_real, p.real_split, p.seed) == (12, 20, "train", 3)
+    assert p.real == "shapes resolution=8 num_samples=40 style=centered"
+    assert (p.sampler, p.steps, p.guidance) == ("euler", 2, 2.0)
+    assert p.nfe == 4  # 2 euler steps, each one guided call of twice the rows
+    assert p.settings == {"subsets": 5, "subset_size": 8} and p.extractor == ex.describe()
+    assert p.checkpoint == str(model_dir)
+    path = write_results(out, records, reference)
+    saved = json.loads(path.read_text())
+    assert [r["metric"] for r in saved["results"]] == names
+    assert saved["manifest"]["settings"]["num"] == 12 and saved["reference"]["split"] == "train"
+    back = Protocol.from_json(json.dumps(saved["results"][0]))
+    assert back.value == records[0].value and back.extractor == ex.describe()
+    table = format_table(records)
+    assert "| FD-tiny-test |" in table and "12 fake vs 20 real" in table
+
+
+@pytest.fixture
+def tiny_extractor_spec():
+    """``tiny-test`` in H1's registry, so ``zigma eval --extractors tiny-test`` loads it."""
+    from zigma.evaluate.features import register_extractor
+
+    register_extractor("tiny-test", _tiny_factory, takes_argument=False)
+    return "tiny-test"
+
+
+def _tiny_factory(arg: str, device: torch.device) -> TinyExtractor:
+    return TinyExtractor().to(device)
+
+
+def _eval_argv(model_dir, out, *extra):
+    return [
+        "eval", "--ckpt", str(model_dir), "--num", "6", "--out", str(out), "--ref", "shapes",
+        "data.resolution=8", "data.num_samples=40", "data.style=centered", "--sampler",
+        "euler", "--steps", "2", "--shard-size", "4", "--batch-size", "4", "--device", "cpu",
+        "--cache", str(out.parent / "cache"), *extra,
+    ]  # fmt: skip
+
+
+def test_cli_eval_draws_scores_and_rescores(model_dir, tmp_path, capsys, tiny_extractor_spec):
+    out = tmp_path / "e"
+    argv = _eval_argv(model_dir, out, "--extractors", "tiny-test", "--metrics", "fid,kid,prdc")
+    assert main([*argv, "--max-shards", "1"]) == 0
+    assert "not finished" in capsys.readouterr().out and not (out / "results.json").exists()
+    assert main([*argv, "--export-npz", str(tmp_path / "s.npz")]) == 0
+    text = capsys.readouterr().out
+    assert "| FD-tiny-test |" in text and "6 fake vs 6 real (shapes" in text
+    first = json.loads((out / "results.json").read_text())["results"]
+    assert len(first) == 6 and first[1]["settings"] == {"subsets": 100, "subset_size": 6}
+    with np.load(tmp_path / "s.npz") as z:
+        assert z["arr_0"].shape == (6, 8, 8, 3)
+    # --samples: score the drawn shards again (features and reference read from their caches)
+    again = ["eval", "--samples", str(out), "--extractors", "tiny-test", "--metrics",
+             "fid,kid,prdc", "--cache", str(tmp_path / "cache"), "--ref", "shapes",
+             "data.resolution=8", "data.num_samples=40", "data.style=centered",
+             "--json", str(tmp_path / "again.json")]  # fmt: skip
+    assert main(again) == 0
+    second = json.loads((tmp_path / "again.json").read_text())["results"]
+    assert [r["value"] for r in second] == [r["value"] for r in first]
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--metrics", "fid,bleu"], "--metrics takes"),
+        (["data.resolution=16"], "is not the samples' shape"),
+        (["data.num_samples=4"], "fewer than the 6 real samples"),
+        (["model.depth=2"], "overrides name reference data fields"),
+        (["--samples", "X"], "leave out --ckpt"),
+        (["--sampler", "rk9"], "sampler must be one of"),
+        (["--extractors", "nope"], "unknown feature extractor"),
+        (["--ref", "missing.npz"], "no such statistics file"),
+    ],
+)
+def test_cli_eval_bad_input_is_one_line_before_any_compute(
+    model_dir, tmp_path, capsys, extra, message, tiny_extractor_spec
+):
+    out = tmp_path / "e"
+    argv = _eval_argv(model_dir, out, "--extractors", "tiny-test")
+    i = argv.index("--ref")
+    if extra[0] == "--ref":  # replace the dataset reference
+        argv = argv[:i] + argv[i + 5 :] + extra
+    elif "=" in extra[0]:  # overrides go with the others (argparse takes one positional run)
+        argv = argv[: i + 5] + extra + argv[i + 5 :]
+    else:
+        argv = argv + extra
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("zigma eval: error:") and message in err and "\n" not in err
+    assert not out.exists()
+
+
+def test_cli_eval_refuses_other_settings_in_the_same_folder(
+    model_dir, tmp_path, capsys, tiny_extractor_spec
+):
+    out = tmp_path / "e"
+    argv = _eval_argv(model_dir, out, "--sample-only")
+    assert main(argv) == 0
+    before = _bytes(out)
+    assert main([*argv, "--seed", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "seed (0 there, 4 now)" in err and _bytes(out) == before
+
+
+def _eval_worker(rank: int, world: int, model_dir: str, out: str, init: str) -> None:
+    """One rank of a gloo process group: draw this rank's shards, rank 0 scores them."""
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        reference = Reference(data=DataConfig(**SHAPES8), num=10, cache=Path(out).parent / "c")
+        settings = SampleSettings(num=10, sampler="euler", steps=2, cfg=2.0, shard_size=3)
+        plan = [("fd", TinyExtractor()), ("prdc", TinyExtractor())]
+        evaluate_model(
+            load_for_sampling(model_dir), out, settings, plan, reference, batch_size=2,
+            kid_subsets=3,
+        )  # fmt: skip
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow  # two spawned processes import torch and zigma: ~30 s on 2 busy cores
+def test_world_size_two_gives_the_samples_and_numbers_of_one(model_dir, tmp_path):
+    import torch.multiprocessing as mp
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    mp.spawn(
+        _eval_worker, args=(2, str(model_dir), str(two), f"file://{tmp_path / 'pg'}"), nprocs=2
+    )
+    settings = SampleSettings(num=10, sampler="euler", steps=2, cfg=2.0, shard_size=3)
+    reference = Reference(data=DataConfig(**SHAPES8), num=10, cache=tmp_path / "c")
+    plan = [("fd", TinyExtractor()), ("prdc", TinyExtractor())]
+    records = evaluate_model(
+        load_for_sampling(model_dir), one, settings, plan, reference, batch_size=2
+    )
+    shards = [p.name for p in sorted(one.iterdir()) if p.name.startswith("samples_")]
+    assert len(shards) == 8  # 4 shards and their features
+    assert {n: (one / n).read_bytes() for n in shards} == {
+        n: (two / n).read_bytes() for n in shards
+    }
+    saved = json.loads((two / "results.json").read_text())["results"]
+    assert [r["metric"] for r in saved] == [r.metric for r in records]
+    assert [r["value"] for r in saved] == pytest.approx([r.value for r in records], rel=1e-6)
