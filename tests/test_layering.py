@@ -32,6 +32,7 @@ ALLOWED = {
         "generate",
         "text",
         "autoencoder",
+        "evaluate",  # eval.every: the periodic eval draws and scores through evaluate/run.py
     },
     "evaluate": {
         "artifacts",

@@ -459,3 +459,29 @@ def test_world_size_two_gives_the_samples_and_numbers_of_one(model_dir, tmp_path
     saved = json.loads((two / "results.json").read_text())["results"]
     assert [r["metric"] for r in saved] == [r.metric for r in records]
     assert [r["value"] for r in saved] == pytest.approx([r.value for r in records], rel=1e-6)
+
+
+def test_training_logs_a_periodic_eval_next_to_the_loss(tmp_path, tiny_extractor_spec):
+    from zigma.config import ConfigError
+    from zigma.train import build_config, train
+
+    overrides = [
+        "model.hidden_size=16", "model.depth=2", "data.resolution=16", "data.num_samples=64",
+        "batch_size=8", "logging.every=5", "preview.every=0", "ema.decay=0.9", "eval.every=5",
+        "eval.num=8", "eval.steps=2", "eval.sampler=euler", "eval.batch_size=8",
+        'eval.metrics=["fid","kid"]', 'eval.extractors=["tiny-test"]',
+    ]  # fmt: skip
+    bad = build_config("demo", overrides=[*overrides, 'eval.extractors=["nope"]'], steps=10)
+    with pytest.raises(ConfigError, match="eval: unknown feature extractor 'nope'"):
+        train(bad, tmp_path / "bad")
+    assert not (tmp_path / "bad" / "metrics.jsonl").exists()  # refused before any training
+    run = tmp_path / "run"
+    train(build_config("demo", overrides=overrides, steps=10), run)
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in lines if "eval/FD-tiny-test" in r]
+    assert [r["step"] for r in evals] == [5, 10] and all("eval/KD-tiny-test" in r for r in evals)
+    assert evals[0]["eval/FD-tiny-test"] != evals[1]["eval/FD-tiny-test"]  # the weights moved
+    assert (run / "eval.png").is_file()
+    saved = json.loads((run / "eval" / "step_0000010" / "results.json").read_text())
+    assert saved["results"][0]["value"] == evals[1]["eval/FD-tiny-test"]
+    assert saved["results"][0]["num_fake"] == 8 and saved["results"][0]["real"].startswith("shapes")

@@ -954,12 +954,15 @@ def evaluate_model(
     autocast: torch.dtype | None = None,
     max_shards: int | None = None,
     progress: bool = False,
+    rank: int | None = None,
+    world_size: int | None = None,
     **metric_kw: Any,
 ) -> list[Any] | None:
     """Draw ``settings.num`` samples of ``loaded`` into ``out_dir`` (``generate_shards``; each
     shard's features computed while it is in memory), then score them (``compute_metrics``)
     and write ``results.json`` there. Under a process group every rank draws its shards and
     rank 0 scores; the others return None, as does a run stopped by ``max_shards``.
+    ``rank`` / ``world_size`` given (e.g. 0 and 1) keep it off an initialised process group.
     """
     extractors = {extractor_tag(e): e for _, e in plan}
 
@@ -971,9 +974,10 @@ def evaluate_model(
         loaded, out_dir, settings.num, seed=settings.seed, sampler=settings.sampler,
         steps=settings.steps, cfg=settings.cfg, shard_size=settings.shard_size,
         batch_size=batch_size, device=device, decode=decode, autocast=autocast,
-        max_shards=max_shards, on_shard=features, progress=progress,
+        max_shards=max_shards, on_shard=features, progress=progress, rank=rank,
+        world_size=world_size,
     )  # fmt: skip
-    rank, _ = _world(None, None)
+    rank, _ = _world(rank, world_size)
     if rank != 0 or not done.finished:
         return None
     records = compute_metrics(out_dir, plan, reference, batch_size=batch_size, **metric_kw)

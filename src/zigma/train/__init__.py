@@ -9,6 +9,7 @@ from zigma.train.checkpoint import CheckpointError, latest_checkpoint, load_chec
 from zigma.train.config import (
     RESUME_MUTABLE,
     EMAConfig,
+    EvalConfig,
     ExportConfig,
     LoggingConfig,
     ModelSpec,
@@ -33,6 +34,7 @@ __all__ = [
     "TRAIN_PRESETS",
     "CheckpointError",
     "EMAConfig",
+    "EvalConfig",
     "ExportConfig",
     "LoggingConfig",
     "ModelSpec",

@@ -1,5 +1,5 @@
 """``TrainConfig``: everything a training run depends on, as one typed, JSON-serialisable tree
-in sections (model, data, transport, optim, ema, preview, logging, export) plus the run's own
+in sections (model, data, transport, optim, ema, preview, eval, logging, export) plus the run's own
 fields (steps, batch size, seed, precision, checkpoints, ...).
 
 A config is built from a named preset, then a YAML/JSON file, then dotted ``key=value``
@@ -56,6 +56,15 @@ RESUME_MUTABLE = (
     "preview.steps",
     "preview.sampler",
     "preview.guidance_scale",
+    "eval.every",
+    "eval.num",
+    "eval.metrics",
+    "eval.extractors",
+    "eval.steps",
+    "eval.sampler",
+    "eval.guidance_scale",
+    "eval.split",
+    "eval.batch_size",
     "logging.every",
     "logging.tensorboard",
     "logging.wandb",
@@ -125,6 +134,15 @@ PREVIEW_RANGES = {
     "guidance_scale": Bound(0.0, 100.0),
 }
 LOGGING_RANGES = {"every": Bound(1, MAX_STEPS)}
+EVAL_RANGES = {
+    "every": Bound(0, MAX_STEPS),
+    "num": Bound(2, 10**7),
+    "steps": Bound(1, 10_000),
+    "guidance_scale": Bound(0.0, 100.0),
+    "batch_size": Bound(1, 65536),
+}
+# what eval.metrics takes (zigma eval's --metrics, less the conditioning accuracy)
+EVAL_METRICS = ("fid", "kid", "prdc", "fd-classifier")
 TRAIN_RANGES = {
     "steps": Bound(0, MAX_STEPS),
     "batch_size": Bound(1, 10**6),
@@ -237,6 +255,37 @@ class PreviewConfig:
 
 
 @dataclass
+class EvalConfig:
+    """A small ``zigma eval`` of the EMA weights every ``every`` steps (0: never): ``num``
+    samples into ``eval/step_XXXXXXX/``, ``metrics`` on ``extractors`` against the first
+    ``num`` real items of the run's data ``split`` (a latent run: the images its latents were
+    made from), logged in metrics.jsonl (``eval/<metric>``) and drawn in eval.png.
+
+    The extractors load when the run starts, so a missing one fails before any training.
+    """
+
+    every: int = 0
+    num: int = 1000
+    metrics: tuple[str, ...] = ("fid",)
+    extractors: tuple[str, ...] = ("inception",)
+    steps: int = 25
+    sampler: Literal["euler", "heun"] = "heun"
+    guidance_scale: float = 1.0
+    split: Literal["train", "test"] = "train"
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        check_ranges(self, EVAL_RANGES, "eval.")
+        bad = [m for m in self.metrics if m not in EVAL_METRICS]
+        if bad or not self.metrics:
+            raise ConfigError(
+                f"eval.metrics takes {', '.join(EVAL_METRICS)}, got {short_repr(self.metrics)}"
+            )
+        if not self.extractors and set(self.metrics) - {"fd-classifier"}:
+            raise ConfigError("eval.extractors names at least one extractor, e.g. inception")
+
+
+@dataclass
 class LoggingConfig:
     """Log lines, metrics.jsonl and the loss plot ``every`` steps; optional trackers."""
 
@@ -297,6 +346,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     ema: EMAConfig = field(default_factory=EMAConfig)
     preview: PreviewConfig = field(default_factory=PreviewConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     text: TextConfig = field(default_factory=TextConfig)

@@ -7,8 +7,9 @@ shared by every rank, which keeps the rows of its data shard, so N processes com
 process with the same global batch would.
 
 Run folder (locked through .lock while a run uses it): config.json, log.txt, metrics.jsonl,
-loss.png, samples/step_XXXXXXX.png, checkpoints/step_XXXXXXX/ + checkpoints/LATEST, and at the
-end model/ (the EMA weights as ``save_pretrained`` writes them, plus transport.json).
+loss.png, samples/step_XXXXXXX.png, eval/step_XXXXXXX/ + eval.png (``eval.every``),
+checkpoints/step_XXXXXXX/ + checkpoints/LATEST, and at the end model/ (the EMA weights as
+``save_pretrained`` writes them, plus transport.json).
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ from zigma.train.control import (
     Whereabouts,
 )
 from zigma.train.ema import EMA
+from zigma.train.evaluation import PeriodicEval, eval_autoencoder, plot_eval
 from zigma.train.export import export_model, preview_autoencoder, preview_grid, save_preview
 from zigma.train.optim import (
     StepGuard,
@@ -157,6 +159,9 @@ def _train(
 ) -> TrainSummary:
     cfg, dataset, ckpt, notes, text = prepare(cfg, out, resume, env, hint)
     decoder = preview_autoencoder(cfg, env.device) if env.is_main else None
+    evaluator = None
+    if env.is_main and cfg.eval.every:  # extractors load now: a missing one fails before step 1
+        evaluator = PeriodicEval(cfg, out, env.device, decoder or eval_autoencoder(cfg, env.device))
     if cfg.cpu_threads is not None:
         # on a busy machine one thread can beat two: OpenMP barriers stall when a core is taken
         torch.set_num_threads(cfg.cpu_threads)
@@ -323,6 +328,12 @@ def _train(
             raise TrainingPreempted(where.preempted(name))
         if run and cfg.preview.every and (prog.step % cfg.preview.every == 0 or done):
             samples()
+        if run and evaluator and (prog.step % cfg.eval.every == 0 or done):
+            values = evaluator(ema.model, prog.step)
+            run.metrics({"step": prog.step, **values})
+            shown = ", ".join(f"{k.removeprefix('eval/')} {v:.4g}" for k, v in values.items())
+            run.info("step %d: eval (%d samples) %s", prog.step, cfg.eval.num, shown)
+            plot_eval(out)
         t_window += time.perf_counter() - paused  # rates leave out checkpoints and samples
         if done and prog.step < cfg.steps:
             if run is not None:

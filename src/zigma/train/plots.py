@@ -50,9 +50,12 @@ def draw_loss_curve(
     title: str = "training loss",
     size: tuple[int, int] = (800, 450),
     max_points: int = 4000,
+    ylabel: str = "loss",
+    smoothing: float = 0.9,
 ) -> Path:
     """Write a loss-vs-step plot to ``path``; non-finite losses are left out, and at most
-    about ``max_points`` raw points are drawn (the smoothing still uses every step)."""
+    about ``max_points`` raw points are drawn (the smoothing still uses every step).
+    ``smoothing`` is the moving average's weight (0: the line joins the points)."""
     pts = [(s, v) for s, v in zip(steps, losses, strict=True) if math.isfinite(v)]
     width, height = size
     img = Image.new("RGB", size, _BG)
@@ -95,13 +98,13 @@ def draw_loss_curve(
         for s, v in pts[::stride]:
             x, y = px(s), py(v)
             draw.rectangle([x - 1, y - 1, x + 1, y + 1], fill=_RAW)
-        smoothed = smooth(ys)
+        smoothed = smooth(ys, smoothing)
         line = [(px(xs[i]), py(smoothed[i])) for i in range(0, len(xs), stride)]
         if len(line) > 1:
             draw.line(line, fill=_LINE, width=2)
     draw.rectangle([left, top, left + pw, top + ph], outline=_AXIS)
     draw.text((left + pw // 2 - 12, height - 22), "step", fill=_AXIS, font=font)
-    draw.text((8, top + ph // 2 - 6), "loss", fill=_AXIS, font=font)
+    draw.text((8, top + ph // 2 - 6), ylabel, fill=_AXIS, font=font)
     # a plot is redrawn every log step: replaced atomically, but not worth an fsync
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
