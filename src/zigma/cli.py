@@ -718,9 +718,10 @@ def _eval_reference(args: argparse.Namespace, source: Path | None):
     return Reference(data=data, split=args.ref_split, num=args.num_real, cache=cache)
 
 
-def _eval_plan(args: argparse.Namespace, metrics: list[str], reference, device: str):
+def _eval_plan(args: argparse.Namespace, metrics: list[str], reference, device: str, video: bool):
     """(metric, extractor) pairs for compute_metrics, each extractor loaded once."""
     from zigma.evaluate.features import load_extractor
+    from zigma.evaluate.run import classifier_spec
 
     specs = list(dict.fromkeys(e.strip() for e in args.extractors.split(",") if e.strip()))
     if not specs:
@@ -730,7 +731,7 @@ def _eval_plan(args: argparse.Namespace, metrics: list[str], reference, device: 
         if m in ("fid", "kid", "prdc"):
             plan += [({"fid": "fd", "kid": "kd"}.get(m, m), spec) for spec in specs]
         elif m == "fd-classifier":
-            plan.append(("fd", f"classifier:{_reference_name(reference)}"))
+            plan.append(("fd", classifier_spec(_reference_data(reference), video)))
     loaded: dict = {}
     for _, spec in plan:
         if spec not in loaded:
@@ -743,12 +744,27 @@ def _eval_plan(args: argparse.Namespace, metrics: list[str], reference, device: 
     return [(m, loaded[spec]) for m, spec in plan]
 
 
-def _reference_name(reference) -> str:
-    if reference.data is not None:
-        return reference.data.name
+def _reference_data(reference) -> dict:
+    """The reference's data config as a dict (a statistics file records its own)."""
+    from zigma.config import to_dict
     from zigma.evaluate.run import read_reference_meta
 
-    return str((read_reference_meta(reference.stats).get("data") or {}).get("name"))
+    if reference.data is not None:
+        return to_dict(reference.data)
+    return read_reference_meta(reference.stats).get("data") or {}
+
+
+def _eval_classifier(reference, device: str, conditional: bool):
+    """The domain classifier of the reference data, for --metrics cond-acc."""
+    from zigma.evaluate.classifier import load_classifier
+    from zigma.evaluate.run import classifier_dataset
+
+    if not conditional:
+        raise UsageError("--metrics cond-acc: the model is not class-conditional")
+    try:
+        return load_classifier(classifier_dataset(_reference_data(reference)), device)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"cond-acc: {e}") from None
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -757,6 +773,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from zigma.evaluate.run import (
         SampleSettings,
         compute_metrics,
+        conditioning_accuracy_of,
         export_adm_npz,
         format_table,
         generate_shards,
@@ -820,11 +837,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
         settings = SampleSettings(**manifest["settings"])
         shape = sample_shape(manifest)
         source = Path(manifest["source"]) if manifest.get("source") else None
-    reference = plan = None
+    reference = plan = classifier = None
     if not args.sample_only:
         reference = _eval_reference(args, source)
         reference.check(shape, settings.num)
-        plan = _eval_plan(args, metrics, reference, device)
+        plan = _eval_plan(args, metrics, reference, device, video=len(shape) == 4)
+        if "cond-acc" in metrics:
+            conditions = (
+                loaded.model.condition_names if drawing else manifest["model"]["conditions"]
+            )
+            classifier = _eval_classifier(reference, device, "y" in conditions)
     env = distributed.setup("cuda" if device.startswith("cuda") else "cpu") if drawing else None
     try:
         if drawing:
@@ -863,8 +885,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
         records = compute_metrics(
             folder, plan, reference, batch_size=args.batch_size, progress=sys.stderr.isatty()
         )
-        path = write_results(folder, records, reference, args.json)
+        extra = {}
+        if classifier is not None:
+            extra["conditioning"] = conditioning_accuracy_of(folder, classifier)
+        path = write_results(folder, records, reference, args.json, extra)
         print(format_table(records))
+        if classifier is not None:
+            c = extra["conditioning"]
+            print(f"- {c['metric']} {c['value']:.4f} (chance {c['chance']:.3f}) over "
+                  f"{c['num_fake']} samples")  # fmt: skip
         if read_manifest(folder).get("decoder"):
             print("note: a latent model: its decoded samples are compared with real images")
         print(f"wrote {path}")

@@ -21,6 +21,7 @@ from zigma.evaluate.run import (
     Reference,
     SampleSettings,
     compute_metrics,
+    conditioning_accuracy_of,
     evaluate_model,
     export_adm_npz,
     format_table,
@@ -485,3 +486,41 @@ def test_training_logs_a_periodic_eval_next_to_the_loss(tmp_path, tiny_extractor
     saved = json.loads((run / "eval" / "step_0000010" / "results.json").read_text())
     assert saved["results"][0]["value"] == evals[1]["eval/FD-tiny-test"]
     assert saved["results"][0]["num_fake"] == 8 and saved["results"][0]["real"].startswith("shapes")
+
+
+def test_conditioning_accuracy_streams_the_shards(tmp_path):
+    clf_module = pytest.importorskip("zigma.evaluate.classifier")  # H2's domain classifiers
+    model = _save_tiny(tmp_path / "m", num_classes=8, input_size=16)
+    out = tmp_path / "e"
+    generate_shards(load_for_sampling(model), out, 11, shard_size=4, **FAST)
+    classifier = clf_module.load_classifier("shapes")
+    result = conditioning_accuracy_of(out, classifier)
+    samples = torch.cat([read_shard(out, k)[0] for k in range(3)])
+    labels = torch.arange(11) % 8
+    right = classifier.predict(samples)["class"] == labels  # all at once, one loop below
+    assert result["value"] == pytest.approx(right.float().mean().item())
+    for c in range(8):
+        assert result["per_class"][c] == pytest.approx(right[labels == c].float().mean().item())
+    assert result["num_fake"] == 11 and result["chance"] == pytest.approx(1 / 8)
+    assert result["classifier"] == classifier.describe()
+    uncond = _save_tiny(tmp_path / "u", num_classes=0, input_size=16)
+    generate_shards(load_for_sampling(uncond), tmp_path / "u_e", 2, **FAST)
+    with pytest.raises(ValueError, match="no class labels"):
+        conditioning_accuracy_of(tmp_path / "u_e", classifier)
+
+
+def test_cli_conditioning_accuracy(tmp_path, capsys):
+    pytest.importorskip("zigma.evaluate.classifier")
+    model = _save_tiny(tmp_path / "m", num_classes=8, input_size=16)
+    argv = _eval_argv(model, tmp_path / "e", "--metrics", "cond-acc")
+    argv[argv.index("data.resolution=8")] = "data.resolution=16"
+    assert main(argv) == 0
+    assert "- cond-acc " in capsys.readouterr().out
+    saved = json.loads((tmp_path / "e" / "results.json").read_text())
+    assert saved["results"] == [] and saved["conditioning"]["num_fake"] == 6
+    uncond = _save_tiny(tmp_path / "u", num_classes=0, input_size=16)
+    argv[argv.index(str(model))] = str(uncond)
+    argv[argv.index(str(tmp_path / "e"))] = str(tmp_path / "u_e")
+    assert main(argv) == 2
+    assert "not class-conditional" in capsys.readouterr().err
+    assert not (tmp_path / "u_e").exists()

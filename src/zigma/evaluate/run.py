@@ -995,3 +995,70 @@ def sample_shape(manifest: dict[str, Any]) -> tuple[int, ...]:
         channels = int(decoder["image_channels"])
         size = size[:-2] + [side * f for side in size[-2:]]
     return (channels, *size)
+
+
+# ---------------------------------------------------------------- domain classifiers
+
+
+def classifier_dataset(data: dict[str, Any]) -> str:
+    """The domain classifier (``zigma.evaluate.classifier``) of a data config (as a dict):
+    its name, Moving-MNIST of Fashion-MNIST digits being "moving-fashion-mnist"."""
+    name = str(data.get("name"))
+    if name == "moving-mnist" and data.get("digits_from") == "fashion-mnist":
+        return "moving-fashion-mnist"
+    return name
+
+
+def classifier_spec(data: dict[str, Any], video: bool) -> str:
+    """The extractor spec of the data's domain classifier (its penultimate features)."""
+    return f"{'video-classifier' if video else 'classifier'}:{classifier_dataset(data)}"
+
+
+def conditioning_accuracy_of(folder: str | os.PathLike, classifier: Any) -> dict[str, Any]:
+    """How often ``classifier`` reads back the class each sample of ``folder`` was drawn for
+    (``zigma.evaluate.classifier.conditioning_accuracy``, one shard at a time), with what it
+    was computed from: {"metric": "cond-acc", "value", "chance", "per_class", "num_fake",
+    "classifier" (its describe()), "classifier_heldout", "sampler", "steps", "guidance",
+    "seed"}.
+
+    Raises:
+        ValueError: the samples carry no labels (not a class-conditional model).
+        FileNotFoundError: the samples are not finished.
+    """
+    from zigma.evaluate.classifier import conditioning_accuracy
+
+    folder = Path(folder)
+    s = folder_settings(folder)
+    missing = missing_shards(folder)
+    if missing:
+        raise FileNotFoundError(f"{folder}: shard {shard_name(missing[0])} is not drawn yet")
+    right = 0.0
+    per_class: dict[int, list[float]] = {}
+    result: dict[str, Any] = {}
+    for _, samples, labels in iter_shards(folder):
+        if labels is None:
+            raise ValueError(f"{folder}: the samples have no class labels (not conditional)")
+        result = conditioning_accuracy(classifier, samples, labels)
+        right += result["accuracy"] * len(labels)
+        for c, acc in enumerate(result["per_class"]):
+            n = int((labels == c).sum())
+            if acc is not None and n:
+                hit, count = per_class.setdefault(c, [0.0, 0])
+                per_class[c] = [hit + acc * n, count + n]
+    classes = len(result["per_class"])
+    info = classifier.describe()
+    return {
+        "metric": "cond-acc",
+        "value": right / s.num,
+        "chance": result["chance"],
+        "per_class": [
+            per_class[c][0] / per_class[c][1] if c in per_class else None for c in range(classes)
+        ],
+        "num_fake": s.num,
+        "classifier": info,
+        "classifier_heldout": result.get("classifier_heldout"),
+        "sampler": s.sampler,
+        "steps": s.steps,
+        "guidance": s.cfg,
+        "seed": s.seed,
+    }

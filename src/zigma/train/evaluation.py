@@ -18,9 +18,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from zigma.config import ConfigError, from_dict
+from zigma.config import ConfigError, from_dict, to_dict
 from zigma.data import DataConfig, derive_seed, read_latent_index
-from zigma.evaluate.run import Reference, SampleSettings, evaluate_model, sample_shape
+from zigma.evaluate.run import (
+    Reference,
+    SampleSettings,
+    classifier_spec,
+    evaluate_model,
+    sample_shape,
+)
 from zigma.evaluate.sampling import LoadedModel
 from zigma.train.config import TrainConfig
 from zigma.train.plots import draw_loss_curve
@@ -88,8 +94,7 @@ class PeriodicEval:
             specs = []
             for m in e.metrics:
                 if m == "fd-classifier":
-                    kind = "video-classifier" if data.is_video else "classifier"
-                    specs.append(("fd", f"{kind}:{data.name}"))
+                    specs.append(("fd", classifier_spec(to_dict(data), data.is_video)))
                 else:
                     name = {"fid": "fd", "kid": "kd"}.get(m, m)
                     specs += [(name, spec) for spec in e.extractors]
