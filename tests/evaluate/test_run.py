@@ -524,3 +524,37 @@ def test_cli_conditioning_accuracy(tmp_path, capsys):
     assert main(argv) == 2
     assert "not class-conditional" in capsys.readouterr().err
     assert not (tmp_path / "u_e").exists()
+
+
+def test_video_and_latent_shards(tmp_path):
+    from zigma.evaluate.run import read_manifest, sample_shape
+
+    video = _save_tiny(tmp_path / "v", num_classes=0, input_size=(3, 8, 8))
+    generate_shards(load_for_sampling(video), tmp_path / "ve", 3, **FAST)
+    samples, labels = read_shard(tmp_path / "ve", 0)
+    assert samples.shape == (3, 3, 3, 8, 8) and samples.dtype == torch.uint8 and labels is None
+    assert sample_shape(read_manifest(tmp_path / "ve")) == (3, 3, 8, 8)
+    with pytest.raises(ValueError, match="reads images, the samples are videos"):
+        shard_features(tmp_path / "ve", TinyExtractor())
+    # a latent model: the shards hold what its decoder makes of the latents (here a fixed
+    # 2x upsampling to 1 channel stands in for an autoencoder)
+    loaded = load_for_sampling(_save_tiny(tmp_path / "l", num_classes=0, in_channels=4))
+    loaded.autoencoder = {"kind": "test", "path": "/x", "hash": "abc", "image_channels": 1,
+                          "downsample": 2}  # fmt: skip
+
+    def decode(z):
+        return torch.tanh(z.mean(1, keepdim=True)).repeat_interleave(2, -1).repeat_interleave(2, -2)
+
+    with pytest.raises(ValueError, match="is a latent model: pass decode"):
+        generate_shards(loaded, tmp_path / "le", 2, **FAST)
+    generate_shards(loaded, tmp_path / "le", 2, decode=decode, **FAST)
+    samples, _ = read_shard(tmp_path / "le", 0)
+    assert samples.shape == (2, 1, 16, 16)
+    manifest = read_manifest(tmp_path / "le")
+    assert manifest["decoder"]["hash"] == "abc" and "path" not in manifest["decoder"]
+    assert sample_shape(manifest) == (1, 16, 16)
+    latents = generate(
+        loaded.model, loaded.transport, 2, seed=shard_seed(0, 0), sampler="euler", steps=2,
+        output=lambda z: z,
+    )  # fmt: skip
+    assert torch.equal(samples, to_uint8(decode(latents)))  # decoded unclamped latents
