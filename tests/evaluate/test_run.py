@@ -16,6 +16,7 @@ from torch import nn
 from zigma.cli import main
 from zigma.data import DataConfig, build_dataset
 from zigma.evaluate import load_for_sampling
+from zigma.evaluate.features import Extractor
 from zigma.evaluate.run import (
     MANIFEST_NAME,
     Reference,
@@ -179,34 +180,31 @@ def test_bad_settings_fail_before_any_sampling(model_dir, tmp_path):
     assert not (out / shard_name(0)).exists()
 
 
-class TinyExtractor(nn.Module):
-    """A fixed random conv net with the Extractor attributes (the real ones are H1's; this
-    stands in for any of them): uint8 [N, C, H, W] -> float32 [N, dim]."""
+class TinyExtractor(Extractor):
+    """A fixed random conv net, a real ``Extractor`` small enough for tests:
+    uint8 [N, C, H, W] -> float32 [N, dim]."""
 
-    def __init__(self, seed: int = 0, dim: int = 6, name: str = "tiny-test"):
-        super().__init__()
+    name = "tiny-test"
+    resize = "none (mean over positions); 1 channel repeated to 3"
+
+    def __init__(self, seed: int = 0, dim: int = 6, device="cpu"):
+        super().__init__(device)
         g = torch.Generator().manual_seed(seed)
         self.conv = nn.Conv2d(3, dim, 3)
         with torch.no_grad():
             for p in self.conv.parameters():
                 p.copy_(torch.randn(p.shape, generator=g))
-        self.name, self.dim, self.modality = name, dim, "image"
-        self.resize = "none (mean over positions); 1 channel repeated to 3"
+        self.dim = dim
         raw = b"".join(p.detach().numpy().tobytes() for p in self.parameters())
         self.sha256 = hashlib.sha256(raw).hexdigest()
         self.calls = 0
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        assert images.dtype == torch.uint8
-        self.calls += 1
-        x = images.float() / 127.5 - 1
-        if x.shape[1] == 1:
-            x = x.repeat(1, 3, 1, 1)
-        return torch.tanh(self.conv(x)).mean(dim=(2, 3))
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.conv(x.float() / 127.5 - 1)).mean(dim=(2, 3))
 
-    def describe(self) -> dict:
-        keys = ("name", "sha256", "dim", "resize", "modality")
-        return {k: getattr(self, k) for k in keys}
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return super().forward(images)
 
 
 def test_features_are_cached_beside_their_shards(model_dir, tmp_path):
