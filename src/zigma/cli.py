@@ -367,7 +367,7 @@ def _sample_decoder(args: argparse.Namespace, loaded, device: str):
 
 def cmd_sample(args: argparse.Namespace) -> int:
     from zigma.evaluate import load_for_sampling, write_samples
-    from zigma.generate import generate, grid_conditions
+    from zigma.generate import as_sampled, generate, grid_conditions, to_images
     from zigma.transport import SAMPLERS
 
     _check_sample_outputs(args)
@@ -460,6 +460,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         sampler=args.sampler, steps=args.steps, guidance_scale=args.cfg,
         batch_size=args.batch_size, device=device, progress=sys.stderr.isatty(),
         cuda_graphs=args.cuda_graphs, attention=maps,
+        output=to_images if decoder is None else as_sampled,
     )  # fmt: skip
     if decoder is not None:
         images = decoder.decode_in_batches(images, min(args.batch_size, 16))

@@ -36,6 +36,13 @@ def to_images(samples: torch.Tensor) -> torch.Tensor:
     return samples.clamp(-1, 1)
 
 
+def as_sampled(samples: torch.Tensor) -> torch.Tensor:
+    """The output stage of a latent model: the latents as sampled. Scaled latents spread past
+    [-1, 1] (unit variance), so clamping them would change the picture; the decoder clamps the
+    decoded images instead."""
+    return samples
+
+
 def initial_noise(num: int, shape: tuple[int, ...], seed: int) -> torch.Tensor:
     """The starting noise [num, *shape] of ``seed`` (on the CPU: the same on every device)."""
     return torch.randn(num, *shape, generator=torch.Generator().manual_seed(seed))

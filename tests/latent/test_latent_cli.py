@@ -62,6 +62,30 @@ def test_prepare_train_sample_decodes_to_image_size(trained, capsys):
                  "--steps", "2", "--device", "cpu"]) == 0  # fmt: skip
 
 
+def test_sample_decodes_the_latents_as_sampled(trained):
+    """The PNGs are the decoder's images of the sampled latents, not of latents clamped to
+    [-1, 1] (unit-variance latents spread past it, so a clamp would change the pictures)."""
+    from zigma.autoencoder import load_autoencoder
+    from zigma.evaluate import load_for_sampling
+    from zigma.generate import generate, grid_conditions
+
+    run, out = trained / "run", trained / "unclamped"
+    assert main(["sample", "--ckpt", str(run), "--out-dir", str(out), "--num", "2", "--steps",
+                 "2", "--seed", "3", "--device", "cpu"]) == 0  # fmt: skip
+    loaded = load_for_sampling(run)
+    cond = grid_conditions(loaded.model, 2)
+    latents = generate(loaded.model, loaded.transport, 2, cond=cond, seed=3, steps=2,
+                       output=lambda x: x)  # fmt: skip
+    assert latents.abs().max() > 1.2  # the case a clamp would get wrong
+    decoder = load_autoencoder(trained / "vae")
+    want = ((decoder.decode(latents) + 1) * 127.5).round().clamp(0, 255)
+    clamped = ((decoder.decode(latents.clamp(-1, 1)) + 1) * 127.5).round().clamp(0, 255)
+    for i in range(2):
+        png = torch.from_numpy(np.array(Image.open(out / f"{i:06d}.png"))).permute(2, 0, 1)
+        assert (png.float() - want[i]).abs().max() <= 1
+        assert (png.float() - clamped[i]).abs().max() > 1
+
+
 def test_sample_needs_the_recorded_autoencoder(trained, capsys):
     run, vae = trained / "run", trained / "vae"
     spec = json.loads((run / "model" / "autoencoder.json").read_text())

@@ -19,7 +19,7 @@ from zigma.artifacts import AUTOENCODER_NAME, TRANSPORT_NAME, write_text_atomic
 from zigma.autoencoder import Autoencoder, load_autoencoder
 from zigma.config import ConfigError, to_dict
 from zigma.data import derive_seed, save_frame_grid, save_image_grid
-from zigma.generate import generate, grid_conditions
+from zigma.generate import as_sampled, generate, grid_conditions, to_images
 from zigma.models import save_pretrained
 from zigma.train.config import TrainConfig
 from zigma.train.optim import TrainingDiverged
@@ -99,6 +99,7 @@ def preview_grid(
             batch_size=p.num_samples,
             device=device,
             autocast=autocast,
+            output=to_images if decoder is None else as_sampled,
         )
     finally:
         model.train(was_training)

@@ -74,8 +74,13 @@ _GPU_SHAPES: dict[str, Any] = {
     "precision": "bf16",
     "ckpt_every": 2000,
     "keep_last_checkpoints": 10,
-    "preview": {**_CPU_SHAPES["preview"], "every": 2000, "num_samples": 64, "steps": 50,
-                "sampler": "heun"},  # fmt: skip
+    "preview": {
+        **_CPU_SHAPES["preview"],
+        "every": 2000,
+        "num_samples": 64,
+        "steps": 50,
+        "sampler": "heun",
+    },  # fmt: skip
 }
 
 # Text-to-image on the procedural scenes (one object: its colour, kind, size and cell are in the
