@@ -172,8 +172,8 @@ def pipeline(args: argparse.Namespace) -> dict:
                     "--out", str(latents), "--size", "1024", "--batch-size", "4",
                     f"data.num_samples={args.images}"],
         "train": [*zigma, "train", "--preset", "faceshq-1024", "--out", str(run),
-                  f"data.data_dir={latents}", f"steps={args.train_steps}", "preview.every=0",
-                  "logging.every=10"],
+                  f"data.data_dir={latents}", f"steps={args.train_steps}",
+                  f"batch_size={min(8, args.images)}", "preview.every=0", "logging.every=10"],
         "sample": [*zigma, "sample", "--ckpt", str(run), "--out", str(args.out / "sample.png"),
                    "--num", "2", "--steps", "10"],
     }  # fmt: skip
@@ -181,8 +181,9 @@ def pipeline(args: argparse.Namespace) -> dict:
     for name, cmd in commands.items():
         start = time.perf_counter()
         done = subprocess.run(cmd, capture_output=True, text=True)
-        result[name] = {"command": " ".join(cmd[2:]), "seconds": time.perf_counter() - start,
-                        "rc": done.returncode, "tail": (done.stdout + done.stderr)[-1500:]}  # fmt: skip
+        seconds, tail = time.perf_counter() - start, (done.stdout + done.stderr)[-1500:]
+        result[name] = {"command": " ".join(cmd[2:]), "seconds": seconds,
+                        "rc": done.returncode, "tail": tail}  # fmt: skip
         print(f"--- {name}: rc {done.returncode}\n{result[name]['tail']}", flush=True)
         if done.returncode:
             break
