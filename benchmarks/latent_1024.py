@@ -16,7 +16,7 @@ same step. Time: median of ``--repeats`` steps after ``--warmup``; memory: peak 
 peak reserved CUDA memory of the step (reserved is closer to what nvidia-smi shows, which is
 what the official ZigMa README quotes: ~18 GB at batch 8, ~9 GB at batch 4).
 
-With ``--vae DIR`` (a local diffusers AutoencoderKL folder, e.g. sd-vae-ft-mse, or one of our
+With ``--vae DIR`` (``--make-sd-vae DIR`` first writes one with random weights there) (a local diffusers AutoencoderKL folder, e.g. sd-vae-ft-mse, or one of our
 autoencoders) it also runs the user's pipeline at 1024 px on the offline stand-in data
 (procedural scenes): ``zigma prepare --size 1024`` of ``--images`` images, ``zigma train
 --preset faceshq-1024`` for ``--train-steps`` steps and ``zigma sample`` of two decoded
@@ -191,6 +191,21 @@ def pipeline(args: argparse.Namespace) -> dict:
     return result
 
 
+def make_sd_vae(folder: Path) -> None:
+    """A diffusers AutoencoderKL with sd-vae-ft-mse's architecture (f8, 4 latent channels,
+    scaling 0.18215) and random weights, saved with ``save_pretrained``: the pipeline's shapes,
+    memory and time at 1024 px are the real VAE's, its pictures are not."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    blocks = 4
+    AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * blocks,
+        up_block_types=["UpDecoderBlock2D"] * blocks, block_out_channels=[128, 256, 512, 512],
+        layers_per_block=2, latent_channels=4, sample_size=256, scaling_factor=0.18215,
+    ).save_pretrained(folder)  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, required=True)
@@ -201,6 +216,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--tiny", action="store_true", help="tiny models on 16 x 16 latents (smoke)")
     p.add_argument("--vae", type=Path, default=None, help="also run the 1024 px pipeline with it")
+    p.add_argument(
+        "--make-sd-vae",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="first write a random-weight SD-architecture VAE there (needs diffusers)",
+    )
     p.add_argument("--images", type=int, default=32, help="images the pipeline prepares")
     p.add_argument("--train-steps", type=int, default=20)
     p.add_argument("--skip-table", action="store_true", help="only the pipeline")
@@ -216,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
         "official_readme_zigma_b2": OFFICIAL_README,
     }
     failed = False
+    if args.make_sd_vae is not None:
+        make_sd_vae(args.make_sd_vae)
     if args.vae is not None:
         failed = any(v.get("rc") for v in pipeline(args).values() if isinstance(v, dict))
     rows = []
