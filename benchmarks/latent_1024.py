@@ -16,8 +16,8 @@ same step. Time: median of ``--repeats`` steps after ``--warmup``; memory: peak 
 peak reserved CUDA memory of the step (reserved is closer to what nvidia-smi shows, which is
 what the official ZigMa README quotes: ~18 GB at batch 8, ~9 GB at batch 4).
 
-With ``--vae DIR`` (``--make-sd-vae DIR`` first writes one with random weights there) (a local diffusers AutoencoderKL folder, e.g. sd-vae-ft-mse, or one of our
-autoencoders) it also runs the user's pipeline at 1024 px on the offline stand-in data
+With ``--vae DIR`` (a local diffusers AutoencoderKL folder, e.g. sd-vae-ft-mse, or one of our
+autoencoders; ``--make-sd-vae DIR`` first writes one with random weights) it also runs the user's pipeline at 1024 px on the offline stand-in data
 (procedural scenes): ``zigma prepare --size 1024`` of ``--images`` images, ``zigma train
 --preset faceshq-1024`` for ``--train-steps`` steps and ``zigma sample`` of two decoded
 1024^2 PNGs, timing each command (OUT/pipeline.json, OUT/sample.png).
