@@ -17,10 +17,11 @@ peak reserved CUDA memory of the step (reserved is closer to what nvidia-smi sho
 what the official ZigMa README quotes: ~18 GB at batch 8, ~9 GB at batch 4).
 
 With ``--vae DIR`` (a local diffusers AutoencoderKL folder, e.g. sd-vae-ft-mse, or one of our
-autoencoders; ``--make-sd-vae DIR`` first writes one with random weights) it also runs the user's pipeline at 1024 px on the offline stand-in data
-(procedural scenes): ``zigma prepare --size 1024`` of ``--images`` images, ``zigma train
---preset faceshq-1024`` for ``--train-steps`` steps and ``zigma sample`` of two decoded
-1024^2 PNGs, timing each command (OUT/pipeline.json, OUT/sample.png).
+autoencoders; ``--make-sd-vae DIR`` first writes one with random weights) it also runs the
+user's pipeline at 1024 px on the offline stand-in data (procedural scenes): ``zigma prepare
+--size 1024`` of ``--images`` images, ``zigma train --preset faceshq-1024`` for
+``--train-steps`` steps and ``zigma sample`` of two decoded 1024^2 PNGs, timing each command
+(OUT/pipeline.json, OUT/sample.png).
 
 OUT/latent_1024.json holds every row, OUT/latent_1024.md the table; each row is written as
 soon as it is measured. Exit status 1 if a case raised something other than out-of-memory.
