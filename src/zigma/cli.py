@@ -768,6 +768,35 @@ def _eval_classifier(reference, device: str, conditional: bool):
         raise UsageError(f"cond-acc: {e}") from None
 
 
+def _eval_baseline(args: argparse.Namespace) -> None:
+    """--baseline real|noise: write the stand-in's shards into --out, then let the rest of
+    cmd_eval score them as --samples --out."""
+    from zigma.evaluate.run import write_baseline_shards
+
+    given = [f for f, v in (("--ckpt", args.ckpt), ("--samples", args.samples)) if v]
+    if given:
+        raise UsageError(f"--baseline scores a stand-in, not a model: leave out {given[0]}")
+    if args.num is None or args.out is None:
+        raise UsageError("--baseline needs --num and --out")
+    if args.ref is None or args.ref.endswith(".npz"):
+        raise UsageError("--baseline needs --ref NAME (the dataset its images come from)")
+    if args.sample_only or args.max_shards is not None:
+        raise UsageError("--baseline writes all its shards at once: leave out --sample-only "
+                         "and --max-shards")  # fmt: skip
+    reference = _eval_reference(args, None)
+    try:
+        done = write_baseline_shards(
+            args.out, args.baseline, reference.data, args.num, split=args.baseline_split,
+            seed=args.seed, shard_size=args.shard_size,
+        )  # fmt: skip
+    except (ValueError, NotADirectoryError) as e:
+        raise UsageError(str(e)) from None
+    what = f"real {args.baseline_split} images" if args.baseline == "real" else "noise images"
+    print(f"zigma eval: baseline of {args.num} {what} in {done.out} ({done.written} shard(s) "
+          f"written now, {done.kept} kept)")  # fmt: skip
+    args.samples, args.out, args.num = args.out, None, None
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from zigma.artifacts import check_output_dir, check_output_file
     from zigma.config import to_dict
@@ -789,6 +818,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     for flag, value in (("--export-npz", args.export_npz), ("--json", args.json)):
         if value is not None:
             check_output_file(value, flag)
+    if args.baseline is not None:
+        _eval_baseline(args)  # writes the stand-in's shards; then scored as --samples
     drawing = args.samples is None
     if drawing:
         missing = [
@@ -1545,6 +1576,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop after drawing this many new shards (continue later)",
     )
     p.add_argument("--sample-only", action="store_true", help="draw the shards, score nothing")
+    p.add_argument(
+        "--baseline",
+        choices=["real", "noise"],
+        help="score a stand-in instead of a model (with --ref NAME, --num, --out): real images "
+        "of --baseline-split (the floor) or uniform noise (the ceiling)",
+    )
+    p.add_argument(
+        "--baseline-split",
+        choices=["train", "test"],
+        default="test",
+        help="the split --baseline real takes its images from (default test; --ref-split is "
+        "the reference's, default train)",
+    )
     p.add_argument("--export-npz", metavar="FILE", help="also write the ADM-format .npz")
     p.add_argument("--json", metavar="FILE", help="results JSON (default DIR/results.json)")
     p.add_argument("--vae", metavar="DIR", help="a latent model's autoencoder, if moved")

@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 from torch import nn
 
 from zigma.cli import main
-from zigma.data import DataConfig, build_dataset
+from zigma.data import DataConfig, SeededItems, build_dataset
 from zigma.evaluate import load_for_sampling
 from zigma.evaluate.features import Extractor
 from zigma.evaluate.run import (
@@ -556,3 +557,56 @@ def test_video_and_latent_shards(tmp_path):
         output=lambda z: z,
     )  # fmt: skip
     assert torch.equal(samples, to_uint8(decode(latents)))  # decoded unclamped latents
+
+
+def _baseline_argv(tmp_path, kind, out, *extra):
+    return [
+        "eval", "--baseline", kind, "--num", "8", "--out", str(out), "--ref", "shapes",
+        "data.resolution=8", "data.num_samples=40", "data.style=centered", "--shard-size", "3",
+        "--extractors", "tiny-test", "--metrics", "fid", "--cache", str(tmp_path / "cache"),
+        *extra,
+    ]  # fmt: skip
+
+
+def test_cli_baselines_bound_the_metric(tmp_path, capsys, tiny_extractor_spec):
+    """Real images scored against the same real images give FD ~ 0; another split a small
+    value; uniform noise a far larger one. The records say which stand-in was scored."""
+    same = tmp_path / "same"
+    assert main(_baseline_argv(tmp_path, "real", same, "--baseline-split", "train")) == 0
+    other, noise = tmp_path / "other", tmp_path / "noise"
+    assert main(_baseline_argv(tmp_path, "real", other)) == 0
+    assert main(_baseline_argv(tmp_path, "noise", noise)) == 0
+    capsys.readouterr()
+    values = {}
+    for name in ("same", "other", "noise"):
+        record = json.loads((tmp_path / name / "results.json").read_text())["results"][0]
+        values[name] = record["value"]
+        assert record["checkpoint"] == f"baseline:{'noise' if name == 'noise' else 'real'}"
+        assert record["sampler"] is None and record["steps"] is None
+    assert abs(values["same"]) < 1e-6
+    assert values["noise"] > 5 * values["other"] > 0
+    with safe_open(str(other / "samples_000000.safetensors"), "pt") as f:  # labels kept
+        assert f.get_tensor("labels").tolist() == [
+            int(it["label"]) for it in _shapes_items("test", 3)
+        ]
+    # rerun: kept; another baseline in the folder: refused, untouched
+    before = _bytes(other)
+    assert main(_baseline_argv(tmp_path, "real", other)) == 0
+    assert _bytes(other) == before
+    assert main(_baseline_argv(tmp_path, "noise", other)) == 2
+    assert "other settings" in capsys.readouterr().err and _bytes(other) == before
+
+
+def _shapes_items(split, n):
+    cfg = DataConfig(name="shapes", resolution=8, num_samples=40, style="centered")
+    items = SeededItems(build_dataset(cfg, split), cfg.seed, 0)
+    return [items[i] for i in range(n)]
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [(["--ckpt", "x"], "leave out --ckpt"), (["--sample-only"], "leave out --sample-only")],
+)
+def test_cli_baseline_bad_input(tmp_path, capsys, tiny_extractor_spec, extra, message):
+    assert main([*_baseline_argv(tmp_path, "real", tmp_path / "b"), *extra]) == 2
+    assert message in capsys.readouterr().err and not (tmp_path / "b").exists()

@@ -340,6 +340,99 @@ class _RowCounter:
         self._hook.remove()
 
 
+BASELINES = ("real", "noise")
+
+
+def write_baseline_shards(
+    out_dir: str | os.PathLike,
+    kind: str,
+    data: Any,
+    num: int,
+    *,
+    split: str = "test",
+    seed: int = 0,
+    shard_size: int = 1000,
+) -> ShardSummary:
+    """Shards of a stand-in "model" that bounds every metric, in the layout of
+    ``generate_shards``, so ``compute_metrics`` scores them like samples:
+
+    - ``"real"``: the first ``num`` real images of ``data``'s ``split`` with their labels (the
+      floor: with the reference on the other split, this is the value a perfect model gets
+      at this sample count);
+    - ``"noise"``: uniform random uint8 images of the data's shape, seeded by ``seed`` (the
+      ceiling: what an untrained model's pictures are close to).
+
+    Resumable and checked like ``generate_shards`` (``eval.json`` first, shards renamed into
+    place, another baseline or data in the folder refused).
+
+    Raises:
+        ValueError: an unknown kind, a latent folder or too few real items, a folder of other
+            samples: before anything is written.
+    """
+    from zigma.data import SeededItems, build_dataset
+
+    if kind not in BASELINES:
+        raise ValueError(f"baseline must be one of {list(BASELINES)}, got {kind!r}")
+    start = time.perf_counter()
+    out = Path(out_dir)
+    # the sampler fields are placeholders: no sampler runs; compute_metrics reports None
+    settings = SampleSettings(num, seed, "euler", 1, 1.0, shard_size)
+    if data.name == "latents":
+        raise ValueError("baselines are real images: name the image dataset, not latents")
+    dataset = build_dataset(data, split)
+    if kind == "real" and len(dataset) < num:
+        raise ValueError(
+            f"the {split} split of {data_spec(data)} has {len(dataset)} items, fewer than {num}"
+        )
+    items = SeededItems(dataset, data.seed, 0)
+    first = items[0]["image"]
+    labelled = kind == "real" and int(items[0].get("label", -1)) >= 0
+    manifest = {
+        "format": FORMAT,
+        "version": VERSION,
+        "settings": to_dict(settings),
+        "baseline": {
+            "kind": kind,
+            "data": to_dict(data),
+            "split": split if kind == "real" else None,
+        },
+        "model": {
+            "weights_sha256": None,
+            "config": {"input_size": list(first.shape[1:]), "in_channels": int(first.shape[0])},
+            "conditions": ["y"] if labelled else [],
+        },
+        "decoder": None,
+        "conversion": CONVERSION,
+        "source": f"baseline:{kind}",
+        "layout": "uint8 [N, C, T, H, W]" if first.ndim == 4 else "uint8 [N, C, H, W]",
+    }
+    resuming = check_samples_folder(out, manifest)
+    out.mkdir(parents=True, exist_ok=True)
+    remove_temp_files(out)
+    if not resuming:
+        write_text_atomic(
+            out / MANIFEST_NAME, json.dumps(manifest, indent=2, sort_keys=True) + "\n"
+        )
+    missing = [k for k in range(settings.num_shards) if not (out / shard_name(k)).is_file()]
+    for k in missing:
+        span = settings.span(k)
+        if kind == "real":
+            rows = [items[i] for i in span]
+            tensors = {"samples": to_uint8(torch.stack([r["image"] for r in rows]))}
+            if labelled:
+                tensors["labels"] = torch.tensor([int(r["label"]) for r in rows])
+        else:
+            gen = torch.Generator().manual_seed(shard_seed(seed, k))
+            shape = (len(span), *first.shape)
+            tensors = {"samples": torch.randint(0, 256, shape, generator=gen, dtype=torch.uint8)}
+        atomic_write(out / shard_name(k), lambda tmp, t=tensors: save_file(t, tmp))
+    return ShardSummary(
+        out=out, num=num, num_shards=settings.num_shards, written=len(missing),
+        kept=settings.num_shards - len(missing), finished=True,
+        seconds=time.perf_counter() - start,
+    )  # fmt: skip
+
+
 def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
     """The checked ``eval.json`` of a samples folder.
 
@@ -823,9 +916,11 @@ def compute_metrics(
         check_modality(extractor, video)
     nfe = measured_nfe(folder)
     frames = manifest["model"]["config"]["input_size"][0] if video else None
+    drawn = manifest.get("baseline") is None  # a baseline's shards ran no sampler
     stride = getattr(reference.data, "frame_stride", None) if video else None
     common = dict(
-        num_fake=s.num, seed=s.seed, sampler=s.sampler, steps=s.steps, guidance=s.cfg,
+        num_fake=s.num, seed=s.seed, sampler=s.sampler if drawn else None,
+        steps=s.steps if drawn else None, guidance=s.cfg if drawn else None,
         nfe=None if nfe is None else int(round(nfe)), checkpoint=manifest.get("source"),
         frames=frames, stride=stride, clips=1 if video else None, commit=source_commit(),
     )  # fmt: skip
@@ -857,6 +952,9 @@ def compute_metrics(
             for key, value in prdc(r, f, k=prdc_k).items():
                 label = metric_label(key, name)
                 records.append(Protocol(metric=label, value=value, settings={"k": prdc_k}, **base))
+    if not drawn:  # say which stand-in the "samples" were
+        b = {k: v for k, v in manifest["baseline"].items() if k != "data"}
+        records = [r.replace(settings={**r.settings, "baseline": b}) for r in records]
     return records
 
 
