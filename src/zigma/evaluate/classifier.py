@@ -79,8 +79,12 @@ class DatasetSpec:
 DATASETS: dict[str, DatasetSpec] = {
     # the shipped shapes models (pretrained/shapes-cpu, the demo, shapes-gpu) sample 16 px
     "shapes": DatasetSpec("image", 16, 3, CLASS_NAMES),
-    "fashion-mnist": DatasetSpec("image", 28, 1, FASHION_MNIST_CLASSES, train_items=60_000),
-    "mnist": DatasetSpec("image", 28, 1, MNIST_CLASSES, train_items=60_000, shipped=False),
+    "fashion-mnist": DatasetSpec(
+        "image", 28, 1, FASHION_MNIST_CLASSES, train_items=60_000, test_items=10_000
+    ),
+    "mnist": DatasetSpec(
+        "image", 28, 1, MNIST_CLASSES, train_items=60_000, test_items=10_000, shipped=False
+    ),
     # the video demo's setting (pretrained/video-demo): 8 frames of 16 px
     "moving-shapes": DatasetSpec("video", 16, 3, KINDS, frames=8, steps=1200),
     # benchmarks/video_quality.py's Moving Fashion-MNIST: 16 frames of 32 px
