@@ -185,6 +185,9 @@ def test_metric_labels_never_call_a_proxy_fid():
     assert metric_label("fd", "i3d-kinetics400-stylegan-v") == "FVD"
     assert metric_label("fd", "FD-shapes-classifier") == "FD-shapes-classifier"
     assert metric_label("kd", "FD-shapes-classifier") == "KD-shapes-classifier"
+    assert metric_label("fd", "FVD-proxy-moving-shapes") == "FVD-proxy-moving-shapes"
+    assert metric_label("fd", "frame-FD-moving-shapes") == "frame-FD-moving-shapes"
+    assert metric_label("kd", "FVD-proxy-moving-shapes") == "KD-FVD-proxy-moving-shapes"
     assert metric_label("coverage", "shapes-classifier") == "coverage-shapes-classifier"
     assert metric_label("precision", "inception-2015-12-05") == "precision-inception-2015-12-05"
     with pytest.raises(ValueError, match="unknown metric"):

@@ -224,6 +224,9 @@ _NAMED = {
 _METRICS = ("fd", "kd", "precision", "recall", "density", "coverage")
 
 
+_DISTANCE_NAMED = ("FD-", "FVD-proxy-", "frame-FD-")
+
+
 def metric_label(metric: str, extractor_name: str) -> str:
     """The name a value is reported under: "FID" / "KID" only for the Inception
     (``inception-2015-12-05`` or pytorch-fid's port of it, fp32, hash checked), "FDD" for
@@ -243,6 +246,9 @@ def metric_label(metric: str, extractor_name: str) -> str:
         raise ValueError("metric_label needs the extractor's name")
     if key in ("fd", "kd") and extractor_name in _NAMED:
         return _NAMED[extractor_name][0 if key == "fd" else 1]
-    # An extractor already named for its distance ("FD-shapes-classifier") is not prefixed twice.
+    # An extractor already named for its distance ("FD-shapes-classifier", "FVD-proxy-..",
+    # "frame-FD-..") is reported under that name, not prefixed again.
+    if key == "fd" and extractor_name.startswith(_DISTANCE_NAMED):
+        return extractor_name
     base = extractor_name.removeprefix("FD-")
     return f"{key.upper()}-{base}" if key in ("fd", "kd") else f"{key}-{base}"
