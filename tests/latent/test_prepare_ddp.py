@@ -98,3 +98,34 @@ def test_a_stopped_two_rank_run_finishes_with_two_or_one(vae, tmp_path, capsys):
     stdout = _one_process(vae, part1, capsys)
     assert "(3 written, 2 already there)" in stdout
     assert _snapshot(part1) == _snapshot(whole)
+
+
+def _library_worker(rank: int, vae: str, out: str, init: str) -> None:
+    import torch.distributed as dist
+
+    from zigma.autoencoder import load_autoencoder
+    from zigma.autoencoder.prepare import PrepareConfig, prepare_latents
+    from zigma.data import DataConfig
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    try:
+        data = DataConfig(name="shapes", resolution=16, num_samples=40)
+        cfg = PrepareConfig(data=data, shard_size=8, batch_size=4)
+        s = prepare_latents(load_autoencoder(vae), cfg, out)
+        assert (s.written, s.kept, s.finished) == (5, 0, True)
+        assert dist.is_initialized()  # the caller's group is the caller's to end
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow  # two spawned processes import torch and zigma: ~10 s on 2 busy cores
+def test_a_callers_process_group_is_used_and_left_alone(vae, tmp_path, capsys):
+    """prepare_latents in a group set up without torchrun's variables (mp.spawn) shares the
+    shards over it (rather than each process writing all of them)."""
+    import torch.multiprocessing as mp
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    _one_process(vae, one, capsys)
+    mp.spawn(_library_worker, args=(str(vae), str(two), f"file://{tmp_path / 'pg'}"), nprocs=2)
+    assert _snapshot(two) == _snapshot(one)

@@ -192,16 +192,19 @@ class _Ranks:
 
 
 def _join_ranks() -> _Ranks:
-    """The ranks under torchrun (joining or reusing the process group), else one process."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    """The caller's process group, else torchrun's (joined here), else one process."""
+    if dist.is_available() and dist.is_initialized():
+        # a group set up without torchrun's variables (mp.spawn) still shares the folder
+        if dist.get_world_size() == 1:
+            return _Ranks()
+        # a caller's group (NCCL, say) cannot sum CPU tensors: a gloo group beside it can
+        group = dist.new_group(backend="gloo", timeout=_BARRIER_TIMEOUT)
+        return _Ranks(dist.get_rank(), dist.get_world_size(), group, False)
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return _Ranks()
-    if not dist.is_initialized():  # only counts and barriers travel: gloo serves any device
-        dist.init_process_group("gloo", timeout=_BARRIER_TIMEOUT)
-        return _Ranks(dist.get_rank(), dist.get_world_size(), None, True)
-    # a caller's group (NCCL, say) cannot sum CPU tensors: a gloo group beside it can
-    group = dist.new_group(backend="gloo", timeout=_BARRIER_TIMEOUT)
-    return _Ranks(dist.get_rank(), dist.get_world_size(), group, False)
+    # only counts and barriers travel: gloo serves any device
+    dist.init_process_group("gloo", timeout=_BARRIER_TIMEOUT)
+    return _Ranks(dist.get_rank(), dist.get_world_size(), None, True)
 
 
 def prepare_latents(
