@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from zigma.artifacts import RunLock
 from zigma.autoencoder import KLAutoencoder, KLConfig, save_autoencoder
 from zigma.cli import main
 
@@ -100,7 +101,7 @@ def test_a_stopped_two_rank_run_finishes_with_two_or_one(vae, tmp_path, capsys):
     assert _snapshot(part1) == _snapshot(whole)
 
 
-def _library_worker(rank: int, vae: str, out: str, init: str) -> None:
+def _library_worker(rank: int, vae: str, out: str, locked: str, init: str) -> None:
     import torch.distributed as dist
 
     from zigma.autoencoder import load_autoencoder
@@ -112,7 +113,12 @@ def _library_worker(rank: int, vae: str, out: str, init: str) -> None:
     try:
         data = DataConfig(name="shapes", resolution=16, num_samples=40)
         cfg = PrepareConfig(data=data, shard_size=8, batch_size=4)
-        s = prepare_latents(load_autoencoder(vae), cfg, out)
+        ae = load_autoencoder(vae)
+        # rank 0 cannot take the lock: both ranks stop with a message, neither hangs
+        want = "in use by" if rank == 0 else "refused by rank 0"
+        with pytest.raises(ValueError, match=want):
+            prepare_latents(ae, cfg, locked)
+        s = prepare_latents(ae, cfg, out)
         assert (s.written, s.kept, s.finished) == (5, 0, True)
         assert dist.is_initialized()  # the caller's group is the caller's to end
     finally:
@@ -122,10 +128,15 @@ def _library_worker(rank: int, vae: str, out: str, init: str) -> None:
 @pytest.mark.slow  # two spawned processes import torch and zigma: ~10 s on 2 busy cores
 def test_a_callers_process_group_is_used_and_left_alone(vae, tmp_path, capsys):
     """prepare_latents in a group set up without torchrun's variables (mp.spawn) shares the
-    shards over it (rather than each process writing all of them)."""
+    shards over it (rather than each process writing all of them), and rank 0's refusal of a
+    locked folder reaches the other rank."""
     import torch.multiprocessing as mp
 
-    one, two = tmp_path / "one", tmp_path / "two"
+    one, two, locked = tmp_path / "one", tmp_path / "two", tmp_path / "locked"
     _one_process(vae, one, capsys)
-    mp.spawn(_library_worker, args=(str(vae), str(two), f"file://{tmp_path / 'pg'}"), nprocs=2)
+    locked.mkdir()
+    with RunLock(locked):  # another prepare is writing there
+        args = (str(vae), str(two), str(locked), f"file://{tmp_path / 'pg'}")
+        mp.spawn(_library_worker, args=args, nprocs=2)
     assert _snapshot(two) == _snapshot(one)
+    assert [p.name for p in locked.iterdir()] == [".lock"]  # nothing written there

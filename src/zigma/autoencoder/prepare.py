@@ -168,7 +168,7 @@ def check_out_folder(out: Path, plan: dict[str, Any]) -> bool:
 
 @dataclass
 class _Ranks:
-    """This process's place among torchrun's ranks (rank 0 of 1 without torchrun)."""
+    """This process's place among the ranks that share ``out`` (rank 0 of 1 alone)."""
 
     rank: int = 0
     world: int = 1
@@ -187,7 +187,9 @@ class _Ranks:
         return t.tolist()
 
     def close(self) -> None:
-        if self.owned and dist.is_initialized():
+        if self.group is not None:
+            dist.destroy_process_group(self.group)
+        elif self.owned and dist.is_initialized():
             dist.destroy_process_group()
 
 
@@ -262,22 +264,27 @@ def prepare_latents(
     # ranks instead of leaving the others waiting at a barrier
     check_out_folder(out, plan)
     ranks = _join_ranks()
-    lock = None
+    lock, refused = None, None
     try:
         # the barrier keeps rank 0 from writing prepare.json while another rank is still
         # checking the folder (it would see the half-written plan's temp file as foreign)
         ranks.barrier()
         if ranks.rank == 0:
-            out.mkdir(parents=True, exist_ok=True)
-            # another zigma prepare into this folder at once would have its temp files
-            # removed under it below: refuse it (only rank 0 locks; the other ranks wait)
-            lock = RunLock(out).acquire()
-            resuming = check_out_folder(out, plan)  # again: the folder may have changed
-            remove_temp_files(out)  # shards a killed run left half-written; no rank writes yet
-            if not resuming:
-                text = json.dumps(plan, indent=2, sort_keys=True) + "\n"
-                write_text_atomic(out / PLAN_NAME, text)
-        ranks.barrier()
+            try:
+                out.mkdir(parents=True, exist_ok=True)
+                # another zigma prepare into this folder at once would have its temp files
+                # removed under it below: refuse it (only rank 0 locks; the other ranks wait)
+                lock = RunLock(out).acquire()
+                resuming = check_out_folder(out, plan)  # again: the folder may have changed
+                remove_temp_files(out)  # what a killed run left half-written; no rank writes
+                if not resuming:
+                    text = json.dumps(plan, indent=2, sort_keys=True) + "\n"
+                    write_text_atomic(out / PLAN_NAME, text)
+            except (ValueError, OSError) as e:
+                refused = e
+        # rank 0's refusal stops every rank with a message, not with a broken barrier
+        if ranks.sum(refused is not None)[0]:
+            raise refused or ValueError(f"--out {out}: refused by rank 0 (see its message)")
         summary = _encode_shards(ae, cfg, out, plan, dataset, ranks, max_shards, progress)
     finally:
         if lock is not None:
