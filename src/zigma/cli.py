@@ -1150,12 +1150,23 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         data=data, flip=args.flip, shard_size=args.shard_size, batch_size=args.batch_size,
         dtype=args.dtype,
     )  # fmt: skip
+    import torch
+
+    from zigma.train import distributed
+
+    rank, local, world = distributed.launcher_env()
     device = _device(args.device)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and device == "cuda":
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"  # one GPU per rank
+    if world > 1 and device == "cuda":  # one GPU per rank; an explicit cuda:N is kept
+        if local >= torch.cuda.device_count():
+            raise UsageError(
+                f"LOCAL_RANK {local}: this machine has {torch.cuda.device_count()} CUDA "
+                "device(s); start at most that many processes per machine (--nproc_per_node)"
+            )
+        device = f"cuda:{local}"
+        torch.cuda.set_device(local)  # anything a VAE allocates without a device goes there too
     ae = load_autoencoder(args.vae, device=device)
     s = prepare_latents(ae, cfg, args.out, max_shards=args.max_shards, progress=sys.stderr.isatty())
-    if int(os.environ.get("RANK", "0")) != 0:
+    if rank != 0:  # one summary; its counts are already those of all ranks
         return 0
     shape = "x".join(map(str, s.latent_shape))
     state = f"index {s.out / 'index.json'}" if s.finished else "not finished: run it again"
@@ -1705,7 +1716,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Encodes every image of a dataset with an autoencoder (--vae: ours from "
         "train-vae, or a local diffusers VAE) into safetensors shards plus index.json. "
         "Resumable: run the same command again after an interruption and finished shards are "
-        "kept. Train on the folder with data.name=latents data.data_dir=DIR.",
+        "kept. Under torchrun (torchrun --nproc_per_node N -m zigma prepare ...) the ranks "
+        "share the missing shards and rank 0 writes the index. Train on the folder with "
+        "data.name=latents data.data_dir=DIR.",
     )
     p.add_argument("overrides", nargs="*", metavar="data.key=value", help="data config overrides")
     p.add_argument("--data", required=True, help="dataset name (shapes, scenes, folder, ...)")
@@ -1720,7 +1733,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-shards",
         type=_int_arg(1),
         default=None,
-        help="stop after this many new shards (finish later by running the command again)",
+        help="stop after this many new shards, per rank under torchrun (finish later by "
+        "running the command again)",
     )
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.set_defaults(func=cmd_prepare)

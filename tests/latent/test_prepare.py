@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from zigma.artifacts import RunLock, RunLockedError
 from zigma.autoencoder import KLAutoencoder, KLConfig, load_autoencoder, save_autoencoder
 from zigma.autoencoder.prepare import PrepareConfig, prepare_latents
 from zigma.config import ConfigError
@@ -152,6 +153,24 @@ def test_out_of_another_vae_or_data_is_refused_untouched(tmp_path):
     (foreign / "notes.txt").write_text("mine")
     with pytest.raises(ValueError, match="not zigma prepare's"):
         prepare_latents(ae, _shapes(), foreign)
+
+
+def test_a_second_prepare_into_the_same_folder_is_refused(tmp_path):
+    ae = _vae(tmp_path / "vae")
+    out = tmp_path / "lat"
+    prepare_latents(ae, _shapes(), out, max_shards=1)
+    other = out / ".shard_000001.safetensors.abc123.tmp"  # the other run's shard being written
+    other.write_bytes(b"in progress")
+    with RunLock(out), pytest.raises(RunLockedError, match="in use by pid"):
+        prepare_latents(ae, _shapes(), out)
+    assert other.read_bytes() == b"in progress"  # its temp file was not cleaned up under it
+    s = prepare_latents(ae, _shapes(), out)  # once it is gone, the orphan is removed
+    assert s.finished and not other.exists()
+    # a run killed after taking the lock, before writing its plan, left only the lock file
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    RunLock(fresh).acquire().release()
+    assert prepare_latents(ae, _shapes(), fresh, max_shards=1).written == 1
 
 
 def test_bad_settings_fail_before_any_compute(tmp_path):

@@ -11,6 +11,12 @@ Resuming rests on three files: ``prepare.json`` (the plan: autoencoder spec, dat
 settings), written first, refuses a rerun with another autoencoder or data; each shard is
 written under a temp name and renamed, so a shard under its own name is complete and is kept;
 ``index.json`` is written last, when every shard is there, and is what training reads.
+
+Under torchrun every rank runs ``prepare_latents`` on the same ``out`` (a folder all ranks
+see): the shards still missing are dealt out in turn (rank r encodes missing shards r,
+r + world, ...), so the ranks share a resumed run evenly whatever world size began it; rank 0
+alone writes ``prepare.json`` and ``index.json``, cleans up temp files and holds the folder's
+lock (another ``zigma prepare`` into the same folder at once is refused).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,7 +37,14 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 import zigma
-from zigma.artifacts import atomic_write, read_json_object, remove_temp_files, write_text_atomic
+from zigma.artifacts import (
+    LOCK_NAME,
+    RunLock,
+    atomic_write,
+    read_json_object,
+    remove_temp_files,
+    write_text_atomic,
+)
 from zigma.autoencoder.base import Autoencoder
 from zigma.config import ConfigError, to_dict
 from zigma.data import FLIPPABLE, DataConfig, SeededItems, build_dataset
@@ -44,6 +58,10 @@ from zigma.data.latents import (
 )
 
 PLAN_NAME = "prepare.json"
+# Ranks wait for each other at barriers: the slowest rank's shards (a shared GPU, a slow disk)
+# or rank 0 hashing every shard for the index may keep the others waiting far beyond gloo's
+# default 30 minutes. A rank that dies does not leave the others waiting: torchrun ends them.
+_BARRIER_TIMEOUT = timedelta(hours=24)
 _DTYPES = {"float16": torch.float16, "float32": torch.float32}
 
 
@@ -88,11 +106,11 @@ class PrepareSummary:
     num_items: int
     latent_shape: tuple[int, ...]
     num_shards: int
-    written: int  # shards this call encoded
+    written: int  # shards this call encoded (all ranks together)
     kept: int  # shards an earlier call had finished
     finished: bool  # every shard is there and index.json is written
     seconds: float
-    images_per_second: float
+    images_per_second: float  # all ranks together
     skipped: str = ""  # the source dataset's note on images it left out (image folders)
 
 
@@ -124,7 +142,8 @@ def check_out_folder(out: Path, plan: dict[str, Any]) -> bool:
     """
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--out {out} is a file, not a folder")
-    if not out.is_dir() or not any(out.iterdir()):
+    # the lock file alone: a run killed between taking the lock and writing its plan
+    if not out.is_dir() or not any(p.name != LOCK_NAME for p in out.iterdir()):
         return False
     if not (out / PLAN_NAME).is_file():
         raise ValueError(
@@ -147,19 +166,47 @@ def check_out_folder(out: Path, plan: dict[str, Any]) -> bool:
     return True
 
 
-def _world() -> tuple[int, int]:
-    """(rank, world size) under torchrun (joining the process group), else (0, 1)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1
-    if not dist.is_initialized():
-        dist.init_process_group("gloo")  # only barriers travel: gloo works with any device
-    return dist.get_rank(), dist.get_world_size()
+@dataclass
+class _Ranks:
+    """This process's place among the ranks that share ``out`` (rank 0 of 1 alone)."""
+
+    rank: int = 0
+    world: int = 1
+    group: Any = None  # a gloo group: counts are summed over CPU tensors, whatever the device
+    owned: bool = False  # we initialised the default group, so we destroy it
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier(group=self.group)
+
+    def sum(self, *counts: int) -> list[int]:
+        """``counts`` summed over the ranks; also a barrier (every rank must contribute)."""
+        t = torch.tensor(counts, dtype=torch.int64)
+        if self.world > 1:
+            dist.all_reduce(t, group=self.group)
+        return t.tolist()
+
+    def close(self) -> None:
+        if self.group is not None:
+            dist.destroy_process_group(self.group)
+        elif self.owned and dist.is_initialized():
+            dist.destroy_process_group()
 
 
-def _barrier(world: int) -> None:
-    if world > 1:
-        dist.barrier()
+def _join_ranks() -> _Ranks:
+    """The caller's process group, else torchrun's (joined here), else one process."""
+    if dist.is_available() and dist.is_initialized():
+        # a group set up without torchrun's variables (mp.spawn) still shares the folder
+        if dist.get_world_size() == 1:
+            return _Ranks()
+        # a caller's group (NCCL, say) cannot sum CPU tensors: a gloo group beside it can
+        group = dist.new_group(backend="gloo", timeout=_BARRIER_TIMEOUT)
+        return _Ranks(dist.get_rank(), dist.get_world_size(), group, False)
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return _Ranks()
+    # only counts and barriers travel: gloo serves any device
+    dist.init_process_group("gloo", timeout=_BARRIER_TIMEOUT)
+    return _Ranks(dist.get_rank(), dist.get_world_size(), None, True)
 
 
 def prepare_latents(
@@ -172,20 +219,22 @@ def prepare_latents(
 ) -> PrepareSummary:
     """Encode ``cfg.data`` with ``ae`` into latent shards in ``out`` (see the module notes).
 
-    Under torchrun each rank encodes the shards ``k`` with ``k % world_size == rank``; rank 0
-    writes the index once every shard is there.
+    Under torchrun (``WORLD_SIZE`` > 1) every rank calls this with the same arguments: rank r
+    encodes the missing shards r, r + world_size, ... of the list of missing shards, and rank
+    0 writes the index once every shard is there. The summary's counts are of all ranks.
 
     Args:
         ae: an autoencoder loaded from disk (its spec must carry a path and weights hash: a
             run trained on these latents decodes with it).
-        max_shards: stop after encoding this many new shards (the index is not written):
-            to split the work, or to test resuming.
-        progress: show a tqdm bar (images/s).
+        max_shards: stop after encoding this many new shards (per rank; the index is not
+            written): to split the work over several sessions, or to test resuming.
+        progress: show a tqdm bar (images/s; rank 0's share under torchrun).
 
     Raises:
         ValueError / ConfigError: an autoencoder without a saved hash, images whose channels
             or size do not fit it, an ``out`` of another autoencoder or data (before any
             compute; nothing is overwritten).
+        RunLockedError: another ``prepare_latents`` is writing to ``out``.
     """
     start = time.perf_counter()
     out = Path(out)
@@ -211,43 +260,92 @@ def prepare_latents(
     side = data.resolution // ae.downsample
     shape = (ae.latent_channels, side, side)
     plan = _plan(ae, cfg, num_items, shape)
-    rank, world = _world()
-    resuming = check_out_folder(out, plan)
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        remove_temp_files(out)  # shards a killed run left half-written
-        if not resuming:
-            write_text_atomic(out / PLAN_NAME, json.dumps(plan, indent=2, sort_keys=True) + "\n")
-    _barrier(world)
+    # every rank checks (read-only) before any rank writes: a bad --out fails alike on all
+    # ranks instead of leaving the others waiting at a barrier
+    check_out_folder(out, plan)
+    ranks = _join_ranks()
+    lock, refused = None, None
+    try:
+        # the barrier keeps rank 0 from writing prepare.json while another rank is still
+        # checking the folder (it would see the half-written plan's temp file as foreign)
+        ranks.barrier()
+        if ranks.rank == 0:
+            try:
+                out.mkdir(parents=True, exist_ok=True)
+                # another zigma prepare into this folder at once would have its temp files
+                # removed under it below: refuse it (only rank 0 locks; the other ranks wait)
+                lock = RunLock(out).acquire()
+                resuming = check_out_folder(out, plan)  # again: the folder may have changed
+                remove_temp_files(out)  # what a killed run left half-written; no rank writes
+                if not resuming:
+                    text = json.dumps(plan, indent=2, sort_keys=True) + "\n"
+                    write_text_atomic(out / PLAN_NAME, text)
+            except (ValueError, OSError) as e:
+                refused = e
+        # rank 0's refusal stops every rank with a message, not with a broken barrier
+        if ranks.sum(refused is not None)[0]:
+            raise refused or ValueError(f"--out {out}: refused by rank 0 (see its message)")
+        summary = _encode_shards(ae, cfg, out, plan, dataset, ranks, max_shards, progress)
+    finally:
+        if lock is not None:
+            lock.release()
+        ranks.close()
+    seconds = time.perf_counter() - start
+    num_shards, written, kept, encoded, complete = summary
+    return PrepareSummary(
+        out=out, num_items=num_items, latent_shape=shape, num_shards=num_shards,
+        written=written, kept=kept, finished=complete,
+        seconds=seconds, images_per_second=encoded / max(seconds, 1e-9),
+        skipped=getattr(dataset, "skip_summary", "") or "",
+    )  # fmt: skip
 
+
+def _encode_shards(
+    ae: Autoencoder,
+    cfg: PrepareConfig,
+    out: Path,
+    plan: dict[str, Any],
+    dataset: Any,
+    ranks: _Ranks,
+    max_shards: int | None,
+    progress: bool,
+) -> tuple[int, int, int, int, bool]:
+    """This rank's share of the missing shards, then rank 0's index once all are there.
+
+    Returns (shards in all, shards written by all ranks, shards kept, images encoded by all
+    ranks, whether the folder is finished).
+    """
+    num_items = plan["num_items"]
+    copies = 2 if cfg.flip else 1
     num_shards = math.ceil(num_items / cfg.shard_size)
-    mine = [k for k in range(num_shards) if k % world == rank]
-    missing = [k for k in mine if not (out / shard_name(k)).is_file()]
-    todo = missing if max_shards is None else missing[:max_shards]
-    items = SeededItems(dataset, data.seed, 0)  # random crops: seeded per image, as in training
+    # the same list on every rank: between the barriers around this listing no rank writes.
+    # Dealing out the missing shards (not all shards) splits a resumed run evenly.
+    missing = [k for k in range(num_shards) if not (out / shard_name(k)).is_file()]
+    mine = missing[ranks.rank :: ranks.world]
+    todo = mine if max_shards is None else mine[:max_shards]
+    items = SeededItems(dataset, cfg.data.seed, 0)  # random crops: seeded per image, as in training
     total = sum(min(cfg.shard_size, num_items - k * cfg.shard_size) for k in todo)
     ae.eval()
     encoded = 0
-    with tqdm(total=total, unit="img", disable=not progress, dynamic_ncols=True) as bar:
+    # one bar: the ranks' bars would overwrite each other on a shared terminal
+    show = progress and ranks.rank == 0
+    desc = f"rank 0 of {ranks.world}" if ranks.world > 1 else None
+    with tqdm(total=total, unit="img", disable=not show, desc=desc, dynamic_ncols=True) as bar:
         for k in todo:
             lo, hi = k * cfg.shard_size, min((k + 1) * cfg.shard_size, num_items)
             _write_shard(ae, items, out / shard_name(k), range(lo, hi), copies, cfg)
             bar.update(hi - lo)
             encoded += hi - lo
-    _barrier(world)
+    # summed over the ranks, which also waits until every rank has renamed its last shard
+    written, encoded = ranks.sum(len(todo), encoded)
     complete = all((out / shard_name(k)).is_file() for k in range(num_shards))
-    if rank == 0 and complete and (todo or not (out / INDEX_NAME).is_file()):
-        _write_index(out, plan, num_shards, cfg, num_items, getattr(dataset, "num_classes", 0))
-    _barrier(world)
-    if world > 1:
-        dist.destroy_process_group()
-    seconds = time.perf_counter() - start
-    return PrepareSummary(
-        out=out, num_items=num_items, latent_shape=shape, num_shards=num_shards,
-        written=len(todo), kept=len(mine) - len(missing), finished=complete,
-        seconds=seconds, images_per_second=encoded / max(seconds, 1e-9),
-        skipped=getattr(dataset, "skip_summary", "") or "",
-    )  # fmt: skip
+    # rewritten whenever any rank wrote a shard (a replaced shard has a new sha256), not only
+    # when rank 0 did
+    if ranks.rank == 0 and complete and (written or not (out / INDEX_NAME).is_file()):
+        classes = getattr(dataset, "num_classes", 0)
+        _write_index(out, plan, num_shards, cfg, num_items, classes)
+    ranks.barrier()  # no rank returns before the index is there
+    return num_shards, written, num_shards - len(missing), encoded, complete
 
 
 def _write_shard(
