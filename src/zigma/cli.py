@@ -351,10 +351,8 @@ def _sample_decoder(args: argparse.Namespace, loaded, device: str):
         return None
     from zigma.autoencoder import load_autoencoder
 
-    if args.vae is not None:
-        spec = {**spec, "path": os.path.abspath(args.vae)}
     try:
-        decoder = load_autoencoder(spec, device=device)
+        decoder = load_autoencoder(spec, device=device, folder=args.vae)
     except FileNotFoundError as e:
         raise UsageError(f"{e}; pass --vae DIR where those weights are") from None
     if decoder.latent_channels != loaded.model.config.in_channels:

@@ -106,7 +106,9 @@ def test_sample_needs_the_recorded_autoencoder(trained, capsys):
         assert "preview.every=0" in capsys.readouterr().err and not new.exists()
         _save_vae(trained / "vae-other", seed=1)
         assert main([*base, "--vae", str(trained / "vae-other")]) == 2
-        assert "weights hash" in capsys.readouterr().err
+        err = capsys.readouterr().err  # names the given folder and the recorded spec
+        assert "weights hash" in err and str(trained / "vae-other") in err
+        assert f"recorded zigma-kl autoencoder at {vae}" in err and spec["hash"] in err
     finally:
         shutil.move(moved, vae)
 

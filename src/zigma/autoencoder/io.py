@@ -182,12 +182,14 @@ def load_autoencoder(
     *,
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
+    folder: str | os.PathLike | None = None,
 ) -> Autoencoder:
     """Load an autoencoder from a folder, or from the ``spec()`` a run recorded.
 
-    With a spec, the folder at ``spec["path"]`` must hold weights of the recorded hash, and
-    kind, channels, downsample and factors must agree; the hash is checked before the weights
-    are loaded.
+    With a spec, the folder at ``spec["path"]`` (or ``folder``, where the same weights were
+    moved) must hold weights of the recorded hash, and kind, channels, downsample and factors
+    must agree; the hash is checked before the weights are loaded. Messages name the recorded
+    spec.
 
     Raises:
         FileNotFoundError: the folder (or its config / weights) is missing; with a spec the
@@ -200,10 +202,12 @@ def load_autoencoder(
         if not isinstance(spec.get("path"), str) or not isinstance(spec.get("hash"), str):
             raise ValueError(f"autoencoder spec needs a 'path' and a 'hash', got {sorted(spec)}")
         try:
-            folder = resolve_folder(spec["path"])
+            folder = resolve_folder(spec["path"] if folder is None else folder)
         except (FileNotFoundError, NotADirectoryError) as e:
             raise FileNotFoundError(f"recorded {describe(spec)} not found: {e}") from None
     else:
+        if folder is not None:
+            raise ValueError("folder= moves a recorded spec; pass the folder itself instead")
         folder = resolve_folder(spec_or_path)  # type: ignore[arg-type]
     kind = detect_kind(folder)
     files = _weights_of(folder, kind)
