@@ -846,7 +846,8 @@ def _eval_baseline(args: argparse.Namespace) -> None:
         )  # fmt: skip
     except (ValueError, NotADirectoryError) as e:
         raise UsageError(str(e)) from None
-    what = f"real {args.baseline_split} images" if args.baseline == "real" else "noise images"
+    items = "clips" if reference.data.is_video else "images"
+    what = f"real {args.baseline_split} {items}" if args.baseline == "real" else f"noise {items}"
     print(f"zigma eval: baseline of {args.num} {what} in {done.out} ({done.written} shard(s) "
           f"written now, {done.kept} kept)")  # fmt: skip
     args.samples, args.out, args.num = args.out, None, None
@@ -1613,7 +1614,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_motion)
     p = sub.add_parser(
         "eval",
-        help="sample a model into resumable shards and score them: FID, KID, PRDC, domain FD",
+        help="sample a model into resumable shards and score them: FID, KID, PRDC, domain FD "
+        "(video: FVD-proxy, frame-FD), conditioning accuracy",
         description="Draws --num samples into resumable shards in --out (a killed eval "
         "continues; under torchrun each rank draws its shards, the same set for any world "
         "size), computes each --extractors' features per shard, and compares them with the "
@@ -1671,7 +1673,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--baseline",
         choices=["real", "noise"],
         help="score a stand-in instead of a model (with --ref NAME, --num, --out): real images "
-        "of --baseline-split (the floor) or uniform noise (the ceiling)",
+        "(video data: clips) of --baseline-split (the floor) or uniform noise (the ceiling)",
     )
     p.add_argument(
         "--baseline-split",

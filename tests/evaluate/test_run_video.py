@@ -231,3 +231,27 @@ def test_cli_video_metrics_refuse_image_samples(tmp_path, capsys):
     )
     with pytest.raises(ValueError, match="samples are images"):
         classifier_spec({"name": "shapes"}, False, frames=True)
+
+
+def test_training_logs_video_metrics_next_to_the_loss(tmp_path):
+    from zigma.config import ConfigError
+    from zigma.train import build_config, train
+
+    overrides = [
+        "model.hidden_size=16", "model.depth=2", "data.num_samples=64", "batch_size=4",
+        "logging.every=3", "preview.every=0", "eval.every=3", "eval.num=4", "eval.steps=2",
+        "eval.sampler=euler", "eval.batch_size=4",
+        'eval.metrics=["fvd-proxy","frame-fd","fd-classifier"]',
+    ]  # fmt: skip
+    bad = build_config("demo", overrides=['eval.metrics=["frame-fd"]', "eval.every=3"], steps=3)
+    with pytest.raises(ConfigError, match="eval: frame-fd scores video clips; the run's data"):
+        train(bad, tmp_path / "bad")
+    run = tmp_path / "run"
+    train(build_config("video-demo", overrides=overrides, steps=3), run)
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    (logged,) = [r for r in lines if "eval/FVD-proxy-moving-shapes" in r]
+    assert logged["step"] == 3 and "eval/frame-FD-moving-shapes" in logged
+    saved = json.loads((run / "eval" / "step_0000003" / "results.json").read_text())["results"]
+    assert [(r["metric"], r["num_fake"], r["clips"]) for r in saved] == [
+        ("FVD-proxy-moving-shapes", 4, 4), ("frame-FD-moving-shapes", 4 * T, 4),
+    ]  # fmt: skip
