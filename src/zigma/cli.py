@@ -717,7 +717,7 @@ def _eval_reference(args: argparse.Namespace, source: Path | None):
     """The real side: ``--ref FILE.npz`` (statistics), or a dataset: ``--ref NAME`` (the run's
     own data config when it has that name), or with no --ref the run's data; then the
     ``data.key=value`` overrides."""
-    from zigma.config import ConfigError, apply_overrides, from_dict
+    from zigma.config import ConfigError, from_dict
     from zigma.data import DataConfig
     from zigma.evaluate.run import Reference
 
@@ -739,60 +739,86 @@ def _eval_reference(args: argparse.Namespace, source: Path | None):
         )
     base = found if found and args.ref in (None, found.get("name")) else {"name": args.ref}
     try:
-        data = from_dict(DataConfig, base, where="data")
-        data = apply_overrides(data, [o.removeprefix("data.") for o in args.overrides])
+        # the overrides go in before the config is checked: a video name needs its frames
+        # (--ref moving-shapes data.frames=8), which a plain {"name": ...} lacks
+        data = from_dict(DataConfig, {**base, **_data_overrides(args.overrides)}, where="data")
     except ConfigError as e:
         raise UsageError(str(e)) from None
     return Reference(data=data, split=args.ref_split, num=args.num_real, cache=cache)
 
 
-def _eval_plan(args: argparse.Namespace, metrics: list[str], reference, device: str, video: bool):
-    """(metric, extractor) pairs for compute_metrics, each extractor loaded once."""
-    from zigma.evaluate.features import load_extractor
-    from zigma.evaluate.run import classifier_spec
+def _data_overrides(overrides: list[str]) -> dict:
+    """``data.key=value`` items as {key: parsed value} (DataConfig has no nested fields)."""
+    from zigma.config import ConfigError, parse_value
 
+    out = {}
+    for item in overrides:
+        key, sep, raw = item.removeprefix("data.").partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r} is not of the form data.key=value")
+        out[key.strip()] = parse_value(raw)
+    return out
+
+
+def _eval_plan(args: argparse.Namespace, metrics: list[str], reference, device: str, shape):
+    """(metric, extractor) pairs for compute_metrics, each extractor loaded once and tried on
+    one blank sample of ``shape`` (C, [T,] H, W), so one that cannot read the samples (images
+    vs clips, another clip length) is refused before any sampling."""
+    import torch
+
+    from zigma.evaluate.features import load_extractor
+    from zigma.evaluate.run import VIDEO_METRICS, check_modality, classifier_spec, extract
+
+    video = len(shape) == 4
     specs = list(dict.fromkeys(e.strip() for e in args.extractors.split(",") if e.strip()))
     if not specs:
         raise UsageError("--extractors names at least one extractor, e.g. inception")
     plan: list[tuple[str, str]] = []
     for m in metrics:
+        if m in VIDEO_METRICS and not video:
+            raise UsageError(f"--metrics {m} scores video clips; these samples are images "
+                             "(fd-classifier is their domain FD)")  # fmt: skip
         if m in ("fid", "kid", "prdc"):
             plan += [({"fid": "fd", "kid": "kd"}.get(m, m), spec) for spec in specs]
-        elif m == "fd-classifier":
-            plan.append(("fd", classifier_spec(_reference_data(reference), video)))
+        elif m in ("fd-classifier", "fvd-proxy", "frame-fd"):  # fd-classifier of clips: FVD-proxy
+            data = reference.data_record()
+            plan.append(("fd", classifier_spec(data, video, frames=m == "frame-fd")))
+    plan = list(dict.fromkeys(plan))  # fd-classifier and fvd-proxy of clips are one value
     loaded: dict = {}
+    blank = torch.zeros((1, *shape), dtype=torch.uint8)
     for _, spec in plan:
         if spec not in loaded:
             try:
                 loaded[spec] = load_extractor(spec, device)
+                check_modality(loaded[spec], video)
+                extract(loaded[spec], blank)
             except ImportError as e:
                 raise UsageError(str(e)) from None
-            except (OSError, ValueError) as e:
+            except (OSError, ValueError, RuntimeError) as e:
                 raise UsageError(f"extractor {spec}: {e}") from None
     return [(m, loaded[spec]) for m, spec in plan]
 
 
-def _reference_data(reference) -> dict:
-    """The reference's data config as a dict (a statistics file records its own)."""
-    from zigma.config import to_dict
-    from zigma.evaluate.run import read_reference_meta
+def _eval_classifier(reference, device: str, conditions: list[str], shape, classes):
+    """The domain classifier of the reference data, for --metrics cond-acc, tried on one
+    blank sample of ``shape``; ``classes``: the model's class count, when known."""
+    import torch
 
-    if reference.data is not None:
-        return to_dict(reference.data)
-    return read_reference_meta(reference.stats).get("data") or {}
-
-
-def _eval_classifier(reference, device: str, conditional: bool):
-    """The domain classifier of the reference data, for --metrics cond-acc."""
     from zigma.evaluate.classifier import load_classifier
     from zigma.evaluate.run import classifier_dataset
 
-    if not conditional:
+    if "y" not in conditions:
         raise UsageError("--metrics cond-acc: the model is not class-conditional")
     try:
-        return load_classifier(classifier_dataset(_reference_data(reference)), device)
+        classifier = load_classifier(classifier_dataset(reference.data_record()), device)
+        classifier.predict(torch.zeros((1, *shape), dtype=torch.uint8))
     except (OSError, ValueError) as e:
         raise UsageError(f"cond-acc: {e}") from None
+    known = len(classifier.config.classes)
+    if classes is not None and classes != known:
+        raise UsageError(f"cond-acc: the model has {classes} classes, the "
+                         f"{classifier.config.dataset} classifier {known}")  # fmt: skip
+    return classifier
 
 
 def _eval_baseline(args: argparse.Namespace) -> None:
@@ -818,7 +844,8 @@ def _eval_baseline(args: argparse.Namespace) -> None:
         )  # fmt: skip
     except (ValueError, NotADirectoryError) as e:
         raise UsageError(str(e)) from None
-    what = f"real {args.baseline_split} images" if args.baseline == "real" else "noise images"
+    items = "clips" if reference.data.is_video else "images"
+    what = f"real {args.baseline_split} {items}" if args.baseline == "real" else f"noise {items}"
     print(f"zigma eval: baseline of {args.num} {what} in {done.out} ({done.written} shard(s) "
           f"written now, {done.kept} kept)")  # fmt: skip
     args.samples, args.out, args.num = args.out, None, None
@@ -900,12 +927,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if not args.sample_only:
         reference = _eval_reference(args, source)
         reference.check(shape, settings.num)
-        plan = _eval_plan(args, metrics, reference, device, video=len(shape) == 4)
+        plan = _eval_plan(args, metrics, reference, device, shape)
         if "cond-acc" in metrics:
+            model = to_dict(loaded.model.config) if drawing else manifest["model"]["config"]
             conditions = (
                 loaded.model.condition_names if drawing else manifest["model"]["conditions"]
             )
-            classifier = _eval_classifier(reference, device, "y" in conditions)
+            classes = model.get("num_classes")  # a baseline's shards: the data's own labels
+            classifier = _eval_classifier(reference, device, list(conditions), shape, classes)
     env = distributed.setup("cuda" if device.startswith("cuda") else "cpu") if drawing else None
     try:
         if drawing:
@@ -1594,7 +1623,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_motion)
     p = sub.add_parser(
         "eval",
-        help="sample a model into resumable shards and score them: FID, KID, PRDC, domain FD",
+        help="sample a model into resumable shards and score them: FID, KID, PRDC, domain FD "
+        "(video: FVD-proxy, frame-FD), conditioning accuracy",
         description="Draws --num samples into resumable shards in --out (a killed eval "
         "continues; under torchrun each rank draws its shards, the same set for any world "
         "size), computes each --extractors' features per shard, and compares them with the "
@@ -1623,7 +1653,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--metrics",
         default="fid,kid",
-        help="comma-separated: fid, kid, prdc, fd-classifier (default fid,kid)",
+        help="comma-separated: fid, kid, prdc (on --extractors), fd-classifier (the domain "
+        "classifier's FD-<data>-classifier), fvd-proxy and frame-fd (video: FD on the video "
+        "classifier's clip features, FVD-proxy-<data>, and on its per-frame features, "
+        "frame-FD-<data>), cond-acc (the classifier reads back the conditioning class) "
+        "(default fid,kid)",
     )
     p.add_argument(
         "--extractors",
@@ -1648,7 +1682,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--baseline",
         choices=["real", "noise"],
         help="score a stand-in instead of a model (with --ref NAME, --num, --out): real images "
-        "of --baseline-split (the floor) or uniform noise (the ceiling)",
+        "(video data: clips) of --baseline-split (the floor) or uniform noise (the ceiling)",
     )
     p.add_argument(
         "--baseline-split",

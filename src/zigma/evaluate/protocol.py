@@ -35,8 +35,9 @@ class Protocol:
     Args:
         metric: the reported name, from ``metrics.metric_label`` ("FID", "KD-...", ...).
         extractor: the extractor's ``describe()``: name, sha256, dim, resize, modality.
-        num_fake: generated samples (clips for video) the value is computed from.
-        num_real: real samples (clips) the value is computed from.
+        num_fake: generated samples the value is computed from (video: clips; a per-frame
+            metric such as frame-FD: frames, ``clips * frames``).
+        num_real: real samples the value is computed from (counted the same way).
         real: the real data: a dataset spec (e.g. "shapes", "fashion-mnist") or a statistics
             file; never autoencoder reconstructions.
         real_split: the split the real samples come from ("train", "test", ...).
@@ -47,8 +48,8 @@ class Protocol:
         checkpoint: the model the samples come from (a path or a name).
         sampler, steps, nfe, guidance: how the samples were drawn; ``nfe`` counts model calls
             per sample (guidance doubling included).
-        frames, stride, clips: video only: frames per clip, frame stride of the real clips,
-            and how many clips are taken from each real video.
+        frames, stride, clips: video only: frames per clip, frame stride of the real clips
+            (1: consecutive frames), and the number of generated clips.
         conversion: how samples in [-1, 1] became uint8 images.
         zigma_version: the package version that computed the value.
         commit: the source commit, when known (``source_commit()``).
@@ -123,7 +124,7 @@ class Protocol:
             f"{self.num_fake} fake vs {self.num_real} real ({self.real}:{self.real_split})"
         )
         if self.frames is not None:
-            parts.append(f"{self.frames} frames, stride {self.stride}, {self.clips} clip(s)/video")
+            parts.append(f"{self.clips} clips of {self.frames} frames, stride {self.stride}")
         drawn = [
             f"{name} {getattr(self, key)}"
             for key, name in (("sampler", "sampler"), ("steps", "steps"), ("nfe", "NFE"))

@@ -544,23 +544,33 @@ def check_modality(extractor: Any, video: bool) -> None:
         )
 
 
+def rows_per_item(extractor: Any, shape: Sequence[int]) -> int:
+    """Feature rows ``extractor`` gives per sample of ``shape`` ((C, H, W) or (C, T, H, W)):
+    T for a per-frame extractor of clips (``rows_per_frame``: every frame is one sample of
+    the statistic, e.g. frame-FD), else 1."""
+    return int(shape[1]) if getattr(extractor, "rows_per_frame", False) and len(shape) == 4 else 1
+
+
 def extract(extractor: Any, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-    """float32 [N, dim] CPU features of uint8 images (or clips), ``batch_size`` at a time.
+    """float32 [rows, dim] CPU features of uint8 images (or clips), ``batch_size`` at a time:
+    one row per item, or per frame of every clip for a per-frame extractor (clip-major).
 
     Raises:
         ValueError: the extractor returned another shape or non-finite values.
     """
     info = extractor.describe()
+    per = rows_per_item(extractor, images.shape[1:])
     parts = []
     with torch.no_grad():
         for lo in range(0, len(images), batch_size):
             chunk = images[lo : lo + batch_size]
             f = extractor(chunk).float().cpu()
-            if f.shape != (len(chunk), info["dim"]) or not bool(torch.isfinite(f).all()):
+            rows = len(chunk) * per
+            if f.shape != (rows, info["dim"]) or not bool(torch.isfinite(f).all()):
                 raise ValueError(
                     f"extractor {info['name']} returned {tuple(f.shape)} features (finite: "
                     f"{bool(torch.isfinite(f).all())}) for {len(chunk)} inputs; expected "
-                    f"({len(chunk)}, {info['dim']}), finite"
+                    f"({rows}, {info['dim']}), finite"
                 )
             parts.append(f)
     return torch.cat(parts)
@@ -585,9 +595,10 @@ def shard_features(
     batch_size: int = 64,
     progress: bool = False,
 ) -> torch.Tensor:
-    """float32 [N, dim] features of the samples in ``folder`` (shard order), read from the
-    files beside the shards, and computed and written there for shards that lack them (a
-    resumed eval computes each shard's features once).
+    """float32 [N, dim] features of the samples in ``folder`` (shard order; a per-frame
+    extractor of clips: [N * T, dim], clip-major), read from the files beside the shards, and
+    computed and written there for shards that lack them (a resumed eval computes each
+    shard's features once).
 
     Raises:
         FileNotFoundError: a shard is missing (the samples are not finished).
@@ -595,7 +606,9 @@ def shard_features(
     """
     folder = Path(folder)
     s = folder_settings(folder)
-    check_modality(extractor, read_manifest(folder)["layout"].endswith("T, H, W]"))
+    manifest = read_manifest(folder)
+    check_modality(extractor, manifest["layout"].endswith("T, H, W]"))
+    per = rows_per_item(extractor, sample_shape(manifest))
     ks = list(range(s.num_shards)) if shards is None else list(shards)
     parts = []
     for k in tqdm(ks, unit="shard", disable=not progress, dynamic_ncols=True):
@@ -606,7 +619,7 @@ def shard_features(
                     feats = f.get_tensor("features")
             except Exception as e:  # safetensors' own error types
                 raise ValueError(f"feature file {path} is unreadable: {e}") from None
-            if feats.shape != (len(s.span(k)), extractor.describe()["dim"]):
+            if feats.shape != (len(s.span(k)) * per, extractor.describe()["dim"]):
                 raise ValueError(f"feature file {path} does not fit its shard; delete it")
         else:
             samples, _ = read_shard(folder, k)
@@ -640,8 +653,10 @@ def data_spec(data: Any) -> str:
 
 
 def reference_meta(data: Any, split: str, extractor: Any, num: int) -> dict[str, Any]:
-    """What a reference feature file is a function of: the cache key."""
-    return {
+    """What a reference feature file is a function of: the cache key. ``num`` counts items
+    (images, clips); a per-frame extractor's file holds ``rows_per_item`` (the clips' T) rows
+    per clip, so its key never meets that of the clip features of the same data."""
+    meta = {
         "format": REFERENCE_FORMAT,
         "version": VERSION,
         "data": to_dict(data),
@@ -650,6 +665,9 @@ def reference_meta(data: Any, split: str, extractor: Any, num: int) -> dict[str,
         "extractor": extractor.describe(),
         "conversion": CONVERSION,
     }
+    if getattr(extractor, "rows_per_frame", False) and getattr(data, "is_video", False):
+        meta["rows_per_item"] = int(data.frames)
+    return meta
 
 
 def reference_path(meta: dict[str, Any], folder: str | os.PathLike | None = None) -> Path:
@@ -701,7 +719,8 @@ def reference_features(
     progress: bool = False,
 ) -> tuple[torch.Tensor, Path, bool]:
     """(features [num, dim], the cache file, whether it was a cache hit) of the first ``num``
-    real items of ``data``'s ``split``, converted to uint8 like the samples.
+    real items of ``data``'s ``split``, converted to uint8 like the samples (a per-frame
+    extractor of clips: [num * T, dim], every frame of the ``num`` clips).
 
     The file (in ``folder``, default ``cache_dir()``) is keyed by the data config, the split,
     ``num`` and the extractor's whole ``describe()`` (name, sha256, resize, ...): computed
@@ -747,12 +766,13 @@ def load_reference(
     num: int | None = None,
     expect: dict[str, Any] | None = None,
 ) -> torch.Tensor:
-    """The features of a reference ``.npz`` (written by ``save_reference``, e.g. the cache,
-    or ``zigma eval --save-ref``), checked against ``extractor`` (name, sha256, resize...).
+    """The features of a reference ``.npz`` (written by ``save_reference``, e.g. the cache),
+    checked against ``extractor`` (name, sha256, resize...): those of its first ``num`` items
+    (a per-frame extractor's: the ``num * T`` rows of its first ``num`` clips), or all.
 
     Raises:
         FileNotFoundError: no file at ``path``.
-        ValueError: not a reference file, another extractor's, or fewer than ``num`` rows.
+        ValueError: not a reference file, another extractor's, or fewer than ``num`` items.
     """
     path = Path(path)
     if not path.is_file():
@@ -769,11 +789,20 @@ def load_reference(
         )
     with np.load(path, allow_pickle=False) as z:
         feats = torch.from_numpy(np.asarray(z["features"], dtype=np.float32))
-    if feats.ndim != 2 or feats.shape[1] != ours["dim"] or not bool(torch.isfinite(feats).all()):
+    per = int(meta.get("rows_per_item", 1))
+    if (
+        feats.ndim != 2
+        or feats.shape[1] != ours["dim"]
+        or per < 1
+        or len(feats) % per
+        or not bool(torch.isfinite(feats).all())
+    ):
         raise ValueError(f"reference statistics {path}: features {tuple(feats.shape)} are bad")
-    if num is not None and len(feats) < num:
-        raise ValueError(f"reference statistics {path} hold {len(feats)} rows, fewer than {num}")
-    return feats if num is None else feats[:num]
+    if num is not None and len(feats) < num * per:
+        raise ValueError(
+            f"reference statistics {path} hold {len(feats) // per} items, fewer than {num}"
+        )
+    return feats if num is None else feats[: num * per]
 
 
 def read_reference_meta(path: str | os.PathLike) -> dict[str, Any]:
@@ -863,6 +892,12 @@ class Reference:
                 f"{num} real samples asked for"
             )
 
+    def data_record(self) -> dict[str, Any]:
+        """The real data's config as a dict (a statistics file: the one it records, or {})."""
+        if self.data is not None:
+            return to_dict(self.data)
+        return read_reference_meta(self.stats).get("data") or {}
+
     def describe(self) -> dict[str, Any]:
         if self.stats is not None:
             return {"stats": str(self.stats), "num": self.num}
@@ -872,8 +907,11 @@ class Reference:
 # ---------------------------------------------------------------- metrics
 
 # what `--metrics` takes: Fréchet / kernel distance and PRDC on each requested extractor, the
-# Fréchet distance on the domain classifier of the data, and the conditioning accuracy
-METRICS = ("fid", "kid", "prdc", "fd-classifier", "cond-acc")
+# Fréchet distance on the domain classifier of the data (video: fvd-proxy on its clip features,
+# the same as fd-classifier there, and frame-fd on its per-frame features), and the
+# conditioning accuracy
+METRICS = ("fid", "kid", "prdc", "fd-classifier", "fvd-proxy", "frame-fd", "cond-acc")
+VIDEO_METRICS = ("fvd-proxy", "frame-fd")
 RESULTS_NAME = "results.json"
 
 
@@ -915,14 +953,16 @@ def compute_metrics(
     for _, extractor in plan:
         check_modality(extractor, video)
     nfe = measured_nfe(folder)
-    frames = manifest["model"]["config"]["input_size"][0] if video else None
     drawn = manifest.get("baseline") is None  # a baseline's shards ran no sampler
-    stride = getattr(reference.data, "frame_stride", None) if video else None
+    # video: frames per clip, the real clips' frame stride (1: consecutive frames, all the
+    # procedural sets) and the number of generated clips, whatever the rows a metric reads
+    frames = sample_shape(manifest)[1] if video else None
+    stride = reference.data_record().get("frame_stride", 1) if video else None
     common = dict(
-        num_fake=s.num, seed=s.seed, sampler=s.sampler if drawn else None,
+        seed=s.seed, sampler=s.sampler if drawn else None,
         steps=s.steps if drawn else None, guidance=s.cfg if drawn else None,
         nfe=None if nfe is None else int(round(nfe)), checkpoint=manifest.get("source"),
-        frames=frames, stride=stride, clips=1 if video else None, commit=source_commit(),
+        frames=frames, stride=stride, clips=s.num if video else None, commit=source_commit(),
     )  # fmt: skip
     fake, real = {}, {}
     records = []
@@ -933,9 +973,10 @@ def compute_metrics(
             real[tag] = reference.features(extractor, s.num, batch_size, progress)
         f, (r, where) = fake[tag], real[tag]
         name = extractor.describe()["name"]
+        # rows of the statistic: items, or frames for a per-frame extractor (frame-FD)
         base = dict(
-            common, extractor=extractor.describe(), num_real=len(r), real=where["real"],
-            real_split=where["split"],
+            common, extractor=extractor.describe(), num_fake=len(f), num_real=len(r),
+            real=where["real"], real_split=where["split"],
         )  # fmt: skip
         if metric == "fd":
             value = frechet_distance(r, f)
@@ -1107,9 +1148,14 @@ def classifier_dataset(data: dict[str, Any]) -> str:
     return name
 
 
-def classifier_spec(data: dict[str, Any], video: bool) -> str:
-    """The extractor spec of the data's domain classifier (its penultimate features)."""
-    return f"{'video-classifier' if video else 'classifier'}:{classifier_dataset(data)}"
+def classifier_spec(data: dict[str, Any], video: bool, frames: bool = False) -> str:
+    """The extractor spec of the data's domain classifier: its penultimate features (video:
+    clip features, ``FVD-proxy-<data>``), or with ``frames`` the video classifier's per-frame
+    features (``frame-FD-<data>``)."""
+    if frames and not video:
+        raise ValueError("frame features are a video classifier's; the samples are images")
+    prefix = "frame-classifier" if frames else "video-classifier" if video else "classifier"
+    return f"{prefix}:{classifier_dataset(data)}"
 
 
 def conditioning_accuracy_of(folder: str | os.PathLike, classifier: Any) -> dict[str, Any]:

@@ -142,7 +142,8 @@ EVAL_RANGES = {
     "batch_size": Bound(1, 65536),
 }
 # what eval.metrics takes (zigma eval's --metrics, less the conditioning accuracy)
-EVAL_METRICS = ("fid", "kid", "prdc", "fd-classifier")
+EVAL_METRICS = ("fid", "kid", "prdc", "fd-classifier", "fvd-proxy", "frame-fd")
+_DOMAIN_METRICS = {"fd-classifier", "fvd-proxy", "frame-fd"}  # need no eval.extractors
 TRAIN_RANGES = {
     "steps": Bound(0, MAX_STEPS),
     "batch_size": Bound(1, 10**6),
@@ -281,7 +282,7 @@ class EvalConfig:
             raise ConfigError(
                 f"eval.metrics takes {', '.join(EVAL_METRICS)}, got {short_repr(self.metrics)}"
             )
-        if not self.extractors and set(self.metrics) - {"fd-classifier"}:
+        if not self.extractors and set(self.metrics) - _DOMAIN_METRICS:
             raise ConfigError("eval.extractors names at least one extractor, e.g. inception")
 
 

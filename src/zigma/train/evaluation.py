@@ -93,11 +93,15 @@ class PeriodicEval:
             self.reference.check(shape, e.num)
             specs = []
             for m in e.metrics:
-                if m == "fd-classifier":
-                    specs.append(("fd", classifier_spec(to_dict(data), data.is_video)))
+                if m in ("fd-classifier", "fvd-proxy", "frame-fd"):
+                    if m != "fd-classifier" and not data.is_video:
+                        raise ValueError(f"{m} scores video clips; the run's data are images")
+                    spec = classifier_spec(to_dict(data), data.is_video, frames=m == "frame-fd")
+                    specs.append(("fd", spec))
                 else:
                     name = {"fid": "fd", "kid": "kd"}.get(m, m)
                     specs += [(name, spec) for spec in e.extractors]
+            specs = list(dict.fromkeys(specs))  # fd-classifier of clips is the FVD-proxy
             loaded: dict[str, Any] = {}
             for _, spec in specs:
                 if spec not in loaded:
