@@ -26,22 +26,21 @@ import hashlib
 import json
 import os
 import platform
-import shlex
 import signal
 import subprocess
 import sys
 import tarfile
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+
+from ablation_jobs import Job, append_result, finished_keys, read_results, run_jobs
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_RESULTS = REPO / "experiments" / "results" / "scan_ablation.jsonl"
 DEFAULT_DOC = REPO / "docs" / "ablation.md"
-RESULT_FORMAT = "zigma-scan-ablation-v1"
-_GRACE_S = 30.0  # after SIGTERM: a checkpoint of a 3M-parameter model takes well under this
 
 
 # -- what is compared ---------------------------------------------------------------------------
@@ -222,13 +221,13 @@ def train_config(setting: Setting, row: Row, seed: int = 0, extra: Sequence[str]
     return build_config(setting.preset, overrides=train_overrides(setting, row, seed, extra))
 
 
-def model_parameters(setting: Setting, row: Row) -> dict[str, int]:
+def model_parameters(setting: Setting, row: Row, extra: Sequence[str] = ()) -> dict[str, int]:
     """{"total", "pos_embed"}: parameters of the row's model (built on the CPU: the random
     schedule draws its permutations with torch.randperm, which the meta device cannot)."""
     from zigma.models import count_parameters
     from zigma.models.registry import preset_family
 
-    cfg = train_config(setting, row)
+    cfg = train_config(setting, row, extra=extra)
     model = preset_family(cfg.model.preset).model_class(cfg.model_config(setting.classes))
     pos = sum(p.numel() for n, p in model.named_parameters() if n.endswith("pos_embed"))
     return {"total": count_parameters(model), "pos_embed": pos}
@@ -270,8 +269,9 @@ def _digest(obj: Any) -> str:
 
 def protocol_key(setting: Setting, ev: EvalArgs, extra: Sequence[str]) -> str:
     """The setting-level protocol (what every row shares): results are grouped by it."""
-    return _digest({"preset": setting.preset, "train": [*setting.overrides, *extra],
-                    "eval": ev.key_fields()})  # fmt: skip
+    return _digest(
+        {"preset": setting.preset, "train": [*setting.overrides, *extra], "eval": ev.key_fields()}
+    )
 
 
 def run_key(setting: Setting, row: Row, ev: EvalArgs, extra: Sequence[str]) -> str:
@@ -279,241 +279,11 @@ def run_key(setting: Setting, row: Row, ev: EvalArgs, extra: Sequence[str]) -> s
     return _digest({"protocol": protocol_key(setting, ev, extra), "row": list(row.overrides)})
 
 
-# -- results file -------------------------------------------------------------------------------
-def read_results(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """The records of a results JSONL file ([] if it does not exist). A line that does not
-    parse (a write cut off by a kill) is skipped with a warning on stderr."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    out = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            print(f"warning: {path}:{i} is not a JSON line (cut off?); skipped", file=sys.stderr)
-            continue
-        if isinstance(rec, dict) and rec.get("format") == RESULT_FORMAT:
-            out.append(rec)
-    return out
-
-
-def append_result(path: str | os.PathLike, record: dict[str, Any]) -> None:
-    """Append one record as a line and flush it to disk (a kill leaves at most a cut last
-    line, which ``read_results`` skips)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    prefix = ""
-    if path.is_file() and path.stat().st_size:
-        with open(path, "rb") as f:  # a cut last line must not swallow this record
-            f.seek(-1, os.SEEK_END)
-            prefix = "" if f.read(1) == b"\n" else "\n"
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(prefix + json.dumps(record, sort_keys=True) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def finished_keys(records: Sequence[dict[str, Any]]) -> set[tuple[str, int]]:
-    return {(r["key"], int(r["seed"])) for r in records if r.get("status") == "ok"}
-
-
-# -- one (row, seed): train, then eval ----------------------------------------------------------
+# -- the run command ----------------------------------------------------------------------------
 def _zigma(*args: str) -> list[str]:
     return [sys.executable, "-m", "zigma", *args]
 
 
-def _shown(cmd: Sequence[str]) -> str:
-    """A command as a user types it (``zigma ...``)."""
-    return "zigma " + shlex.join(cmd[3:])
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    from zigma.artifacts import write_text_atomic
-
-    write_text_atomic(path, json.dumps(obj, indent=1, sort_keys=True) + "\n")
-
-
-def _last_logged(run: Path) -> tuple[int | None, float | None]:
-    """(step, loss) of the run's last logged metrics line."""
-    path = run / "metrics.jsonl"
-    step = loss = None
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if "loss" in row:
-                step, loss = row.get("step"), row["loss"]
-    return step, loss
-
-
-@dataclass
-class Job:
-    """One (setting, row, seed): ``zigma train --resume`` into ``folder/train`` (marked done
-    by ``train_done.json``), then ``zigma eval`` into ``folder/eval``. Each phase's wall
-    time adds up in ``wall.json`` across interrupted calls."""
-
-    setting: Setting
-    row: Row
-    seed: int
-    key: str
-    protocol: str
-    folder: Path
-    train_cmd: list[str]
-    eval_cmd: list[str]
-    env: dict[str, str]
-    state: str = "waiting"  # waiting, train, eval, ok, failed, stopped
-    proc: subprocess.Popen | None = None
-    started: float = 0.0
-    returncode: int | None = None
-    _log: Any = field(default=None, repr=False)
-
-    @property
-    def name(self) -> str:
-        return f"{self.setting.name}/{self.row.name}/seed {self.seed}"
-
-    def start(self) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        done = (self.folder / "train_done.json").is_file()
-        self._launch("eval" if done else "train")
-
-    def _launch(self, phase: str) -> None:
-        cmd = self.train_cmd if phase == "train" else self.eval_cmd
-        self._log = open(self.folder / f"{phase}.log", "a")  # noqa: SIM115 (lives with proc)
-        self._log.write(f"\n$ {_shown(cmd)}\n")
-        self._log.flush()
-        self.state, self.started = phase, time.monotonic()
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=self.env)
-
-    def _add_wall(self, phase: str) -> None:
-        wall = _read_json(self.folder / "wall.json")
-        wall[f"{phase}_s"] = wall.get(f"{phase}_s", 0.0) + time.monotonic() - self.started
-        wall[f"{phase}_calls"] = wall.get(f"{phase}_calls", 0) + 1
-        _write_json(self.folder / "wall.json", wall)
-
-    def poll(self, may_continue: bool = True) -> bool:
-        """Advance (from train to eval only if ``may_continue``); True once the job is over
-        (ok, failed or stopped)."""
-        if self.proc is None or self.proc.poll() is None:
-            return False
-        phase, code = self.state, self.proc.returncode
-        self._log.close()
-        self._add_wall(phase)
-        self.proc, self.returncode = None, code
-        if code == 0 and phase == "train":
-            step, loss = _last_logged(self.folder / "train")
-            _write_json(self.folder / "train_done.json", {"step": step, "loss": loss})
-            if may_continue:
-                self._launch("eval")
-                return False
-            self.state = "stopped"
-            return True
-        if code == 0:
-            self.state = "ok"
-        elif code == 75 or code < 0:  # SIGTERM'd at the deadline (or killed): resumable
-            self.state = "stopped"
-        else:
-            self.state = "failed"
-        return True
-
-    def signal(self, sig: int) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-
-    def record(self, common: dict[str, Any]) -> dict[str, Any]:
-        """The results line of a job that is over."""
-        wall = _read_json(self.folder / "wall.json")
-        done = _read_json(self.folder / "train_done.json")
-        rec: dict[str, Any] = {
-            **common,
-            "format": RESULT_FORMAT,
-            "status": "ok" if self.state == "ok" else "failed",
-            "setting": self.setting.name,
-            "row": self.row.name,
-            "seed": self.seed,
-            "key": self.key,
-            "protocol": self.protocol,
-            "train_s": round(wall.get("train_s", 0.0), 1),
-            "eval_s": round(wall.get("eval_s", 0.0), 1),
-            "calls": max(wall.get("train_calls", 0), wall.get("eval_calls", 0)),
-            "steps": done.get("step"),
-            "final_loss": done.get("loss"),
-            "commands": [_shown(self.train_cmd), _shown(self.eval_cmd)],
-            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
-        rec["wall_s"] = round(rec["train_s"] + rec["eval_s"], 1)
-        if self.state != "ok":
-            log = self.folder / f"{'eval' if done else 'train'}.log"
-            tail = log.read_text(errors="replace")[-1500:] if log.is_file() else ""
-            return {**rec, "exit_code": self.returncode, "log_tail": tail}
-        results = _read_json(self.folder / "eval" / "results.json")
-        metrics = {r["metric"]: {"value": r["value"], "std": r.get("std")}
-                   for r in results.get("results", [])}  # fmt: skip
-        cond = results.get("conditioning")
-        if cond:
-            metrics["cond-acc"] = {"value": cond["value"], "std": None}
-        return {**rec, "metrics": metrics, "records": results.get("results", [])}
-
-
-def run_jobs(
-    jobs: list[Job],
-    parallel: int,
-    deadline: Callable[[], float],
-    expected_s: Callable[[Job], float],
-    on_over: Callable[[Job], None],
-    poll_s: float = 1.0,
-) -> list[Job]:
-    """Run ``jobs`` in order, ``parallel`` at a time, until all are over or the deadline
-    (``deadline()``, in ``time.monotonic()`` seconds; it may move earlier, e.g. on SIGTERM).
-
-    A job starts only if ``expected_s(job)`` fits before the deadline, and goes from train to
-    eval only before it. At the deadline the running jobs get SIGTERM (``zigma train``
-    checkpoints and exits 75), then SIGKILL after a grace period. ``on_over(job)`` is called
-    as each one ends. Returns the jobs never started.
-    """
-    waiting, running = list(jobs), []
-    term_at: float | None = None
-    while True:
-        now = time.monotonic()
-        while term_at is None and len(running) < parallel:
-            fits = [j for j in waiting if now + expected_s(j) <= deadline()]
-            if not fits:
-                break
-            waiting.remove(fits[0])
-            print(f"start {fits[0].name}", flush=True)
-            fits[0].start()
-            running.append(fits[0])
-        if not running:
-            return waiting
-        time.sleep(poll_s)
-        now = time.monotonic()
-        for job in list(running):
-            if job.poll(may_continue=now < deadline()):
-                running.remove(job)
-                print(f"{job.state}: {job.name}", flush=True)
-                on_over(job)
-        if running and term_at is None and now >= deadline():
-            print(f"deadline: stopping {len(running)} run(s)", flush=True)
-            for job in running:
-                job.signal(signal.SIGTERM)
-            term_at = now
-        elif running and term_at is not None and now > term_at + _GRACE_S:
-            for job in running:
-                job.signal(signal.SIGKILL)
-
-
-# -- the run command ----------------------------------------------------------------------------
 def _card(device: str | None) -> str:
     import torch
 
@@ -526,8 +296,12 @@ def _commit(given: str | None) -> str:
     if given:
         return given
     try:
-        out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short=10", "HEAD"],
-                             capture_output=True, text=True, timeout=10)  # fmt: skip
+        out = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short=10", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -583,18 +357,44 @@ def build_jobs(args: argparse.Namespace, env: dict[str, str]) -> tuple[list[Job]
                     continue
                 folder = work / setting.name / f"{row.name}-s{seed}-{key[:8]}"
                 overrides = train_overrides(setting, row, seed, [*extra, *device])
-                train = _zigma("train", "--preset", setting.preset, "--out",
-                               str(folder / "train"), "--resume", *overrides)  # fmt: skip
+                train = _zigma(
+                    "train",
+                    "--preset",
+                    setting.preset,
+                    "--out",
+                    str(folder / "train"),
+                    "--resume",
+                    *overrides,
+                )
                 evaluate = _zigma(
-                    "eval", "--ckpt", str(folder / "train"), "--out", str(folder / "eval"),
-                    "--num", str(ev.num), "--metrics", ev.metrics, "--extractors", ev.extractors,
-                    "--sampler", ev.sampler, "--steps", str(ev.steps), "--cfg", "1",
-                    "--seed", str(seed), "--batch-size", str(ev.batch_size),
-                    "--shard-size", str(ev.shard_size),
+                    "eval",
+                    "--ckpt",
+                    str(folder / "train"),
+                    "--out",
+                    str(folder / "eval"),
+                    "--num",
+                    str(ev.num),
+                    "--metrics",
+                    ev.metrics,
+                    "--extractors",
+                    ev.extractors,
+                    "--sampler",
+                    ev.sampler,
+                    "--steps",
+                    str(ev.steps),
+                    "--cfg",
+                    "1",
+                    "--seed",
+                    str(seed),
+                    "--batch-size",
+                    str(ev.batch_size),
+                    "--shard-size",
+                    str(ev.shard_size),
                     *(["--device", args.device] if args.device else []),
-                )  # fmt: skip
+                )
                 protocol = protocol_key(setting, ev, extra)
-                jobs.append(Job(setting, row, seed, key, protocol, folder, train, evaluate, env))
+                job = Job(setting.name, row.name, seed, key, protocol, folder, train, evaluate, env)
+                jobs.append(job)
     return jobs, records
 
 
@@ -635,20 +435,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     common["torch"] = torch.__version__
     params = {}
     for job in jobs:
-        if (job.setting.name, job.row.name) not in params:
-            params[job.setting.name, job.row.name] = model_parameters(job.setting, job.row)
+        if (job.setting, job.row) not in params:
+            row = ROWS[ROW_NAMES.index(job.row)]
+            params[job.setting, job.row] = model_parameters(
+                SETTINGS[job.setting], row, args.train_override
+            )
 
     def expected(job: Job) -> float:
         """The median measured wall time of this setting at this concurrency, else the
-        setting's estimate."""
+        setting's estimate (``--expected-s`` replaces both)."""
+        if args.expected_s is not None:
+            return args.expected_s
         walls = sorted(
             r["wall_s"]
             for r in records
             if r.get("status") == "ok"
-            and r.get("setting") == job.setting.name
+            and r.get("setting") == job.setting
             and r.get("jobs") == args.jobs
         )
-        return walls[len(walls) // 2] if walls else job.setting.estimate_s
+        return walls[len(walls) // 2] if walls else SETTINGS[job.setting].estimate_s
 
     finished: list[Job] = []
 
@@ -657,7 +462,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             return  # resumable: nothing recorded
         if job.state == "ok":
             _sample_grid(job)
-        rec = job.record({**common, "params": params[job.setting.name, job.row.name]})
+        rec = job.record({**common, "params": params[job.setting, job.row]})
         append_result(results, rec)
         records.append(rec)
         finished.append(job)
@@ -674,16 +479,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     if out is not None and finished:
         with tarfile.open(out / "runs.tgz", "w:gz") as tar:
             for job in finished:
-                for name in ("train.log", "eval.log", "wall.json", "samples.png",
-                             "train/log.txt", "train/loss.png", "train/metrics.jsonl",
-                             "eval/results.json"):  # fmt: skip
+                for name in (
+                    "train.log",
+                    "eval.log",
+                    "wall.json",
+                    "samples.png",
+                    "train/log.txt",
+                    "train/loss.png",
+                    "train/metrics.jsonl",
+                    "eval/results.json",
+                ):
                     path = job.folder / name
                     if path.is_file():
-                        tar.add(path, arcname=f"{job.setting.name}/{job.folder.name}/{name}")
+                        tar.add(path, arcname=f"{job.setting}/{job.folder.name}/{name}")
     ok = sum(j.state == "ok" for j in finished)
     stopped = sum(j.state == "stopped" for j in jobs)
-    print(f"done in {time.monotonic() - t0:.0f} s: {ok} finished, "
-          f"{len(finished) - ok} failed, {stopped} stopped, {len(left)} not started")  # fmt: skip
+    print(
+        f"done in {time.monotonic() - t0:.0f} s: {ok} finished, "
+        f"{len(finished) - ok} failed, {stopped} stopped, {len(left)} not started"
+    )
     return 0 if len(finished) == ok else 1
 
 
@@ -691,8 +505,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 def parameter_table(names: Sequence[str]) -> str:
     """Markdown: every row's overrides and parameters per setting, against zigzag-8's (in
     total, and without the positional table, which is what the PE rows change)."""
-    lines = ["| row | kind | train overrides | " + " | ".join(f"parameters, {n}" for n in names)
-             + " |", "|" + "---|" * (3 + len(names))]  # fmt: skip
+    lines = [
+        "| row | kind | train overrides | " + " | ".join(f"parameters, {n}" for n in names) + " |",
+        "|" + "---|" * (3 + len(names)),
+    ]
     ref = {n: model_parameters(SETTINGS[n], ROWS[ROW_NAMES.index("zigzag-8")]) for n in names}
     for row in ROWS:
         cells = []
@@ -701,8 +517,9 @@ def parameter_table(names: Sequence[str]) -> str:
             total = (p["total"] - r["total"]) / r["total"]
             bare = (p["total"] - p["pos_embed"]) / (r["total"] - r["pos_embed"]) - 1
             cells.append(f"{p['total']:,} ({total:+.1%}; without PE {bare:+.1%})")
-        lines.append(f"| {row.name} | {row.group} | `{' '.join(row.overrides)}` | "
-                     f"{' | '.join(cells)} |")  # fmt: skip
+        lines.append(
+            f"| {row.name} | {row.group} | `{' '.join(row.overrides)}` | {' | '.join(cells)} |"
+        )
     return "\n".join(lines)
 
 
@@ -740,15 +557,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="copy results.jsonl and runs.tgz here")
     p.add_argument("--deadline-s", type=float, default=None, help="stop after this many seconds")
     p.add_argument("--jobs", type=int, default=1, help="runs at once on the one device")
+    p.add_argument(
+        "--expected-s",
+        type=float,
+        default=None,
+        help="seconds one run is assumed to take when deciding whether it can start before "
+        "the deadline (default: the median measured here, else the setting's estimate)",
+    )
     p.add_argument("--extractors", default="inception", help="zigma eval --extractors")
     p.add_argument("--metrics", default=None, help="zigma eval --metrics (default: setting's)")
     p.add_argument("--num", type=int, default=None, help="eval samples (default: setting's)")
     p.add_argument("--sample-steps", type=int, default=None, help="eval sampler steps")
     p.add_argument("--shard-size", type=int, default=None, help="eval samples per shard")
     p.add_argument("--eval-batch", type=int, default=None, help="eval batch size")
-    p.add_argument("--train-override", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra zigma train override for every run (repeatable; changes the "
-                   "protocol key)")  # fmt: skip
+    p.add_argument(
+        "--train-override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra zigma train override for every run (repeatable; changes the protocol key)",
+    )
     p.add_argument("--device", choices=("cpu", "cuda"), default=None)
     p.add_argument("--commit", default=None, help="commit recorded (default: git HEAD)")
     p.set_defaults(func=cmd_run)
