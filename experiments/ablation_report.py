@@ -60,10 +60,15 @@ def _num(v: float) -> str:
 
 
 def format_cell(values: Sequence[float]) -> str:
+    """ "mean ± std", both to two significant digits of the std ("54.7 ± 3.2", "0.0286 ±
+    0.0012"); the mean alone for one value; "–" for none."""
     if not values:
         return "–"
     m, s = mean_std(values)
-    return _num(m) if s is None else f"{_num(m)} ± {_num(s)}"
+    if not s:
+        return _num(m)
+    decimals = max(0, 1 - math.floor(math.log10(s)))
+    return f"{m:.{decimals}f} ± {s:.{decimals}f}"
 
 
 def aggregate(records: Sequence[dict[str, Any]]) -> list[Group]:
@@ -241,7 +246,8 @@ def format_results(groups: Sequence[Group], plot_name: str | None) -> str:
         parts += ["Predicted orderings against the seed noise:", "", *_checks(g), ""]
         parts += [*_provenance(g), ""]
     if plot_name:
-        parts += [f"![headline metric per row, mean ± std over seeds, dots: seeds]({plot_name})"]
+        alt = "headline metric per row: bar at the mean, whisker ± one std, a circle per seed"
+        parts += [f"![{alt}]({plot_name})"]
     return "\n".join(parts).rstrip() + "\n"
 
 
@@ -295,14 +301,14 @@ def bar_plot(panels: Sequence[tuple[str, list[tuple[str, list[float]]]]], path: 
                 continue
             m, s = mean_std(vals)
             draw.rectangle([x0, y - 7, x0 + m * scale, y + 7], fill=_BAR)
+            for v in vals:  # one open circle a seed, under the whisker
+                u = x0 + v * scale
+                draw.ellipse([u - 4, y - 4, u + 4, y + 4], outline=_DOT, width=2)
             if s is not None:
                 lo, up = x0 + max(m - s, 0) * scale, x0 + (m + s) * scale
                 draw.line([(lo, y), (up, y)], fill=_WHISKER, width=2)
                 for u in (lo, up):
-                    draw.line([(u, y - 5), (u, y + 5)], fill=_WHISKER, width=2)
-            for v in vals:
-                u = x0 + v * scale
-                draw.ellipse([u - 3, y - 3, u + 3, y + 3], fill=_DOT)
+                    draw.line([(u, y - 6), (u, y + 6)], fill=_WHISKER, width=2)
         draw.line([(x0, top - 4), (x0, height - bottom)], fill=_WHISKER)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda tmp: img.save(tmp, format="PNG"))
