@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
+
 from scan_ablation import (
     PAPER_TABLE1,
     PAPER_TABLE2,

@@ -443,7 +443,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     def expected(job: Job) -> float:
         """The median measured wall time of this setting at this concurrency, else the
-        setting's estimate (``--expected-s`` replaces both)."""
+        setting's estimate for one run alone, times jobs / 2 for several at once (four video
+        runs together got about twice one run's throughput, BENCHMARKS.md); ``--expected-s``
+        replaces both."""
         if args.expected_s is not None:
             return args.expected_s
         walls = sorted(
@@ -453,7 +455,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             and r.get("setting") == job.setting
             and r.get("jobs") == args.jobs
         )
-        return walls[len(walls) // 2] if walls else SETTINGS[job.setting].estimate_s
+        if walls:
+            return walls[len(walls) // 2]
+        return SETTINGS[job.setting].estimate_s * max(1.0, args.jobs / 2)
 
     finished: list[Job] = []
 
