@@ -105,7 +105,7 @@ PREDICTIONS: tuple[tuple[str, str, bool], ...] = (
 )
 
 # The paper's numbers (FID-5k). Table 1: MultiModal-CelebA at 256^2 and 512^2. Table 4:
-# MS-COCO 256^2 (the only table with sweep, zigzag and Vision Mamba together). Table 2:
+# MS-COCO at batch 256 (the only table with sweep, zigzag and Vision Mamba together). Table 2:
 # unconditional CelebA 256^2, positional embeddings none / cosine / learnable, for ZigMa and
 # Vision Mamba (the paper has no sweep triple; its Vision Mamba is our "vim").
 PAPER_TABLE1 = {
@@ -510,7 +510,7 @@ def parameter_table(names: Sequence[str]) -> str:
     """Markdown: every row's overrides and parameters per setting, against zigzag-8's (in
     total, and without the positional table, which is what the PE rows change)."""
     lines = [
-        "| row | kind | train overrides | " + " | ".join(f"parameters, {n}" for n in names) + " |",
+        "| row | what | train overrides | " + " | ".join(f"parameters, {n}" for n in names) + " |",
         "|" + "---|" * (3 + len(names)),
     ]
     ref = {n: model_parameters(SETTINGS[n], ROWS[ROW_NAMES.index("zigzag-8")]) for n in names}
@@ -522,7 +522,7 @@ def parameter_table(names: Sequence[str]) -> str:
             bare = (p["total"] - p["pos_embed"]) / (r["total"] - r["pos_embed"]) - 1
             cells.append(f"{p['total']:,} ({total:+.1%}; without PE {bare:+.1%})")
         lines.append(
-            f"| {row.name} | {row.group} | `{' '.join(row.overrides)}` | {' | '.join(cells)} |"
+            f"| {row.name} | {row.what} | `{' '.join(row.overrides)}` | {' | '.join(cells)} |"
         )
     return "\n".join(lines)
 
