@@ -398,6 +398,25 @@ def build_jobs(args: argparse.Namespace, env: dict[str, str]) -> tuple[list[Job]
     return jobs, records
 
 
+def check_extractors(specs: str, metrics: Sequence[str]) -> None:
+    """Load every extractor a run will use once, here, so that a missing file or package stops
+    the call in one line before anything trains (not at each run's eval).
+
+    Raises:
+        SystemExit: an extractor cannot be loaded.
+    """
+    if not any(m in ("fid", "kid", "prdc") for ms in metrics for m in ms.split(",")):
+        return
+    import zigma.evaluate.classifier  # noqa: F401  (registers the classifier: extractors)
+    from zigma.evaluate.features import load_extractor
+
+    for spec in (s.strip() for s in specs.split(",") if s.strip()):
+        try:
+            load_extractor(spec, "cpu")
+        except (OSError, ValueError, ImportError) as e:
+            raise SystemExit(f"scan_ablation: --extractors {spec}: {e}") from None
+
+
 def _copy_out(results: Path, out: Path | None) -> None:
     if out is not None and results.is_file():
         from zigma.artifacts import write_text_atomic
@@ -427,6 +446,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""
     jobs, records = build_jobs(args, env)
+    if jobs:
+        metrics = {args.metrics or SETTINGS[j.setting].metrics for j in jobs}
+        check_extractors(args.extractors, sorted(metrics))
     results, out = Path(args.results), Path(args.out) if args.out else None
     print(f"{len(jobs)} run(s) to do; results in {results}", flush=True)
     common = {"commit": _commit(args.commit), "card": _card(args.device), "jobs": args.jobs}
