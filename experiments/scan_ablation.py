@@ -222,13 +222,15 @@ def train_config(setting: Setting, row: Row, seed: int = 0, extra: Sequence[str]
 
 
 def model_parameters(setting: Setting, row: Row, extra: Sequence[str] = ()) -> dict[str, int]:
-    """{"total", "pos_embed"}: parameters of the row's model (built on the CPU: the random
-    schedule draws its permutations with torch.randperm, which the meta device cannot)."""
+    """{"total", "pos_embed"}: parameters of the row's model, built on the meta device."""
+    import torch
+
     from zigma.models import count_parameters
     from zigma.models.registry import preset_family
 
     cfg = train_config(setting, row, extra=extra)
-    model = preset_family(cfg.model.preset).model_class(cfg.model_config(setting.classes))
+    with torch.device("meta"):  # shapes only: nothing allocated, nothing initialised
+        model = preset_family(cfg.model.preset).model_class(cfg.model_config(setting.classes))
     pos = sum(p.numel() for n, p in model.named_parameters() if n.endswith("pos_embed"))
     return {"total": count_parameters(model), "pos_embed": pos}
 
