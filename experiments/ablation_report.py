@@ -235,7 +235,7 @@ def _provenance(g: Group) -> list[str]:
 def format_results(groups: Sequence[Group], plot_name: str | None) -> str:
     """The markdown that goes between the markers."""
     if not groups:
-        return "No results yet: nothing has been run (see *Running it*)."
+        return "No results yet: nothing has been run (see *Running it*).\n"
     parts: list[str] = []
     for g in groups:
         head = headline(g)

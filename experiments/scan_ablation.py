@@ -39,6 +39,8 @@ from typing import Any, Literal
 from ablation_jobs import Job, append_result, finished_keys, read_results, run_jobs
 
 REPO = Path(__file__).resolve().parents[1]
+# this checkout's zigma, as in the subprocesses (PYTHONPATH below), whatever else is installed
+sys.path.insert(0, str(REPO / "src"))
 DEFAULT_RESULTS = REPO / "experiments" / "results" / "scan_ablation.jsonl"
 DEFAULT_DOC = REPO / "docs" / "ablation.md"
 
