@@ -17,5 +17,5 @@ test: install
 	$(PYTHON) -m pytest -q
 
 lint: install
-	$(PYTHON) -m ruff check src tests benchmarks
-	$(PYTHON) -m ruff format --check src tests benchmarks
+	$(PYTHON) -m ruff check src tests benchmarks experiments
+	$(PYTHON) -m ruff format --check src tests benchmarks experiments

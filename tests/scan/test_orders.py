@@ -190,6 +190,18 @@ def test_random_is_reproducible_and_seed_dependent():
     assert torch.equal(a[1], torch.randperm(42, generator=g))
 
 
+def test_random_orders_are_drawn_on_the_cpu_under_a_meta_device_context():
+    # Models are built on the meta device to learn their shapes (zigma.models.io loads every
+    # checkpoint so); a fresh process has no cached orders, so the permutations are drawn
+    # there, and must still be the CPU generator's.
+    _cached_orders.cache_clear()
+    with torch.device("meta"):
+        got = scan_orders("random", 5, 7, num=3, seed=12)
+    g = torch.Generator().manual_seed(12)
+    want = torch.stack([torch.randperm(35, generator=g) for _ in range(3)])
+    assert got.device.type == "cpu" and torch.equal(got, want)
+
+
 def test_random_allows_many_orders():
     orders = scan_orders("random", 4, 4, num=20)
     assert orders.shape == (20, 16)

@@ -108,8 +108,11 @@ def _build(kind: str, height: int, width: int, frames: int, num: int, seed: int)
     if kind == "zigzag3d":
         return zigzag3d_orders(frames, height, width, num)
     # torch's CPU generator is a seeded Mersenne Twister: the same permutations everywhere.
+    # device="cpu" because models are also built under torch.device("meta") (shapes only),
+    # where a bare randperm would make meta tensors, which have no values.
     generator = torch.Generator().manual_seed(seed)
-    return torch.stack([torch.randperm(length, generator=generator) for _ in range(num)]).numpy()
+    perms = [torch.randperm(length, generator=generator, device="cpu") for _ in range(num)]
+    return torch.stack(perms).numpy()
 
 
 def inverse_orders(orders: torch.Tensor) -> torch.Tensor:
