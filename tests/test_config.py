@@ -64,3 +64,15 @@ def test_parse_value():
     assert parse_value("3") == 3 and parse_value("2.5") == 2.5
     assert parse_value("True") is True and parse_value("null") is None
     assert parse_value("[1, 2]") == [1, 2] and parse_value("hilbert") == "hilbert"
+
+
+def test_none_is_a_value_where_a_literal_lists_it():
+    """pos_embed=none asks for no positional embedding (a Literal value), while null keeps the
+    preset's, and "none" for a field without such a value is still null."""
+    from zigma.train import build_config
+
+    assert build_config("shapes-cpu", overrides=["model.pos_embed=none"]).model.pos_embed == "none"
+    assert build_config("shapes-cpu", overrides=["model.pos_embed=null"]).model.pos_embed is None
+    assert build_config("shapes-cpu", overrides=["model.depth=none"]).model.depth is None
+    model = build_config("shapes-cpu", overrides=["model.pos_embed=none"]).model_config()
+    assert model.pos_embed == "none"

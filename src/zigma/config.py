@@ -171,6 +171,13 @@ def parse_value(text: str) -> Any:
         return text
 
 
+def _admits_literal(hint: Any, value: str) -> bool:
+    """Whether the annotation ``hint`` lists ``value`` in a Literal (inside a union too)."""
+    if typing.get_origin(hint) is typing.Literal:
+        return value in typing.get_args(hint)
+    return any(_admits_literal(arg, value) for arg in typing.get_args(hint))
+
+
 def apply_overrides(cfg: T, overrides: typing.Iterable[str]) -> T:
     """Return a copy of dataclass ``cfg`` with dotted ``key=value`` overrides applied.
 
@@ -190,7 +197,13 @@ def apply_overrides(cfg: T, overrides: typing.Iterable[str]) -> T:
             if not isinstance(node, dict) or part not in node:
                 raise ConfigError(f"unknown config key {key!r}{suggest(part, names)}")
             if depth == len(parts) - 1:
-                node[part] = parse_value(raw)
+                value = parse_value(raw)
+                hint = typing.get_type_hints(sub_cls).get(part) if sub_cls else None
+                # "none" is a value of its own for fields such as pos_embed, where None means
+                # "keep the preset's": there the word is the string, not null
+                if value is None and raw.strip() == "none" and _admits_literal(hint, "none"):
+                    value = "none"
+                node[part] = value
             else:
                 hint = typing.get_type_hints(sub_cls).get(part) if sub_cls else None
                 sub_cls = hint if dataclasses.is_dataclass(hint) else None
