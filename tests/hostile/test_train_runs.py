@@ -593,7 +593,7 @@ def test_sigkill_before_the_first_checkpoint_then_the_same_command_finishes(
 
 def test_ctrl_c_prints_one_line_and_exits_130(tmp_path):
     out = tmp_path / "run"
-    proc = _start(out)
+    proc = _start(out, steps=10**6)  # runs until interrupted: a 60-step run can end first
     _wait_until_training(proc, out)
     proc.send_signal(signal.SIGINT)
     res = _finish(proc)
