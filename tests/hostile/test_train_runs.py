@@ -502,7 +502,14 @@ def _start(out, steps=STEPS):
         stderr=subprocess.PIPE,
         text=True,
         env=subprocess_env(),
+        # as from a terminal: a shell that runs the suite in the background (nohup, `&`)
+        # starts it with SIGINT ignored, and Python keeps an ignored SIGINT ignored
+        preexec_fn=_default_sigint,
     )
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _wait_until_training(proc, out, timeout=120.0):
