@@ -29,6 +29,7 @@ from zigma.evaluate.run import (
 )
 from zigma.evaluate.sampling import LoadedModel
 from zigma.train.config import TrainConfig
+from zigma.train.export import run_autoencoder
 from zigma.train.plots import draw_loss_curve
 
 _SEED_EVAL = 4  # the eval samples' seed stream (the previews' is 3)
@@ -50,17 +51,7 @@ def real_data(cfg: TrainConfig) -> DataConfig:
 
 def eval_autoencoder(cfg: TrainConfig, device: torch.device) -> Any:
     """The autoencoder that decodes a latent run's eval samples (None: a pixel run)."""
-    if cfg.vae is None:
-        return None
-    from zigma.autoencoder import load_autoencoder
-
-    try:
-        return load_autoencoder(cfg.vae, device=device)
-    except (OSError, ValueError) as e:
-        raise ConfigError(
-            f"eval decodes with the autoencoder the latents were made by: {e}; put it back, "
-            "or set eval.every=0"
-        ) from None
+    return run_autoencoder(cfg, device, "eval", "eval.every=0")
 
 
 class PeriodicEval:

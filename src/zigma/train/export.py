@@ -49,14 +49,23 @@ def preview_autoencoder(cfg: TrainConfig, device: torch.device) -> Autoencoder |
     Raises:
         ConfigError: the recorded autoencoder is missing or its weights changed.
     """
-    if cfg.vae is None or not cfg.preview.every:
+    if not cfg.preview.every:
+        return None
+    return run_autoencoder(cfg, device, "previews", "preview.every=0")
+
+
+def run_autoencoder(cfg: TrainConfig, device: torch.device, use: str, off: str):
+    """The autoencoder a latent run's latents were made by (None: a pixel run), for ``use``
+    (previews, eval); a missing or changed one is a ConfigError that names the switch ``off``.
+    """
+    if cfg.vae is None:
         return None
     try:
         return load_autoencoder(cfg.vae, device=device)
     except (OSError, ValueError) as e:
         raise ConfigError(
-            f"previews decode with the autoencoder the latents were made by: {e}; put it back, "
-            "or set preview.every=0"
+            f"{use} decode with the autoencoder the latents were made by: {e}; put it back, "
+            f"or set {off}"
         ) from None
 
 
