@@ -1,25 +1,31 @@
-"""The checkpoint shipped in pretrained/shapes-cpu: small enough, loads, and draws shapes."""
+"""The checkpoints shipped in pretrained/shapes-cpu and pretrained/shapes-gpu (fp16 weights):
+small enough, load, and draw shapes."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from zigma.evaluate import load_for_sampling
 from zigma.generate import generate
 
-PRETRAINED = Path(__file__).resolve().parents[2] / "pretrained" / "shapes-cpu"
+SHIPPED = Path(__file__).resolve().parents[2] / "pretrained"
+MODELS = pytest.mark.parametrize("name", ["shapes-cpu", "shapes-gpu"])
 
 
-def test_shipped_checkpoint_is_small_and_complete():
-    files = {p.name: p.stat().st_size for p in PRETRAINED.iterdir()}
-    assert {"config.json", "model.safetensors", "transport.json"} <= set(files)
+@MODELS
+def test_shipped_checkpoint_is_small_and_complete(name):
+    files = {p.name: p.stat().st_size for p in (SHIPPED / name).iterdir()}
+    assert {"config.json", "model.safetensors", "transport.json", "README.md"} <= set(files)
     assert sum(files.values()) <= 20 * 2**20
 
 
-def test_shipped_checkpoint_draws_an_object_on_a_plain_background():
-    loaded = load_for_sampling(PRETRAINED)
+@MODELS
+def test_shipped_checkpoint_draws_an_object_on_a_plain_background(name):
+    loaded = load_for_sampling(SHIPPED / name)
+    assert next(loaded.model.parameters()).dtype == torch.float32  # fp16 files load as fp32
     cfg = loaded.model.config
     assert cfg.input_size == (16, 16) and cfg.num_classes == 8
     labels = torch.arange(8)  # one sample per class

@@ -78,7 +78,7 @@ class DatasetSpec:
 
 
 DATASETS: dict[str, DatasetSpec] = {
-    # the shipped shapes models (pretrained/shapes-cpu, the demo, shapes-gpu) sample 16 px
+    # the shipped shapes models (pretrained/shapes-cpu and shapes-gpu, the demo) sample 16 px
     "shapes": DatasetSpec("image", 16, 3, CLASS_NAMES),
     "fashion-mnist": DatasetSpec(
         "image", 28, 1, FASHION_MNIST_CLASSES, train_items=60_000, test_items=10_000

@@ -61,20 +61,24 @@ _CPU_SHAPES: dict[str, Any] = {
     "logging": {"every": 100},
 }
 
-# The shipped GPU shapes model: the CPU demo's data (centred shapes, 16 px, 20k items) with a
-# model that sees 2 x 2 patches (64 tokens) and is 8 layers deep, trained at batch 128; meant
-# to come close to the real-vs-real FID floor, which the CPU recipe does not (issue 15).
+# The shipped GPU shapes model (pretrained/shapes-gpu): the CPU demo's data (centred shapes,
+# 16 px, 20k items) with a model that sees 2 x 2 patches (64 tokens), 8 layers of width 288,
+# uniform training times, batch 512. Chosen on an H200 (BENCHMARKS.md, "A better shipped
+# model"): against width 192 and logit-normal times at equal steps, width 288 with uniform
+# times gave the lowest Inception FD. A 6.75M model at 64 tokens is launch-bound on a GPU, so
+# batch 512 costs about what 128 did.
 _GPU_SHAPES: dict[str, Any] = {
     **_CPU_SHAPES,
-    "model": {**_CPU_SHAPES["model"], "hidden_size": 192, "depth": 8, "patch_size": 2},
-    "optim": {"lr": 5e-4, "warmup_steps": 500, "decay": "cosine", "min_lr_ratio": 0.1},
+    "model": {**_CPU_SHAPES["model"], "hidden_size": 288, "depth": 8, "patch_size": 2},
+    "transport": {"time_dist": "uniform"},
+    "optim": {"lr": 1e-3, "warmup_steps": 500, "decay": "cosine", "min_lr_ratio": 0.1},
     "ema": {"decay": 0.9995},
-    "steps": 8000,
-    "batch_size": 128,
+    "steps": 4500,
+    "batch_size": 512,
     "precision": "bf16",
-    # rendering 128 shapes takes ~40 ms on one core: more than the step itself on a GPU
-    "num_workers": 8,
-    "ckpt_every": 2000,
+    # rendering 512 shapes takes ~160 ms on one core: far more than the step itself on a GPU
+    "num_workers": 12,
+    "ckpt_every": 1500,
     "keep_last_checkpoints": 10,
     "preview": {
         **_CPU_SHAPES["preview"],
@@ -83,6 +87,7 @@ _GPU_SHAPES: dict[str, Any] = {
         "steps": 50,
         "sampler": "heun",
     },  # fmt: skip
+    "export": {"dtype": "fp16"},
 }
 
 # Text-to-image on the procedural scenes (one object: its colour, kind, size and cell are in the
@@ -158,8 +163,8 @@ _FACESHQ: dict[str, Any] = {
 
 TRAIN_PRESETS: dict[str, Preset] = {
     "shapes-gpu": Preset(
-        "class-conditional ZigMa (3.1M parameters, patch 2, 8 layers) on the demo's centred "
-        "16 px shapes, batch 128, bf16, 8000 steps (pretrained/shapes-gpu)",
+        "class-conditional ZigMa (6.75M parameters, patch 2, 8 layers of 288) on the demo's "
+        "centred 16 px shapes, batch 512, bf16, 4500 steps; one GPU (pretrained/shapes-gpu)",
         _GPU_SHAPES,
     ),
     "demo": Preset(
