@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
+from tests.tiny_models import wake_output_layers
 
 from zigma.cli import main
 from zigma.data import DataConfig, SeededItems, build_dataset
@@ -44,10 +45,7 @@ def _save_tiny_video(path, frames=T, num_classes=3):
             depth=2, num_classes=num_classes, scan_pattern="st",
         )
     )  # fmt: skip
-    with torch.no_grad():  # non-zero output layers, so samples depend on the weights
-        for name, p in model.named_parameters():
-            if "adaLN" in name or "final_layer" in name:
-                p.copy_(torch.randn_like(p) * 0.05)
+    wake_output_layers(model)  # samples depend on the weights
     model.save_pretrained(path)
     return path
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tests.tiny_models import wake_output_layers
 
 from zigma.cli import main
 from zigma.evaluate import load_for_sampling, write_samples
@@ -20,10 +21,7 @@ def model_dir(tmp_path):
             input_size=8, in_channels=3, patch_size=2, hidden_size=32, depth=2, num_classes=3
         )
     )
-    with torch.no_grad():  # non-zero output layers, so samples depend on the weights
-        for name, p in model.named_parameters():
-            if "adaLN" in name or "final_layer" in name:
-                p.copy_(torch.randn_like(p) * 0.05)
+    wake_output_layers(model)  # samples depend on the weights
     model.save_pretrained(tmp_path / "m")
     return tmp_path / "m"
 
