@@ -219,3 +219,14 @@ def test_attention_baselines_train_and_sample(tmp_path, preset, extra):
 def test_a_field_of_another_model_family_is_an_error():
     with pytest.raises(ConfigError, match="unknown DiTConfig field 'scan'"):
         tiny("model.preset=DiT-S/2", "model.scan=sweep").model_config(8)
+
+
+def test_data_cache_trains_the_same_weights_without_workers(tmp_path):
+    train(tiny(steps=4), tmp_path / "a")
+    train(tiny("data.cache=true", "num_workers=2", steps=4), tmp_path / "b")
+    a = from_pretrained(tmp_path / "a" / "model").state_dict()
+    b = from_pretrained(tmp_path / "b" / "model").state_dict()
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-6, msg=key)
+    log = (tmp_path / "b" / "log.txt").read_text()
+    assert "256 images (held in memory: data.cache)" in log

@@ -7,6 +7,7 @@ Every item is ``{"image": float32 [C, H, W] in [-1, 1], "label": int64 scalar (-
 unlabelled), "caption": str}``.
 """
 
+from zigma.data.cache import CachedItems
 from zigma.data.captioned import CocoCaptions, MMCelebAHQ, read_coco_captions
 from zigma.data.captions import pick_caption, read_caption_index, split_captions
 from zigma.data.folder import (
@@ -39,6 +40,7 @@ from zigma.data.latents import (
     read_latent_index,
 )
 from zigma.data.loader import (
+    CACHEABLE,
     DATASET_NAMES,
     FLIPPABLE,
     VIDEO_NAMES,
@@ -91,6 +93,8 @@ from zigma.data.video_io import (
 )
 
 __all__ = [
+    "CACHEABLE",
+    "CachedItems",
     "DATASET_NAMES",
     "FASHION_MNIST_CAPTIONS",
     "FLIPPABLE",

@@ -49,6 +49,8 @@ _IMAGE_FILES = ("folder", "coco", "mm-celeba-hq")  # read by ImageFilesDataset: 
 _NEEDS_DATA_DIR = (*_IMAGE_FILES, "video-folder")
 # digits and generated captions ("on the left") are not mirror-safe
 FLIPPABLE: tuple[str, ...] = ("fashion-mnist", "folder", "coco", "mm-celeba-hq")
+# items that are a pure function of their index (no per-epoch draw): data.cache may hold them
+CACHEABLE: tuple[str, ...] = ("shapes", "moving-mnist", "moving-shapes", "latents")
 
 
 @dataclass
@@ -89,6 +91,9 @@ class DataConfig:
         digits: 1 or 2 bouncing digits ("moving-mnist") or shapes ("moving-shapes").
         digits_from: "moving-mnist" only: "mnist" (IDX files in ``data_dir`` or
             ``ZIGMA_DATA_DIR``) or "fashion-mnist" (found by itself where Debian installs it).
+        cache: training reads every item once and keeps them all in memory (``CachedItems``),
+            so loader workers are not needed; for the datasets whose items never change
+            between epochs (``CACHEABLE``; the others draw flips, crops or captions).
     """
 
     name: DatasetName = "shapes"
@@ -109,6 +114,7 @@ class DataConfig:
     frame_stride: int = 1
     digits: int = 1
     digits_from: Literal["mnist", "fashion-mnist"] = "mnist"
+    cache: bool = False
 
     def __post_init__(self) -> None:
         if self.name not in DATASET_NAMES:
@@ -155,6 +161,11 @@ class DataConfig:
             )
         if self.min_size < 1:
             raise ConfigError(f"min_size must be >= 1, got {self.min_size}")
+        if self.cache and self.name not in CACHEABLE:
+            raise ConfigError(
+                f"cache=True is supported for name in {list(CACHEABLE)}, not {self.name!r} "
+                "(its items draw a flip, crop or caption every epoch)"
+            )
 
     def _check_latents(self) -> None:
         # data_dir may still be unset here (a preset names no folder): build_dataset asks for it
@@ -273,13 +284,15 @@ def _split_folder(data_dir: str, split: str, what: str = "image folder") -> str:
     raise FileNotFoundError(f"no {split!r} split for the {what}: {sub} does not exist")
 
 
-def collate_batch(items: list[dict[str, Any]]) -> dict[str, Any]:
+def collate_batch(items: list[dict[str, Any]] | dict[str, Any]) -> dict[str, Any]:
     """Stack images [B, C, H, W] (clips: [B, C, T, H, W]) and labels [B] (int64); captions
-    become a list of B strings.
+    become a list of B strings. A batch that is already a dict passes through.
 
     Raises:
         ValueError: an empty batch, or items of different shapes (e.g. images and clips).
     """
+    if isinstance(items, dict):  # a dataset's __getitems__ already stacked it (CachedItems)
+        return items
     if not items:
         raise ValueError("cannot collate an empty batch")
     shapes = {tuple(it["image"].shape) for it in items}
@@ -312,6 +325,13 @@ class SeededItems(Dataset):
         g = torch.Generator()
         g.manual_seed(derive_seed(self.seed, self.epoch, int(index)))
         return get_item(index, g)
+
+    def __getitems__(self, indices: list[int]) -> Any:
+        # the DataLoader's batched read: a dataset that stacks a whole batch at once does so
+        batched = getattr(self.dataset, "__getitems__", None)
+        if batched is not None and not hasattr(self.dataset, "get_item"):
+            return batched(indices)
+        return [self[i] for i in indices]
 
 
 def seed_worker(worker_id: int, base_seed: int) -> None:

@@ -34,12 +34,14 @@ Precision = Literal["fp32", "bf16", "fp16"]
 # field comes from the checkpoint (nanoGPT's rule: a resume must not silently change the model,
 # the data or the optimiser's state). These change nothing a checkpoint holds: run length,
 # intervals, what and how to sample, the learning rate and clipping (AdamW's state does not
-# depend on them), the autocast precision and memory-saving recomputation (weights stay fp32).
+# depend on them), the autocast precision and memory-saving recomputation (weights stay fp32),
+# and whether the data is held in memory (the same batches either way).
 RESUME_MUTABLE = (
     "steps",
     "ckpt_every",
     "keep_last_checkpoints",
     "num_workers",
+    "data.cache",
     "cpu_threads",
     "time_limit_minutes",
     "max_nonfinite",

@@ -206,7 +206,8 @@ def _train(
         start_step=prog.step,
         num_replicas=env.world_size,
         rank=env.rank,
-        num_workers=cfg.num_workers,
+        # a cached dataset is sliced from memory: workers would only copy it
+        num_workers=0 if cfg.data.cache else cfg.num_workers,
     )
     per_epoch = len(dataset) // env.world_size // per_rank
     n_params = count_parameters(model)
@@ -415,7 +416,8 @@ def _header_lines(
         + (f"layers {pattern}, " if (pattern := m.scan_pattern or m.attn_pattern) else "")
         + f"{m.num_classes} classes: {n_params / 1e6:.2f}M parameters",
         "data": f"{d.name} {f'{d.frames} frames of ' if d.frames else ''}{d.resolution}px "
-        f"x{d.channels}, {n_data} {'clips' if d.frames else 'images'}; batch "
+        f"x{d.channels}, {n_data} {'clips' if d.frames else 'images'}"
+        f"{' (held in memory: data.cache)' if d.cache else ''}; batch "
         f"{cfg.batch_size} ({cfg.batch_size // env.world_size} per rank), {cfg.steps} steps",
     }
     if cfg.vae is not None:

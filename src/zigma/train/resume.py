@@ -22,7 +22,7 @@ from torch import nn
 from zigma import artifacts
 from zigma.artifacts import CHECKPOINTS, CONFIG_NAME, LOCK_NAME, STEP_NAME, ArtifactError, RunLock
 from zigma.config import ConfigError, from_dict, short_repr, to_dict
-from zigma.data import build_dataset, derive_seed
+from zigma.data import CachedItems, build_dataset, derive_seed
 from zigma.train import distributed
 from zigma.train.checkpoint import (
     Checkpoint,
@@ -233,6 +233,8 @@ def prepare(
             f"batch_size {cfg.batch_size} is not divisible by the world size {env.world_size}"
         )
     dataset = build_dataset(cfg.data, "train")
+    if cfg.data.cache:
+        dataset = CachedItems(dataset, num_workers=cfg.num_workers)
     if len(dataset) < cfg.batch_size:
         skipped = getattr(dataset, "skip_summary", None)  # an image folder says what it left out
         raise ConfigError(
