@@ -506,9 +506,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: limit.__setitem__(0, 0.0))
     left = run_jobs(jobs, args.jobs, lambda: limit[0], expected, over)
     _copy_out(results, out)
-    if out is not None and finished:
+    # stopped runs too: their logs say how far and how fast they got (the checkpoints, which a
+    # later call could resume from, stay in --work)
+    kept = finished + [j for j in jobs if j.state == "stopped"]
+    if out is not None and kept:
         with tarfile.open(out / "runs.tgz", "w:gz") as tar:
-            for job in finished:
+            for job in kept:
                 for name in (
                     "train.log",
                     "eval.log",
