@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 RESULT_FORMAT = "zigma-scan-ablation-v1"
+# status of a run trained and sampled whose extractor metrics are still to compute (`score`)
+UNSCORED = "unscored"
 _GRACE_S = 30.0  # after SIGTERM: a checkpoint of a 3M-parameter model takes well under this
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
+from ablation_jobs import UNSCORED
 from scan_ablation import (
     PAPER_TABLE1,
     PAPER_TABLE2,
@@ -78,6 +79,8 @@ def aggregate(records: Sequence[dict[str, Any]]) -> list[Group]:
     groups: dict[tuple[str, str], Group] = {}
     last: dict[tuple[str, str, str, int], dict[str, Any]] = {}
     for rec in records:
+        if rec.get("status") == UNSCORED:  # neither a result nor a failure yet
+            continue
         key = (rec["setting"], rec["protocol"], rec["row"], int(rec["seed"]))
         if rec.get("status") == "ok" or last.get(key, {}).get("status") != "ok":
             last[key] = rec

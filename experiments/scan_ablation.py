@@ -11,6 +11,17 @@ zigzag-8 <= zigzag-2 <= zigzag-1 < sweep, and learnable <= sincos <= none (learn
     python experiments/scan_ablation.py run --setting fashion --rows zigzag-8   # one row
     python experiments/scan_ablation.py report                # docs/ablation.md + plot
 
+When the data and the extractor's weights cannot be on one machine at once (a GPU call carries
+64 MiB: Fashion-MNIST and the Inception copy do not fit together), ``run --score-later`` trains
+and draws the eval samples with the data, computes only the metrics that need no extractor
+(the domain classifier's), and packs the samples into ``--out/shards.tgz``; ``score`` then
+computes the extractor's metrics from those shards elsewhere and completes the results:
+
+    python experiments/scan_ablation.py run --setting fashion --score-later \
+        --extractors inception-fp16:inception-fp16.pt --deadline-s 540 --jobs 2 --out $OUT
+    python experiments/scan_ablation.py score --shards shards.tgz \
+        --extractors inception-fp16:.gpu/inception-fp16.pt --cache REF_CACHE
+
 ``run`` is resumable: every finished (setting, row, seed) is one line of the results file
 (``--results``, default experiments/results/scan_ablation.jsonl; a copy goes to ``--out``
 after each), and a rerun skips those whose protocol is unchanged. A run cut off by
@@ -36,7 +47,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from ablation_jobs import Job, append_result, finished_keys, read_results, run_jobs
+from ablation_jobs import (
+    UNSCORED,
+    Job,
+    append_result,
+    finished_keys,
+    read_results,
+    run_jobs,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 # this checkout's zigma, as in the subprocesses (PYTHONPATH below), whatever else is installed
@@ -238,6 +256,19 @@ def model_parameters(setting: Setting, row: Row, extra: Sequence[str] = ()) -> d
 
 
 # -- protocol keys ------------------------------------------------------------------------------
+# zigma eval metrics computed on --extractors' features; the others use the shipped classifiers
+EXTRACTOR_METRICS = ("fid", "kid", "prdc")
+
+
+def split_metrics(metrics: str) -> tuple[list[str], list[str]]:
+    """(metrics computed without --extractors, metrics on --extractors' features)."""
+    names = [m.strip() for m in metrics.split(",") if m.strip()]
+    return (
+        [m for m in names if m not in EXTRACTOR_METRICS],
+        [m for m in names if m in EXTRACTOR_METRICS],
+    )
+
+
 @dataclass(frozen=True)
 class EvalArgs:
     """What ``zigma eval`` is given besides the model (the setting's unless overridden)."""
@@ -338,7 +369,10 @@ def _seeds(text: str) -> list[int]:
 def build_jobs(args: argparse.Namespace, env: dict[str, str]) -> tuple[list[Job], list[dict]]:
     """The jobs of the selection not finished in the results file, and those results."""
     records = read_results(args.results)
-    done = finished_keys(records)
+    # a run waiting for its extractor metrics is finished here: `score` completes it
+    done = finished_keys(records) | {
+        (r["key"], int(r["seed"])) for r in records if r.get("status") == UNSCORED
+    }
     work = Path(args.work)
     device = ["device=cpu"] if args.device == "cpu" else []
     jobs = []
@@ -370,6 +404,13 @@ def build_jobs(args: argparse.Namespace, env: dict[str, str]) -> tuple[list[Job]
                     "--resume",
                     *overrides,
                 )
+                now, later = split_metrics(ev.metrics)
+                if not getattr(args, "score_later", False):
+                    scored = ["--metrics", ev.metrics, "--extractors", ev.extractors]
+                elif now:
+                    scored = ["--metrics", ",".join(now)]
+                else:
+                    scored = ["--sample-only"]
                 evaluate = _zigma(
                     "eval",
                     "--ckpt",
@@ -378,10 +419,7 @@ def build_jobs(args: argparse.Namespace, env: dict[str, str]) -> tuple[list[Job]
                     str(folder / "eval"),
                     "--num",
                     str(ev.num),
-                    "--metrics",
-                    ev.metrics,
-                    "--extractors",
-                    ev.extractors,
+                    *scored,
                     "--sampler",
                     ev.sampler,
                     "--steps",
@@ -450,7 +488,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""
     jobs, records = build_jobs(args, env)
-    if jobs:
+    if jobs and not args.score_later:  # with --score-later the extractor is not loaded here
         metrics = {args.metrics or SETTINGS[j.setting].metrics for j in jobs}
         check_extractors(args.extractors, sorted(metrics))
     results, out = Path(args.results), Path(args.out) if args.out else None
@@ -493,11 +531,18 @@ def cmd_run(args: argparse.Namespace) -> int:
         if job.state == "ok":
             _sample_grid(job)
         rec = job.record({**common, "params": params[job.setting, job.row]})
+        if args.score_later and rec["status"] == "ok":
+            later = split_metrics(args.metrics or SETTINGS[job.setting].metrics)[1]
+            rec = {
+                **rec,
+                "status": UNSCORED,
+                "pending": {"metrics": ",".join(later), "extractors": args.extractors},
+            }
         append_result(results, rec)
         records.append(rec)
         finished.append(job)
         _copy_out(results, out)
-        if rec["status"] == "ok":
+        if rec["status"] in ("ok", UNSCORED):
             shown = ", ".join(f"{k} {v['value']:.4g}" for k, v in rec["metrics"].items())
             print(f"  {job.name}: {shown} ({rec['wall_s']:.0f} s)", flush=True)
 
@@ -525,6 +570,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                     path = job.folder / name
                     if path.is_file():
                         tar.add(path, arcname=f"{job.setting}/{job.folder.name}/{name}")
+    if out is not None and args.score_later and finished:
+        pack_shards([j for j in finished if j.state == "ok"], out / "shards.tgz")
     ok = sum(j.state == "ok" for j in finished)
     stopped = sum(j.state == "stopped" for j in jobs)
     print(
@@ -532,6 +579,98 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"{len(finished) - ok} failed, {stopped} stopped, {len(left)} not started"
     )
     return 0 if len(finished) == ok else 1
+
+
+# -- scoring elsewhere (run --score-later, then score) ------------------------------------------
+def pack_shards(jobs: Sequence[Job], path: Path) -> None:
+    """The eval folders (samples, manifest, partial results) of ``jobs`` as one ``.tgz``,
+    each under ``<setting>/<run folder>/eval``."""
+    with tarfile.open(path, "w:gz") as tar:
+        for job in jobs:
+            tar.add(job.folder / "eval", arcname=f"{job.setting}/{job.folder.name}/eval")
+
+
+def _unscored(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The latest record of each (key, seed) when it still waits for ``score``."""
+    last: dict[tuple[str, int], dict[str, Any]] = {}
+    for rec in records:
+        k = (rec["key"], int(rec["seed"]))
+        if rec.get("status") in ("ok", UNSCORED) or k not in last:
+            last[k] = rec
+    return [r for r in last.values() if r.get("status") == UNSCORED]
+
+
+def _extractor_names(specs: str) -> list[str]:
+    return [s.split(":", 1)[0] + ":" + Path(s.split(":", 1)[1]).name if ":" in s else s
+            for s in (x.strip() for x in specs.split(",")) if s]  # fmt: skip
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    """Complete the unscored runs of ``--results`` from the shards in ``--shards``."""
+    t0 = time.monotonic()
+    results, out = Path(args.results), Path(args.out) if args.out else None
+    records = read_results(results)
+    waiting = _unscored(records)
+    print(f"{len(waiting)} run(s) wait for scoring in {results}", flush=True)
+    if not waiting:
+        return 0
+    for rec in waiting:  # the key names the extractor: another one would make it a lie
+        if _extractor_names(rec["pending"]["extractors"]) != _extractor_names(args.extractors):
+            raise SystemExit(
+                f"scan_ablation: {rec['setting']}/{rec['row']}/seed {rec['seed']} was run for "
+                f"--extractors {rec['pending']['extractors']}, not {args.extractors}"
+            )
+    check_extractors(args.extractors, [r["pending"]["metrics"] for r in waiting])
+    unpacked = Path(args.work) / "scoring"
+    for tgz in args.shards:
+        with tarfile.open(tgz, "r:gz") as tar:
+            tar.extractall(unpacked, filter="data")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO / "src"), env.get("PYTHONPATH")) if p)
+    env.setdefault("ZIGMA_CACHE", str(Path(args.work).resolve() / "cache"))
+    common = {"commit": _commit(args.commit), "card": _card(args.device)}
+    failed = 0
+    for rec in waiting:
+        name = f"{rec['setting']}/{rec['row']}/seed {rec['seed']}"
+        run = f"{rec['row']}-s{rec['seed']}-{rec['key'][:8]}"  # build_jobs' folder name
+        folder = unpacked / rec["setting"] / run / "eval"
+        if not (folder / "eval.json").is_file():
+            print(f"no shards for {name} in {', '.join(args.shards)}: left unscored", flush=True)
+            failed += 1
+            continue
+        scored_json = folder / "scored.json"
+        cmd = _zigma(
+            "eval", "--samples", str(folder), "--metrics", rec["pending"]["metrics"],
+            "--extractors", args.extractors, "--json", str(scored_json),
+            *(["--cache", args.cache] if args.cache else []),
+            *(["--batch-size", str(args.eval_batch)] if args.eval_batch else []),
+            *(["--device", args.device] if args.device else []),
+        )  # fmt: skip
+        t = time.monotonic()
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if proc.returncode != 0:
+            print(f"scoring {name} failed:\n{(proc.stdout + proc.stderr)[-1500:]}", flush=True)
+            failed += 1
+            continue
+        scored = json.loads(scored_json.read_text())["results"]
+        metrics = {
+            **rec["metrics"],
+            **{r["metric"]: {"value": r["value"], "std": r.get("std")} for r in scored},
+        }
+        done = {k: v for k, v in rec.items() if k != "pending"}
+        done.update(
+            status="ok",
+            metrics=metrics,
+            records=[*rec.get("records", []), *scored],
+            scored={**common, "command": "zigma " + " ".join(cmd[3:]),
+                    "seconds": round(time.monotonic() - t, 1)},
+        )  # fmt: skip
+        append_result(results, done)
+        _copy_out(results, out)
+        shown = ", ".join(f"{k} {v['value']:.4g}" for k, v in metrics.items())
+        print(f"  {name}: {shown}", flush=True)
+    print(f"scored in {time.monotonic() - t0:.0f} s: {len(waiting) - failed} of {len(waiting)}")
+    return 1 if failed else 0
 
 
 # -- the rows and report commands ----------------------------------------------------------------
@@ -612,7 +751,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--device", choices=("cpu", "cuda"), default=None)
     p.add_argument("--commit", default=None, help="commit recorded (default: git HEAD)")
+    p.add_argument(
+        "--score-later",
+        action="store_true",
+        help="compute only the metrics that need no --extractors, pack the samples into "
+        "--out/shards.tgz and leave the runs for `score` (data and extractor on two machines)",
+    )
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("score", help="compute the extractor metrics of --score-later runs")
+    p.add_argument("--shards", nargs="+", required=True, help="shards.tgz files of run --out")
+    p.add_argument("--extractors", required=True, help="zigma eval --extractors (the run's)")
+    p.add_argument("--results", default=str(DEFAULT_RESULTS), help="results JSONL (appended)")
+    p.add_argument("--work", default="runs/ablation", help="where the shards are unpacked")
+    p.add_argument("--cache", default=None, help="reference feature cache (zigma eval --cache DIR)")
+    p.add_argument("--out", default=None, help="copy results.jsonl here")
+    p.add_argument("--eval-batch", type=int, default=None, help="eval batch size")
+    p.add_argument("--device", choices=("cpu", "cuda"), default=None)
+    p.add_argument("--commit", default=None, help="commit recorded (default: git HEAD)")
+    p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("report", help="aggregate results into docs/ablation.md and a plot")
     p.add_argument("--results", nargs="+", default=[str(DEFAULT_RESULTS)], help="JSONL files")

@@ -280,3 +280,54 @@ def test_report_mean_std_and_verdicts(tmp_path):
     plain.write_text("# no markers\n")
     with pytest.raises(ValueError, match="ablation-results:begin"):
         report.write_report(recs, plain, tmp_path / "p.png")
+
+
+@pytest.mark.skipif(
+    not (FASHION_MNIST_DEBIAN_DIR / "train-images-idx3-ubyte.gz").is_file(),
+    reason="Fashion-MNIST files not installed (apt-get install dataset-fashion-mnist)",
+)
+def test_score_later_gives_the_one_call_result(tmp_path):
+    tiny = ["steps=2", "precision=fp32", "model.hidden_size=32", "model.depth=2", "batch_size=2"]
+    common = [
+        "--setting", "fashion", "--rows", "zigzag-8", "--seeds", "1", "--device", "cpu",
+        "--num", "16", "--shard-size", "8", "--eval-batch", "16", "--sample-steps", "2",
+        "--metrics", "fd-classifier,kid", "--extractors", "classifier:fashion-mnist",
+        *(f"--train-override={o}" for o in tiny),
+    ]  # fmt: skip
+
+    def run(name: str, *extra: str) -> tuple[Path, subprocess.CompletedProcess]:
+        results = tmp_path / f"{name}.jsonl"
+        where = ["--work", str(tmp_path / name), "--results", str(results)]
+        return results, _run("run", *common, *where, "--out", str(tmp_path / name / "out"),
+                             *extra, cwd=tmp_path)  # fmt: skip
+
+    split, proc = run("split", "--score-later")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (rec,) = jobs.read_results(split)
+    assert rec["status"] == "unscored" and set(rec["metrics"]) == {"FD-fashion-mnist-classifier"}
+    assert rec["pending"]["metrics"] == "kid"
+    shards = tmp_path / "split" / "out" / "shards.tgz"
+    assert shards.is_file()
+    _, again = run("split", "--score-later")  # waiting for score counts as done
+    assert again.returncode == 0 and "0 run(s) to do" in again.stdout, again.stdout
+
+    score = ["score", "--shards", str(shards), "--results", str(split)]
+    wrong = _run(*score, "--extractors", "inception", "--work", str(tmp_path / "w"), cwd=tmp_path)
+    assert wrong.returncode != 0 and "was run for --extractors" in wrong.stderr
+    scored = _run(*score, "--extractors", "classifier:fashion-mnist", "--device", "cpu",
+                  "--work", str(tmp_path / "scoring"), cwd=tmp_path)  # fmt: skip
+    assert scored.returncode == 0, scored.stdout[-3000:] + scored.stderr[-3000:]
+    final = jobs.read_results(split)[-1]
+    assert final["status"] == "ok" and final["key"] == rec["key"] and "pending" not in final
+    assert (
+        final["metrics"]["FD-fashion-mnist-classifier"]
+        == rec["metrics"]["FD-fashion-mnist-classifier"]
+    )
+    # the same run in one call (data and extractor together) gives the same numbers
+    whole, proc = run("whole")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (one,) = jobs.read_results(whole)
+    assert one["key"] == final["key"] and one["protocol"] == final["protocol"]
+    assert set(one["metrics"]) == set(final["metrics"])
+    for label, m in one["metrics"].items():
+        assert final["metrics"][label]["value"] == pytest.approx(m["value"], rel=1e-5, abs=1e-7)

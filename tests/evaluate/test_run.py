@@ -252,6 +252,10 @@ def test_reference_cache_is_keyed_by_data_split_extractor_and_num(tmp_path, monk
         assert not hit
         paths.add(p)
     assert len(paths) == 1 + len(misses)
+    # the same images under another spelling hit: the data's own channel count, data.cache
+    for same in (dataclasses.replace(data, channels=3), dataclasses.replace(data, cache=True)):
+        _, p, hit = reference_features(same, ex, 20)
+        assert hit and p == path
     # --ref FILE: read back, checked against the extractor
     assert torch.equal(load_reference(path, ex), feats)
     with pytest.raises(ValueError, match="features of tiny-test, not of tiny-test as loaded now"):

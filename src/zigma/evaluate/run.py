@@ -656,10 +656,16 @@ def reference_meta(data: Any, split: str, extractor: Any, num: int) -> dict[str,
     """What a reference feature file is a function of: the cache key. ``num`` counts items
     (images, clips); a per-frame extractor's file holds ``rows_per_item`` (the clips' T) rows
     per clip, so its key never meets that of the clip features of the same data."""
+    fields = to_dict(data)
+    # the same images, the same key: channels=None is the data's own count, and holding the
+    # data in memory (cache) changes no pixel
+    fields.pop("cache", None)
+    if fields.get("channels") is None and hasattr(data, "resolved_channels"):
+        fields["channels"] = data.resolved_channels
     meta = {
         "format": REFERENCE_FORMAT,
         "version": VERSION,
-        "data": to_dict(data),
+        "data": fields,
         "split": split,
         "num": num,
         "extractor": extractor.describe(),
