@@ -69,6 +69,14 @@ def test_resume_in_process_is_bit_identical(tmp_path, uninterrupted):
     assert "resumed" in log
 
 
+def test_resume_with_the_data_held_in_memory_is_bit_identical(tmp_path, uninterrupted):
+    out = tmp_path / "run"
+    train(tiny(*COMMON, "ckpt_every=13", steps=11), out)
+    train(tiny(*COMMON, "ckpt_every=13", "data.cache=true", steps=STEPS), out, resume=True)
+    assert "resuming with data.cache=True (checkpoint: False)" in (out / "log.txt").read_text()
+    _assert_identical(uninterrupted, out)
+
+
 def test_resume_in_a_fresh_process_is_bit_identical(tmp_path, uninterrupted):
     out = tmp_path / "run"
     # a run "killed" after its step-13 checkpoint: drop what came after, as a crash would
