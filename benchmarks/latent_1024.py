@@ -30,7 +30,6 @@ soon as it is measured. Exit status 1 if a case raised something other than out-
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import json
 import platform
@@ -40,33 +39,14 @@ import time
 from pathlib import Path
 
 import torch
-from torch import nn
 
-from _harness import error_text, free_memory, git_commit, md_table
-from peers import load
-from zigma.bench.runner import time_ms
-from zigma.bench.suites import TINY_DEPTH, TINY_WIDTH, tiny_overrides
-from zigma.models import count_parameters, create_model
-from zigma.train.config import build_config
-from zigma.train.distributed import DistEnv
-from zigma.train.ema import EMA
-from zigma.train.optim import StepGuard, build_optimizer, guarded_step
-from zigma.transport import sample_time, training_loss
+from _harness import git_commit, md_table
+from _train_step import attempt, official_dit, our_model, peak_memory, train_config, train_step
+from zigma.models import count_parameters
 
 PRESET = "faceshq-1024"
+OFFICIAL = "DiT-B/2 (official)"
 OFFICIAL_README = {4: "~9 GB", 8: "~18 GB"}  # ZigMa-B/2 FacesHQ 1024, official README
-
-
-class OfficialDiT(nn.Module):
-    """facebookresearch/DiT's DiT in our denoiser contract: ``model(x, t)`` with t in [0, 1]."""
-
-    def __init__(self, dit: nn.Module) -> None:
-        super().__init__()
-        self.dit = dit
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        y = torch.zeros(len(x), dtype=torch.long, device=x.device)  # one class: unconditional
-        return self.dit(x, t * 1000, y)
 
 
 def cases(args: argparse.Namespace) -> list[dict]:
@@ -77,28 +57,18 @@ def cases(args: argparse.Namespace) -> list[dict]:
         for mode in ("plain", "grad_checkpointing"):
             out.append(dict(model="DiT-B/2", batch=batch, mode=mode))
         if args.dit is not None:
-            out.append(dict(model="DiT-B/2 (official)", batch=batch, mode="plain"))
+            out.append(dict(model=OFFICIAL, batch=batch, mode="plain"))
     return out
 
 
 def build(case: dict, args: argparse.Namespace, side: int):
     """(model, train config) of one case, built as ``zigma train --preset faceshq-1024``."""
-    model_over = {"input_size": [side, side]}
-    ours = case["model"] if case["model"] != "DiT-B/2 (official)" else "DiT-B/2"
-    if args.tiny:
-        model_over |= tiny_overrides(ours, TINY_WIDTH, TINY_DEPTH)
-    base = {"model": {"preset": ours, **model_over}, "data": {"resolution": side}}
-    cfg = build_config(PRESET, base=base, batch_size=case["batch"])
-    if case["model"] == "DiT-B/2 (official)":
-        dit = load("official_dit", args.dit / "models.py")
-        kw = dict(depth=12, hidden_size=768, num_heads=12)
-        if args.tiny:
-            kw = dict(depth=TINY_DEPTH, hidden_size=TINY_WIDTH, num_heads=4)
-        net = OfficialDiT(dit.DiT(input_size=side, patch_size=2, in_channels=4, num_classes=1,
-                                  class_dropout_prob=0.0, learn_sigma=False, **kw))  # fmt: skip
-        return net, cfg
-    m = cfg.model_config()
-    net = create_model(cfg.model.preset, **dataclasses.asdict(m))
+    official = case["model"] == OFFICIAL
+    ours = "DiT-B/2" if official else case["model"]
+    cfg = train_config(ours, PRESET, side, case["batch"], args.tiny)
+    if official:
+        return official_dit(args.dit, ours, side, 1, args.tiny), cfg
+    net = our_model(cfg)
     net.grad_checkpointing = case["mode"] == "grad_checkpointing"
     if case["mode"] == "recompute_scans":
         net.recompute_scans = True
@@ -108,46 +78,19 @@ def build(case: dict, args: argparse.Namespace, side: int):
 def measure(case: dict, args: argparse.Namespace, side: int) -> dict:
     device = torch.device(args.device)
     row = dict(case, tokens=(side // 2) ** 2, side=side)
-    try:
+
+    def run() -> None:
         torch.manual_seed(0)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         net, cfg = build(case, args, side)
         net = net.to(device)
         row["params_m"] = count_parameters(net, trainable_only=True) / 1e6
-        env = DistEnv(0, 0, 1, device)
-        ema = EMA(net, cfg.ema.decay, cfg.ema.warmup)
-        opt = build_optimizer(net, cfg.optim, device)
-        scaler = torch.amp.GradScaler(device.type, enabled=False)
-        guard = StepGuard(opt)
-        gen = torch.Generator().manual_seed(0)
         x = torch.randn(case["batch"], 4, side, side, device=device)
-        noise = torch.randn(case["batch"], 4, side, side, device=device)
-        t = sample_time(case["batch"], cfg.transport, gen).to(device)
-        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-        step_no = [0]
+        row.update(train_step(net, cfg, x, {}, args.warmup, args.repeats))
+        row.update(peak_memory(device))
 
-        def step() -> None:
-            with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-                loss = training_loss(net, x, cfg.transport, noise=noise, t=t).mean()
-            res = guarded_step(loss, net, opt, scaler, cfg.optim.grad_clip, env, guard)
-            if res.skipped is None:
-                ema.update(net, step_no[0])
-            step_no[0] += 1
-
-        net.train()
-        row["ms"] = time_ms(step, str(device), args.warmup, args.repeats)
-        row["img_s"] = case["batch"] * 1e3 / row["ms"]
-        if device.type == "cuda":
-            row["peak_alloc_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
-            row["peak_reserved_gib"] = torch.cuda.max_memory_reserved(device) / 2**30
-        row["status"] = "ok"
-    except torch.cuda.OutOfMemoryError:
-        row["status"] = "OOM"
-    except Exception as exc:  # the other cases still run
-        row["status"], row["error"] = "error", error_text(exc)
-    free_memory()
-    return row
+    return attempt(row, run)
 
 
 COLUMNS = [

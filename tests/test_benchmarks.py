@@ -2,6 +2,7 @@
 runs without error, the script exits 0 and writes scan.json and scan.md with each section's
 results. A subprocess, as on the GPU machine: --smoke must select the interpreter itself.
 benchmarks/peers.py at tiny sizes on CPU, with our models only (the official code is not here).
+benchmarks/train_throughput.py likewise: its --tiny CPU mode, the official DiT skipped.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ requires_triton = pytest.mark.skipif(
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "scan.py"
 PEERS = REPO / "benchmarks" / "peers.py"
+THROUGHPUT = REPO / "benchmarks" / "train_throughput.py"
 SECTIONS = ("env", "check", "scan", "conv", "tiles", "train")
 
 
@@ -88,3 +90,26 @@ def test_peers_tiny_cpu_run_times_ours_without_peers(tmp_path):
     assert report["ratios"] == []
     assert any("no --dit" in n for n in report["env"]["notes"])
     assert "| DiT-B/1 | 8 | 64 |" in (tmp_path / "peers.md").read_text()
+
+
+def test_train_throughput_tiny_cpu_run_measures_ours_without_dit(tmp_path):
+    """benchmarks/train_throughput.py --tiny on CPU, no --dit: each setting's official DiT row
+    is skipped with the note, our DiT and ZigMa rows train and sample at positive images/s."""
+    args = ["--tiny", "--device", "cpu", "--repeats", "1", "--warmup", "0"]
+    proc = _run(*args, "--out", str(tmp_path), timeout=120, script=THROUGHPUT)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    report = json.loads((tmp_path / "train_throughput.json").read_text())
+    rows = report["rows"]
+    assert {r["setting"] for r in rows} == {"XL-256", "B-256", "B-4096", "XL-4096"}
+    official = [r for r in rows if r["official"]]
+    ours = [r for r in rows if not r["official"]]
+    assert len(official) == 4 and len(ours) == 8
+    assert all(r["status"] == "skipped" and "no --dit" in r["note"] for r in official)
+    assert {r["model"] for r in ours} >= {"ZigMa-B/2", "ZigMa-XL/2", "DiT-B/2", "DiT-XL/2"}
+    for row in ours:
+        assert row["status"] == "ok" and row["img_s"] > 0 and row["sample_img_s"] > 0, row
+        assert row["params_m"] > 0 and "peak_alloc_gib" not in row and "vs_dit_train" not in row
+    assert {r["tokens"] for r in rows} == {16, 64}
+    assert any("no --dit" in n for n in report["env"]["notes"])
+    assert {"card", "torch", "triton", "commit"} <= report["env"].keys()
+    assert "| ZigMa-B/2 | 64 | 2 |" in (tmp_path / "train_throughput.md").read_text()
