@@ -138,6 +138,20 @@ def error_text(exc: BaseException) -> str:
     return text[:300]
 
 
+def attempt(row: dict, fn: Callable[[], None]) -> dict:
+    """Run ``fn`` (which fills ``row``) and set ``row["status"]``: "ok", "OOM" when it ran out
+    of CUDA memory, else "error" with the error text, so that the other cases still run."""
+    try:
+        fn()
+        row["status"] = "ok"
+    except torch.cuda.OutOfMemoryError:
+        row["status"] = "OOM"
+    except Exception as exc:  # the other cases still run
+        row["status"], row["error"] = "error", error_text(exc)
+    free_memory()  # after the except clause: its traceback no longer holds the model
+    return row
+
+
 def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
     """``max |got - want| / max |want|`` in fp64; inf when ``got`` is not finite."""
     got, want = got.detach().double(), want.detach().double()

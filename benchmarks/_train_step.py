@@ -7,13 +7,11 @@ Not a script: those scripts import it (a script's folder is on its import path).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from _harness import error_text, free_memory
 from peers import load
 from zigma.bench.runner import time_ms
 from zigma.bench.suites import TINY_DEPTH, TINY_WIDTH, tiny_overrides
@@ -112,17 +110,3 @@ def peak_memory(device: torch.device) -> dict:
         "peak_alloc_gib": torch.cuda.max_memory_allocated(device) / 2**30,
         "peak_reserved_gib": torch.cuda.max_memory_reserved(device) / 2**30,
     }
-
-
-def attempt(row: dict, fn: Callable[[], None]) -> dict:
-    """Run ``fn`` (which fills ``row``) and set ``row["status"]``: "ok", "OOM" when it ran out
-    of CUDA memory, else "error" with the error text, so that the other cases still run."""
-    try:
-        fn()
-        row["status"] = "ok"
-    except torch.cuda.OutOfMemoryError:
-        row["status"] = "OOM"
-    except Exception as exc:  # the other cases still run
-        row["status"], row["error"] = "error", error_text(exc)
-    free_memory()  # after the except clause: its traceback no longer holds the model
-    return row

@@ -40,8 +40,8 @@ from pathlib import Path
 
 import torch
 
-from _harness import git_commit, md_table
-from _train_step import attempt, official_dit, our_model, peak_memory, train_config, train_step
+from _harness import attempt, git_commit, md_table
+from _train_step import official_dit, our_model, peak_memory, train_config, train_step
 from zigma.models import count_parameters
 
 PRESET = "faceshq-1024"

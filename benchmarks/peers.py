@@ -30,7 +30,7 @@ from types import ModuleType
 
 import torch
 
-from _harness import error_text, free_memory, git_commit, md_table, ratio, verdict
+from _harness import attempt, error_text, git_commit, md_table, ratio, verdict
 from zigma.bench.runner import DTYPES, time_ms
 from zigma.bench.suites import TINY_DEPTH, TINY_WIDTH, tiny_overrides
 from zigma.models import GraphedForward, count_parameters, create_model
@@ -160,15 +160,7 @@ def time_case(model: Model, side: int, args: argparse.Namespace, row: dict) -> N
 def measure(model: Model, side: int, args: argparse.Namespace) -> dict:
     """One (model, side) row; out of memory gives status "OOM", any other error "error"."""
     row = {"model": model.name, "official": model.official, "side": side, "tokens": side**2}
-    try:
-        time_case(model, side, args, row)
-        row["status"] = "ok"
-    except torch.cuda.OutOfMemoryError:
-        row["status"] = "OOM"
-    except Exception as exc:  # the other cases still run
-        row["status"], row["error"] = "error", error_text(exc)
-    free_memory()  # after the except clause: its traceback no longer holds the model
-    return row
+    return attempt(row, lambda: time_case(model, side, args, row))
 
 
 def comparisons(rows: list[dict]) -> list[dict]:

@@ -37,8 +37,8 @@ from pathlib import Path
 
 import torch
 
-from _harness import error_text, git_commit, md_table, ratio
-from _train_step import attempt, official_dit, our_model, peak_memory, train_config, train_step
+from _harness import attempt, error_text, git_commit, md_table, ratio
+from _train_step import official_dit, our_model, peak_memory, train_config, train_step
 from zigma.bench.runner import time_ms
 from zigma.models import count_parameters
 

@@ -45,7 +45,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 from ablation_jobs import (
     UNSCORED,
@@ -342,15 +342,19 @@ def _commit(given: str | None) -> str:
         return "unknown"
 
 
+def _fail(message: str) -> NoReturn:
+    """A usage error: one line on stderr, exit status 2, before anything is run or written."""
+    print(f"scan_ablation: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def _select(text: str | None, known: Sequence[str], what: str) -> list[str]:
     if text is None:
         return list(known)
     names = [n.strip() for n in text.split(",") if n.strip()]
     bad = [n for n in names if n not in known]
     if bad or not names:
-        raise SystemExit(
-            f"scan_ablation: --{what} takes names from {', '.join(known)}; got {text!r}"
-        )
+        _fail(f"--{what} takes names from {', '.join(known)}; got {text!r}")
     return names
 
 
@@ -360,10 +364,13 @@ def _seeds(text: str) -> list[int]:
     except ValueError:
         seeds = []
     if not seeds or any(s < 0 for s in seeds):
-        raise SystemExit(
-            f"scan_ablation: --seeds takes non-negative integers, e.g. 0,1,2; got {text!r}"
-        )
+        _fail(f"--seeds takes non-negative integers, e.g. 0,1,2; got {text!r}")
     return seeds
+
+
+def run_folder(row: str, seed: int, key: str) -> str:
+    """The folder of one run under ``--work/<setting>`` (and in ``shards.tgz``)."""
+    return f"{row}-s{seed}-{key[:8]}"
 
 
 def build_jobs(args: argparse.Namespace, env: dict[str, str]) -> tuple[list[Job], list[dict]]:
@@ -393,7 +400,7 @@ def build_jobs(args: argparse.Namespace, env: dict[str, str]) -> tuple[list[Job]
                 key = run_key(setting, row, ev, extra)
                 if (key, seed) in done:
                     continue
-                folder = work / setting.name / f"{row.name}-s{seed}-{key[:8]}"
+                folder = work / setting.name / run_folder(row.name, seed, key)
                 overrides = train_overrides(setting, row, seed, [*extra, *device])
                 train = _zigma(
                     "train",
@@ -445,7 +452,7 @@ def check_extractors(specs: str, metrics: Sequence[str]) -> None:
     the call in one line before anything trains (not at each run's eval).
 
     Raises:
-        SystemExit: an extractor cannot be loaded.
+        SystemExit: (status 2) an extractor cannot be loaded.
     """
     if not any(m in ("fid", "kid", "prdc") for ms in metrics for m in ms.split(",")):
         return
@@ -456,7 +463,7 @@ def check_extractors(specs: str, metrics: Sequence[str]) -> None:
         try:
             load_extractor(spec, "cpu")
         except (OSError, ValueError, ImportError) as e:
-            raise SystemExit(f"scan_ablation: --extractors {spec}: {e}") from None
+            _fail(f"--extractors {spec}: {e}")
 
 
 def _copy_out(results: Path, out: Path | None) -> None:
@@ -605,10 +612,25 @@ def _extractor_names(specs: str) -> list[str]:
             for s in (x.strip() for x in specs.split(",")) if s]  # fmt: skip
 
 
+def _check_shards(path: Path) -> None:
+    """Stop with one line unless ``path`` is a readable .tgz of eval folders."""
+    try:
+        with tarfile.open(path, "r:gz") as tar:
+            names = tar.getnames()
+    except (OSError, EOFError, tarfile.TarError) as e:
+        _fail(f"--shards {path}: not a readable .tgz ({e})")
+    if not any(n.endswith("/eval/eval.json") for n in names):
+        _fail(f"--shards {path}: holds no eval folder (the shards.tgz of run --score-later)")
+
+
 def cmd_score(args: argparse.Namespace) -> int:
     """Complete the unscored runs of ``--results`` from the shards in ``--shards``."""
     t0 = time.monotonic()
     results, out = Path(args.results), Path(args.out) if args.out else None
+    if not results.is_file():
+        _fail(f"--results {results}: no such file (the results of run --score-later)")
+    for tgz in args.shards:
+        _check_shards(Path(tgz))
     records = read_results(results)
     waiting = _unscored(records)
     print(f"{len(waiting)} run(s) wait for scoring in {results}", flush=True)
@@ -616,8 +638,8 @@ def cmd_score(args: argparse.Namespace) -> int:
         return 0
     for rec in waiting:  # the key names the extractor: another one would make it a lie
         if _extractor_names(rec["pending"]["extractors"]) != _extractor_names(args.extractors):
-            raise SystemExit(
-                f"scan_ablation: {rec['setting']}/{rec['row']}/seed {rec['seed']} was run for "
+            _fail(
+                f"{rec['setting']}/{rec['row']}/seed {rec['seed']} was run for "
                 f"--extractors {rec['pending']['extractors']}, not {args.extractors}"
             )
     check_extractors(args.extractors, [r["pending"]["metrics"] for r in waiting])
@@ -632,8 +654,9 @@ def cmd_score(args: argparse.Namespace) -> int:
     failed = 0
     for rec in waiting:
         name = f"{rec['setting']}/{rec['row']}/seed {rec['seed']}"
-        run = f"{rec['row']}-s{rec['seed']}-{rec['key'][:8]}"  # build_jobs' folder name
-        folder = unpacked / rec["setting"] / run / "eval"
+        folder = (
+            unpacked / rec["setting"] / run_folder(rec["row"], rec["seed"], rec["key"]) / "eval"
+        )
         if not (folder / "eval.json").is_file():
             print(f"no shards for {name} in {', '.join(args.shards)}: left unscored", flush=True)
             failed += 1

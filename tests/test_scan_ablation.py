@@ -12,6 +12,7 @@ import math
 import os
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -331,3 +332,28 @@ def test_score_later_gives_the_one_call_result(tmp_path):
     assert set(one["metrics"]) == set(final["metrics"])
     for label, m in one["metrics"].items():
         assert final["metrics"][label]["value"] == pytest.approx(m["value"], rel=1e-5, abs=1e-7)
+
+
+def test_score_refuses_bad_input_in_one_line_and_writes_nothing(tmp_path):
+    results = tmp_path / "r.jsonl"
+    line = {"format": jobs.RESULT_FORMAT, "status": "unscored", "key": "k", "seed": 0}
+    results.write_text(json.dumps(line) + "\n")
+    garbage = tmp_path / "garbage.tgz"
+    garbage.write_bytes(b"not a tar at all" * 10)
+    empty = tmp_path / "empty.tgz"
+    with tarfile.open(empty, "w:gz") as tar:
+        note = tmp_path / "note.txt"
+        note.write_text("no eval folder here")
+        tar.add(note, arcname="fashion/x/note.txt")
+    cases = [
+        (["--results", str(tmp_path / "none.jsonl"), "--shards", str(empty)], "no such file"),
+        (["--results", str(results), "--shards", str(tmp_path / "none.tgz")], "not a readable"),
+        (["--results", str(results), "--shards", str(garbage)], "not a readable .tgz"),
+        (["--results", str(results), "--shards", str(empty)], "holds no eval folder"),
+    ]
+    for args, message in cases:
+        proc = _run("score", "--extractors", "inception", *args, cwd=tmp_path)
+        assert proc.returncode == 2, proc.stderr
+        assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert results.read_text() == json.dumps(line) + "\n"
+    assert not (tmp_path / "runs").exists()  # nothing unpacked
