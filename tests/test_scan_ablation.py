@@ -312,6 +312,8 @@ def test_score_later_gives_the_one_call_result(tmp_path):
     _, again = run("split", "--score-later")  # waiting for score counts as done
     assert again.returncode == 0 and "0 run(s) to do" in again.stdout, again.stdout
 
+    # scored elsewhere: the training folders (and their run configs) are not there
+    (tmp_path / "split" / "fashion").rename(tmp_path / "gone")
     score = ["score", "--shards", str(shards), "--results", str(split)]
     wrong = _run(*score, "--extractors", "inception", "--work", str(tmp_path / "w"), cwd=tmp_path)
     assert wrong.returncode != 0 and "was run for --extractors" in wrong.stderr

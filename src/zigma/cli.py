@@ -713,10 +713,25 @@ def _eval_metrics(text: str) -> list[str]:
     return names
 
 
-def _eval_reference(args: argparse.Namespace, source: Path | None):
+def _recorded_reference(folder: Path) -> dict | None:
+    """The dataset reference (``{"data": ..., "split": ...}``) that earlier metrics of the
+    samples in ``folder`` were computed against, from its ``results.json``; None without one."""
+    from zigma.artifacts import read_json_object
+    from zigma.evaluate.run import RESULTS_NAME
+
+    path = folder / RESULTS_NAME
+    if not path.is_file():
+        return None
+    ref = read_json_object(path, "eval results").get("reference")
+    return ref if isinstance(ref, dict) and isinstance(ref.get("data"), dict) else None
+
+
+def _eval_reference(args: argparse.Namespace, source: Path | None, recorded: dict | None = None):
     """The real side: ``--ref FILE.npz`` (statistics), or a dataset: ``--ref NAME`` (the run's
     own data config when it has that name), or with no --ref the run's data; then the
-    ``data.key=value`` overrides."""
+    ``data.key=value`` overrides. Without the run's config (samples scored on another
+    machine), the data and split of ``recorded``, the reference the samples' earlier metrics
+    used, take its place."""
     from zigma.config import ConfigError, from_dict
     from zigma.data import DataConfig
     from zigma.evaluate.run import Reference
@@ -732,6 +747,10 @@ def _eval_reference(args: argparse.Namespace, source: Path | None):
             raise UsageError(f"--ref {args.ref}: no such statistics file")
         return Reference(stats=Path(args.ref), num=args.num_real)
     found = _run_data_config(source) if source is not None else None
+    split = args.ref_split
+    if found is None and recorded is not None:
+        found = recorded["data"]
+        split = split or recorded.get("split")
     if args.ref is None and found is None:
         raise UsageError(
             "no run config beside the model: name the real data with --ref NAME (e.g. --ref "
@@ -744,7 +763,7 @@ def _eval_reference(args: argparse.Namespace, source: Path | None):
         data = from_dict(DataConfig, {**base, **_data_overrides(args.overrides)}, where="data")
     except ConfigError as e:
         raise UsageError(str(e)) from None
-    return Reference(data=data, split=args.ref_split, num=args.num_real, cache=cache)
+    return Reference(data=data, split=split or "train", num=args.num_real, cache=cache)
 
 
 def _data_overrides(overrides: list[str]) -> dict:
@@ -925,7 +944,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         source = Path(manifest["source"]) if manifest.get("source") else None
     reference = plan = classifier = None
     if not args.sample_only:
-        reference = _eval_reference(args, source)
+        recorded = None if drawing else _recorded_reference(folder)
+        reference = _eval_reference(args, source, recorded)
         reference.check(shape, settings.num)
         plan = _eval_plan(args, metrics, reference, device, shape)
         if "cond-acc" in metrics:
@@ -1643,7 +1663,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DATA|FILE.npz",
         help="real data name or statistics file (default: the run's own data)",
     )
-    p.add_argument("--ref-split", choices=("train", "test"), default="train")
+    p.add_argument(
+        "--ref-split",
+        choices=("train", "test"),
+        default=None,
+        help="the real split (default train, or the one the samples were scored against)",
+    )
     p.add_argument("--num-real", type=_int_arg(2), default=None, help="real samples (= --num)")
     p.add_argument(
         "--cache",

@@ -376,6 +376,13 @@ def test_cli_eval_draws_scores_and_rescores(model_dir, tmp_path, capsys, tiny_ex
     assert main(again) == 0
     second = json.loads((tmp_path / "again.json").read_text())["results"]
     assert [r["value"] for r in second] == [r["value"] for r in first]
+    # no run config beside the model and no --ref (shards scored on another machine): the
+    # reference the folder's results.json records is the one used
+    bare = again[: again.index("--ref")] + ["--json", str(tmp_path / "bare.json")]
+    assert main(bare) == 0
+    third = json.loads((tmp_path / "bare.json").read_text())["results"]
+    assert [r["value"] for r in third] == [r["value"] for r in first]
+    assert {r["real"] for r in third} == {r["real"] for r in first}
 
 
 @pytest.mark.parametrize(
